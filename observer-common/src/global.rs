@@ -1,0 +1,37 @@
+//! Host-wide counters, one slot per CPU in the `GLOBAL` per-CPU array (summed by the daemon).
+
+/// Indices into the per-CPU `GLOBAL` counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Every packet the tc programs saw.
+    PacketsSeen = 0,
+    /// Well-formed packets that are not TCP (ARP, UDP, ICMP, ...).
+    NotTcp = 1,
+    /// Packets whose headers could not be parsed (truncated, fragments, too many IPv6 extension headers).
+    ParseFailures = 2,
+    /// New connections the `CONNS` map refused (should stay 0: the map is LRU).
+    ConnInsertFailures = 3,
+}
+
+/// Number of slots in the `GLOBAL` array.
+pub const COUNTERS: u32 = 4;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTERS as usize] = [
+        Counter::PacketsSeen,
+        Counter::NotTcp,
+        Counter::ParseFailures,
+        Counter::ConnInsertFailures,
+    ];
+
+    /// The name used in metrics and the API.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::PacketsSeen => "packets_seen",
+            Counter::NotTcp => "not_tcp",
+            Counter::ParseFailures => "parse_failures",
+            Counter::ConnInsertFailures => "conn_insert_failures",
+        }
+    }
+}

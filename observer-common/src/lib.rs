@@ -1,0 +1,14 @@
+//! Types shared by observer's kernel programs (`observer-ebpf`) and its daemon (`observer`), and
+//! pure parsers over byte arrays that run in both places.
+//!
+//! Everything here is `#[repr(C)]`, plain old data, and `no_std`: the kernel side writes these
+//! structs into BPF maps and ring buffers, and the daemon reads the same bytes back. The `user`
+//! feature adds what only user space needs (`aya::Pod`, `Display`).
+#![no_std]
+
+pub mod conn;
+pub mod global;
+pub mod packet;
+
+#[cfg(feature = "user")]
+extern crate std;

@@ -1,0 +1,20 @@
+//! observer's kernel programs. One module per hook; every map lives in `maps`.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core::intrinsics::atomic_xadd is the one BPF atomic add that compiles here")]
+
+mod maps;
+mod tc;
+mod util;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is only here to satisfy no_std.
+    loop {}
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 4] = *b"GPL\0";

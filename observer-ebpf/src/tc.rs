@@ -1,0 +1,188 @@
+//! tc classifiers on ingress and egress: parse Ethernet (one VLAN tag), IPv4 (with options) or
+//! IPv6 (bounded extension headers) and TCP, and add the segment to its connection's counters.
+//! They never change or drop a packet: every path returns `TC_ACT_UNSPEC`, which lets the next
+//! program (another tool's, attached after us) or the kernel's default decide.
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::classifier,
+    programs::TcContext,
+};
+use observer_common::{
+    conn::{ConnKey, ConnStats, FAMILY_IPV4, FAMILY_IPV6},
+    global::Counter,
+    packet::{self, Ipv6Next},
+};
+
+use crate::{
+    maps::CONNS,
+    util::{add, count},
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[classifier]
+pub fn observer_tc_ingress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Ingress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn observer_tc_egress(ctx: TcContext) -> i32 {
+    observe(&ctx, Direction::Egress);
+    TC_ACT_UNSPEC
+}
+
+/// What did not make it to a connection entry, and why.
+enum Skip {
+    NotTcp,
+    Malformed,
+}
+
+#[inline(always)]
+fn observe(ctx: &TcContext, dir: Direction) {
+    count(Counter::PacketsSeen);
+    match parse_and_count(ctx, dir) {
+        Ok(()) => {}
+        Err(Skip::NotTcp) => count(Counter::NotTcp),
+        Err(Skip::Malformed) => count(Counter::ParseFailures),
+    }
+}
+
+/// The parsed headers of one TCP segment.
+struct Segment {
+    key: ConnKey,
+    tcp: packet::Tcp,
+    payload_len: usize,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
+    let eth: [u8; packet::ETH_HLEN + 4] = ctx.load(0).map_err(|_| Skip::Malformed)?;
+    let (ethertype, l3) = packet::ethernet(&eth);
+    let packet_len = ctx.len() as usize;
+    let mut key = ConnKey::zeroed();
+    let (l4, ip_len_field, ip_len_covers) = match ethertype {
+        packet::ETH_P_IP => {
+            let h: [u8; packet::IPV4_MIN_HLEN] = ctx.load(l3).map_err(|_| Skip::Malformed)?;
+            let ip = packet::ipv4(&h).ok_or(Skip::Malformed)?;
+            if ip.protocol != packet::IPPROTO_TCP {
+                return Err(Skip::NotTcp);
+            }
+            if ip.is_later_fragment {
+                return Err(Skip::Malformed);
+            }
+            key.family = FAMILY_IPV4;
+            let (local, remote) = match dir {
+                Direction::Ingress => (ip.dst, ip.src),
+                Direction::Egress => (ip.src, ip.dst),
+            };
+            key.local_addr[..4].copy_from_slice(&local);
+            key.remote_addr[..4].copy_from_slice(&remote);
+            (l3 + ip.header_len, ip.total_len, 0)
+        }
+        packet::ETH_P_IPV6 => {
+            let h: [u8; packet::IPV6_HLEN] = ctx.load(l3).map_err(|_| Skip::Malformed)?;
+            let ip = packet::ipv6(&h).ok_or(Skip::Malformed)?;
+            let mut next = ip.next_header;
+            let mut off = l3 + packet::IPV6_HLEN;
+            let mut found = false;
+            // Bounded walk: a chain longer than this is counted as a parse failure.
+            for _ in 0..packet::IPV6_MAX_EXT_HEADERS + 1 {
+                let ext: [u8; 2] = if next == packet::IPPROTO_TCP {
+                    [0, 0]
+                } else {
+                    ctx.load(off).map_err(|_| Skip::Malformed)?
+                };
+                match packet::ipv6_ext(next, ext) {
+                    Ipv6Next::Upper => {
+                        found = true;
+                        break;
+                    }
+                    Ipv6Next::Extension { len, next_header } => {
+                        off += len;
+                        next = next_header;
+                    }
+                    Ipv6Next::Fragment => return Err(Skip::Malformed),
+                }
+            }
+            if !found {
+                return Err(Skip::Malformed);
+            }
+            if next != packet::IPPROTO_TCP {
+                return Err(Skip::NotTcp);
+            }
+            key.family = FAMILY_IPV6;
+            let (local, remote) = match dir {
+                Direction::Ingress => (ip.dst, ip.src),
+                Direction::Egress => (ip.src, ip.dst),
+            };
+            key.local_addr = local;
+            key.remote_addr = remote;
+            (off, ip.payload_len, packet::IPV6_HLEN)
+        }
+        _ => return Err(Skip::NotTcp),
+    };
+    let h: [u8; packet::TCP_MIN_HLEN] = ctx.load(l4).map_err(|_| Skip::Malformed)?;
+    let tcp = packet::tcp(&h).ok_or(Skip::Malformed)?;
+    let (local_port, remote_port) = match dir {
+        Direction::Ingress => (tcp.dst_port, tcp.src_port),
+        Direction::Egress => (tcp.src_port, tcp.dst_port),
+    };
+    key.local_port = local_port;
+    key.remote_port = remote_port;
+    let payload_len = packet::tcp_payload_len(ip_len_field, ip_len_covers, l3, l4, tcp.header_len, packet_len);
+    Ok(Segment { key, tcp, payload_len })
+}
+
+#[inline(always)]
+fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
+    let Segment { key, tcp, payload_len } = parse(ctx, dir)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let stats = match CONNS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let mut fresh = ConnStats::zeroed();
+            fresh.first_seen_ns = now;
+            // NOEXIST: if the other direction created it on another CPU meanwhile, keep theirs.
+            let _ = CONNS.insert(&key, &fresh, BPF_NOEXIST as u64);
+            match CONNS.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => {
+                    count(Counter::ConnInsertFailures);
+                    return Ok(());
+                }
+            }
+        }
+    };
+    // A GSO/GRO super-packet stands for several wire segments.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
+    // SAFETY: `stats` is a non-null pointer to a map value; fields are only updated atomically
+    // or with plain stores whose races are harmless (timestamps).
+    unsafe {
+        let s = &mut *stats;
+        let f = tcp.flags;
+        match dir {
+            Direction::Ingress => {
+                add(&mut s.packets_in, segs);
+                add(&mut s.bytes_in, payload_len as u64);
+                if f & packet::TCP_SYN != 0 { add(&mut s.syn_in, 1) }
+                if f & packet::TCP_FIN != 0 { add(&mut s.fin_in, 1) }
+                if f & packet::TCP_RST != 0 { add(&mut s.rst_in, 1) }
+            }
+            Direction::Egress => {
+                add(&mut s.packets_out, segs);
+                add(&mut s.bytes_out, payload_len as u64);
+                if f & packet::TCP_SYN != 0 { add(&mut s.syn_out, 1) }
+                if f & packet::TCP_FIN != 0 { add(&mut s.fin_out, 1) }
+                if f & packet::TCP_RST != 0 { add(&mut s.rst_out, 1) }
+            }
+        }
+        s.last_seen_ns = now;
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Small helpers for every program.
+use observer_common::global::Counter;
+
+use crate::maps::GLOBAL;
+
+/// Adds `v` to `*p` atomically (a BPF `lock xadd`): ingress and egress of one connection may run
+/// on two CPUs at once, and a plain `+=` would lose counts.
+#[inline(always)]
+pub fn add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value the caller looked up and checked for null.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v);
+    }
+}
+
+/// Counts one event in the per-CPU global counters (per-CPU: no atomics needed).
+#[inline(always)]
+pub fn count(c: Counter) {
+    if let Some(p) = GLOBAL.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *p += 1 };
+    }
+}
