@@ -1,1 +1,156 @@
-fn main(){}
+//! `cargo xtask`: set-up, build, test, run and bench for observer.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages to build the kernel programs (see ../shared/TOOLCHAIN.md for why these).
+const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
+/// Debian packages the end-to-end tests drive: real servers, clients and tools.
+const TEST_PACKAGES: &[&str] = &["iproute2", "nginx-light", "haproxy", "curl", "wrk", "iputils-ping", "bpftool", "tmux", "prometheus", "python3", "procps"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; as root on Debian/Ubuntu, else prints what to install).
+    Setup {
+        /// Only what building needs, not the test servers and clients.
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Set up, build, and run `observer run` on this host with its defaults (needs root).
+    Run {
+        /// Extra arguments for `observer run`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the whole test suite: unit, property and end-to-end tests (needs root).
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup { build_only } => setup(build_only),
+        Task::Run { args } => {
+            setup(true)?;
+            cargo(&["build", "--release", "--package", "observer"])?;
+            let bin = workspace_root().join("target/release/observer");
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").args(&args);
+            status(&mut cmd)
+        }
+        Task::Test { args } => {
+            setup(false)?;
+            cargo(&["build", "--package", "observer"])?;
+            let bin = workspace_root().join("target/debug/observer");
+            let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args(["test", "--workspace"]).args(&args).env("OBSERVER_BIN", bin).current_dir(workspace_root());
+            status(&mut cmd)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let s = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !s.success() {
+        bail!("{cmd:?} failed: {s}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root());
+    status(&mut cmd)
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn setup(build_only: bool) -> Result<()> {
+    let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
+    if !build_only {
+        wanted.extend_from_slice(TEST_PACKAGES);
+    }
+    let apt = Path::new("/usr/bin/apt-get").exists() && Path::new("/usr/bin/dpkg-query").exists();
+    let missing: Vec<&str> = if apt { wanted.iter().copied().filter(|p| !dpkg_installed(p)).collect() } else { wanted.clone() };
+    let linker_missing = !bpf_linker_ok();
+    if missing.is_empty() && !linker_missing {
+        eprintln!("xtask setup: everything is installed");
+        return Ok(());
+    }
+    if !apt || !is_root() {
+        let mut msg = String::from("missing build/test prerequisites and cannot install them here (needs root on Debian/Ubuntu).\nInstall:\n");
+        if !missing.is_empty() {
+            msg += &format!("  apt-get install {}   (or your distribution's equivalents; elsewhere: a nightly Rust toolchain with rust-src, LLVM 22)\n", missing.join(" "));
+        }
+        if linker_missing {
+            msg += &format!("  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22\n");
+        }
+        bail!(msg);
+    }
+    if !missing.is_empty() {
+        eprintln!("xtask setup: installing {}", missing.join(" "));
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        status(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if linker_missing {
+        eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+        let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22");
+        status(&mut cmd)?;
+    }
+    Ok(())
+}
