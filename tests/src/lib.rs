@@ -1,1 +1,125 @@
+//! End-to-end test harness for `observer`.
+//!
+//! A test builds a [`Topology`] — three network namespaces `client` ⇄ `gateway` ⇄ `upstream` joined
+//! by veth pairs — starts real servers in it ([`Nginx`]), starts the daemon on the gateway
+//! ([`Observer`]), drives traffic from the client ([`curl()`]) and compares what the daemon counted
+//! with ground truth: what the client itself reports and what the servers' access logs record.
+//! [`Lab`] bundles the usual set-up in one call.
+//!
+//! Everything a test creates carries a prefix unique to the test *and* the process
+//! (`obs-<pid>-<n>`), so tests run in parallel and reruns never collide; everything is removed on
+//! `Drop`, also when the test panics. Leftovers of a process that no longer exists are removed by
+//! the next run.
+//!
+//! The tests need root. [`root_or_skip`] decides: root runs them; otherwise they are skipped with a
+//! message, except under `CI=true`, where a missing privilege is an error.
 
+pub mod curl;
+pub mod netns;
+pub mod nginx;
+pub mod observer;
+mod process;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+pub use curl::{curl, Transfer};
+pub use netns::{Netns, Topology};
+pub use nginx::{AccessLog, LogEntry, Nginx};
+pub use observer::{Connection, Observer, Snapshot};
+pub use process::Background;
+
+/// The addresses of the topology: 198.18.0.0/15 (benchmarking, RFC 2544) and 2001:db8::/32
+/// (documentation, RFC 3849), used only inside namespaces the tests create.
+pub mod addr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// The client, on the client ⇄ gateway link (`eth0` in the client namespace).
+    pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+    pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+    /// The gateway on the client side (`gw-c`): where the proxy listens.
+    pub const GATEWAY_CLIENT_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+    pub const GATEWAY_CLIENT_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+    /// The gateway on the upstream side (`gw-u`): the source of proxied connections.
+    pub const GATEWAY_UPSTREAM_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+    pub const GATEWAY_UPSTREAM_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+    /// The upstream server (`eth0` in the upstream namespace).
+    pub const UPSTREAM_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+    pub const UPSTREAM_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2);
+
+    /// Interface names inside the namespaces (names are per namespace, so they never collide).
+    pub const GW_CLIENT_IF: &str = "gw-c";
+    pub const GW_UPSTREAM_IF: &str = "gw-u";
+    pub const CLIENT_IF: &str = "eth0";
+    pub const UPSTREAM_IF: &str = "eth0";
+
+    /// `http://ADDR` with IPv6 addresses in brackets.
+    pub fn http_base(ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(v4) => format!("http://{v4}"),
+            IpAddr::V6(v6) => format!("http://[{v6}]"),
+        }
+    }
+}
+
+/// Decides whether an end-to-end test can run: `true` as root. Otherwise prints why the test is
+/// skipped and returns `false` — except when `CI=true`, where it panics: CI must never pass by
+/// skipping.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: end-to-end tests need root; CI must run them as root (CI=true)");
+    }
+    eprintln!("{test}: skipped: needs root (network namespaces, eBPF); run `sudo -E cargo test -p observer-tests`");
+    false
+}
+
+/// The workspace's root directory (the parent of `tests/`).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Polls `probe` every `interval` until it returns `Some`, or `timeout` passes (then `None`).
+/// The probe runs at least once.
+pub fn poll<T>(timeout: Duration, interval: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// The usual set-up: a topology, the upstream server, the gateway's reverse proxy and the observer
+/// on the gateway's two interfaces, each ready when this returns.
+///
+/// Fields drop in declaration order: the observer stops first, then the servers, then the
+/// namespaces go.
+pub struct Lab {
+    pub observer: Observer,
+    /// nginx on the gateway: reverse proxy to the upstream.
+    pub proxy: Nginx,
+    /// nginx on the upstream: fixed responses and files.
+    pub upstream: Nginx,
+    pub topo: Topology,
+}
+
+impl Lab {
+    /// Builds the topology and starts everything; `test` names it in logs.
+    pub fn start(test: &str) -> Lab {
+        let topo = Topology::new(test);
+        let upstream = Nginx::upstream(&topo);
+        let proxy = Nginx::proxy(&topo);
+        let observer = Observer::start(&topo);
+        Lab { observer, proxy, upstream, topo }
+    }
+}
