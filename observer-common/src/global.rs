@@ -12,10 +12,19 @@ pub enum Counter {
     ParseFailures = 2,
     /// New connections the `CONNS` map refused (should stay 0: the map is LRU).
     ConnInsertFailures = 3,
+    /// New entries created in `CONNS` (inserts - entries now = LRU evictions: nothing else deletes).
+    ConnInserts = 4,
+    /// Events that found the `EVENTS` ring buffer full and were dropped (the map stays exact).
+    EventsLost = 5,
+    /// Resets the TCP stack sent / received (socket tracepoints), every connection together.
+    ResetsSent = 6,
+    ResetsReceived = 7,
+    /// Segments the TCP stack retransmitted (successfully), every connection together.
+    Retransmits = 8,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 9;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -23,6 +32,11 @@ impl Counter {
         Counter::NotTcp,
         Counter::ParseFailures,
         Counter::ConnInsertFailures,
+        Counter::ConnInserts,
+        Counter::EventsLost,
+        Counter::ResetsSent,
+        Counter::ResetsReceived,
+        Counter::Retransmits,
     ];
 
     /// The name used in metrics and the API.
@@ -32,6 +46,11 @@ impl Counter {
             Counter::NotTcp => "not_tcp",
             Counter::ParseFailures => "parse_failures",
             Counter::ConnInsertFailures => "conn_insert_failures",
+            Counter::ConnInserts => "conn_inserts",
+            Counter::EventsLost => "events_lost",
+            Counter::ResetsSent => "resets_sent",
+            Counter::ResetsReceived => "resets_received",
+            Counter::Retransmits => "retransmits",
         }
     }
 }

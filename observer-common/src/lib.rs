@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod global;
 pub mod packet;
+pub mod tracepoint;
 
 #[cfg(feature = "user")]
 extern crate std;

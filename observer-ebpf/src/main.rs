@@ -4,7 +4,9 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core::intrinsics::atomic_xadd is the one BPF atomic add that compiles here")]
 
+mod conn;
 mod maps;
+mod sock;
 mod tc;
 mod util;
 

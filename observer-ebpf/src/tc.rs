@@ -3,19 +3,20 @@
 //! They never change or drop a packet: every path returns `TC_ACT_UNSPEC`, which lets the next
 //! program (another tool's, attached after us) or the kernel's default decide.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::TC_ACT_UNSPEC,
     helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use observer_common::{
-    conn::{ConnKey, ConnStats, FAMILY_IPV4, FAMILY_IPV6},
+    conn::{ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
     global::Counter,
     packet::{self, Ipv6Next},
 };
 
 use crate::{
-    maps::CONNS,
+    conn,
     util::{add, count},
 };
 
@@ -143,29 +144,21 @@ fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
 fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     let Segment { key, tcp, payload_len } = parse(ctx, dir)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    let stats = match CONNS.get_ptr_mut(&key) {
-        Some(p) => p,
-        None => {
-            let mut fresh = ConnStats::zeroed();
-            fresh.first_seen_ns = now;
-            // NOEXIST: if the other direction created it on another CPU meanwhile, keep theirs.
-            let _ = CONNS.insert(&key, &fresh, BPF_NOEXIST as u64);
-            match CONNS.get_ptr_mut(&key) {
-                Some(p) => p,
-                None => {
-                    count(Counter::ConnInsertFailures);
-                    return Ok(());
-                }
-            }
-        }
+    let f = tcp.flags;
+    let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
+    // A fresh SYN opens a new connection, also on a four-tuple used before.
+    let stats = if syn_only { conn::open(&key, now) } else { conn::get_or_create(&key, now) };
+    let Some(stats) = stats else {
+        // Counted in GLOBAL too; an LRU map should never refuse, so say so loudly.
+        warn!(ctx, "CONNS refused a new connection");
+        return Ok(());
     };
     // A GSO/GRO super-packet stands for several wire segments.
     let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
-    // SAFETY: `stats` is a non-null pointer to a map value; fields are only updated atomically
-    // or with plain stores whose races are harmless (timestamps).
+    // SAFETY: `stats` is a non-null pointer to a map value; counters are only added to
+    // atomically, the other fields are plain stores whose races are harmless.
     unsafe {
         let s = &mut *stats;
-        let f = tcp.flags;
         match dir {
             Direction::Ingress => {
                 add(&mut s.packets_in, segs);
@@ -173,13 +166,32 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
                 if f & packet::TCP_SYN != 0 { add(&mut s.syn_in, 1) }
                 if f & packet::TCP_FIN != 0 { add(&mut s.fin_in, 1) }
                 if f & packet::TCP_RST != 0 { add(&mut s.rst_in, 1) }
+                if syn_only && s.role == Role::Unknown as u8 {
+                    s.role = Role::Inbound as u8;
+                }
+                // Handshake RTT: our SYN to their SYN-ACK (outbound), our SYN-ACK to their ACK (inbound).
+                if s.handshake_rtt_ns == 0 && s.syn_ns != 0 && f & packet::TCP_ACK != 0 && f & packet::TCP_RST == 0 {
+                    let answers = if s.role == Role::Outbound as u8 { f & packet::TCP_SYN != 0 } else { f & packet::TCP_SYN == 0 };
+                    if answers {
+                        s.handshake_rtt_ns = now - s.syn_ns;
+                    }
+                }
             }
             Direction::Egress => {
                 add(&mut s.packets_out, segs);
                 add(&mut s.bytes_out, payload_len as u64);
-                if f & packet::TCP_SYN != 0 { add(&mut s.syn_out, 1) }
+                if f & packet::TCP_SYN != 0 {
+                    add(&mut s.syn_out, 1);
+                    // The first SYN (outbound) or SYN-ACK (inbound) starts the handshake clock.
+                    if s.syn_ns == 0 {
+                        s.syn_ns = now;
+                    }
+                }
                 if f & packet::TCP_FIN != 0 { add(&mut s.fin_out, 1) }
                 if f & packet::TCP_RST != 0 { add(&mut s.rst_out, 1) }
+                if syn_only && s.role == Role::Unknown as u8 {
+                    s.role = Role::Outbound as u8;
+                }
             }
         }
         s.last_seen_ns = now;

@@ -1,44 +1,91 @@
-//! HTTP API: Prometheus `/metrics`, JSON under `/api/v1/`, `/healthz`.
+//! HTTP API: Prometheus `/metrics`, JSON under `/api/v1/`, `/healthz`. Malformed requests get a
+//! 400 with a message that says what was expected.
 #![forbid(unsafe_code)]
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use axum::{extract::State, http::header, response::IntoResponse, routing::get, Json, Router};
+use axum::{
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path, Query as QueryParams, State,
+    },
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
 use serde_json::json;
 
-use crate::daemon::App;
+use crate::{
+    daemon::App,
+    query::{parse_connection, Query},
+};
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/connections", get(connections))
+        .route("/api/v1/connections/{connection}", get(connection))
         .route("/api/v1/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: see /api/v1/connections, /api/v1/connections/{LOCAL REMOTE}, /api/v1/status, /metrics, /healthz".into()) })
         .with_state(app)
 }
 
+fn error(code: StatusCode, message: String) -> Response {
+    (code, Json(json!({ "error": message }))).into_response()
+}
+
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let body = app.metrics.render(&app.kernel_counters());
+    let body = app.metrics.render(&app.kernel_counters(), &app.table_gauges());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
-async fn connections(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let connections = app.connections();
-    Json(json!({ "count": connections.len(), "connections": connections }))
+async fn connections(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<String, String>>, QueryRejection>) -> Response {
+    let params = match params {
+        Ok(QueryParams(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the query string could not be read ({e}): expected name=value pairs")),
+    };
+    let query = match Query::parse(&params) {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let connections = query.apply(app.connections());
+    Json(json!({ "count": connections.len(), "connections": connections })).into_response()
+}
+
+async fn connection(State(app): State<Arc<App>>, connection: Result<Path<String>, PathRejection>) -> Response {
+    let connection = match connection {
+        Ok(Path(c)) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}: {}", crate::query::CONNECTION_FORM)),
+    };
+    let key = match parse_connection(&connection) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match app.connection(&key) {
+        Some(c) => Json(c).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no connection {key} is tracked (open, or closed within the retention time)")),
+    }
 }
 
 async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
     let k = app.kernel_counters();
+    let t = app.table_gauges();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": crate::sys::kernel_release(),
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "attachments": app.attachments,
-        "kernel_counters": {
-            "packets_seen": k.packets_seen,
-            "not_tcp": k.not_tcp,
-            "parse_failures": k.parse_failures,
-            "conn_insert_failures": k.conn_insert_failures,
+        "tracepoints": app.tracepoints.iter().map(|(name, attached)| json!({ "tracepoint": name, "attached": attached })).collect::<Vec<_>>(),
+        "netns_filter": app.netns_filter,
+        "kernel_counters": k,
+        "connections_tracked": t.kernel_entries,
+        "table": t,
+        "config": {
+            "max_connections": app.config.map_sizes.connections,
+            "events_bytes": app.config.map_sizes.events_bytes,
+            "closed_retention_seconds": app.config.closed_retention.as_secs(),
+            "closed_max": app.config.closed_max,
         },
-        "connections_tracked": k.connections_tracked,
     }))
 }

@@ -3,12 +3,15 @@
 use std::io;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{tc, ProgramError, SchedClassifier, TcAttachType},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{tc, ProgramError, SchedClassifier, TcAttachType, TracePoint},
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
-use observer_common::conn::{ConnKey, ConnStats};
+use observer_common::{
+    conn::{ConnKey, ConnStats},
+    tracepoint::{NetnsFilter, TpLayout},
+};
 use thiserror::Error;
 
 /// The kernel object built by `build.rs` (empty when built with `OBSERVER_SKIP_EBPF=1`).
@@ -16,6 +19,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 pub const TC_INGRESS: &str = "observer_tc_ingress";
 pub const TC_EGRESS: &str = "observer_tc_egress";
+
+/// The socket tracepoints: (program, category, tracepoint, global holding its record layout).
+const TRACEPOINTS: [(&str, &str, &str, &str); 4] = [
+    ("observer_sock_set_state", "sock", "inet_sock_set_state", "LAYOUT_SET_STATE"),
+    ("observer_tcp_retransmit", "tcp", "tcp_retransmit_skb", "LAYOUT_RETRANSMIT"),
+    ("observer_tcp_send_reset", "tcp", "tcp_send_reset", "LAYOUT_SEND_RESET"),
+    ("observer_tcp_receive_reset", "tcp", "tcp_receive_reset", "LAYOUT_RECEIVE_RESET"),
+];
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -51,6 +62,8 @@ pub struct Attachment {
 #[derive(Clone, Copy, Debug)]
 pub struct MapSizes {
     pub connections: u32,
+    /// Bytes of the lifecycle event ring buffer (a power of two, a multiple of the page size).
+    pub events_bytes: u32,
 }
 
 /// The loaded programs. Dropping it detaches every program and link it attached.
@@ -58,6 +71,10 @@ pub struct Loaded {
     /// Owns programs, links and the maps not taken out.
     _ebpf: Ebpf,
     pub attachments: Vec<Attachment>,
+    /// Every socket tracepoint and whether it is attached (`sock:inet_sock_set_state`, ...).
+    pub tracepoints: Vec<(String, bool)>,
+    /// Whether socket events are restricted to this network namespace.
+    pub netns_filter: bool,
 }
 
 /// The maps the daemon reads.
@@ -68,17 +85,28 @@ pub struct Maps {
 
 /// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
 /// starts forwarding the programs' aya-log records to this process's log.
-pub fn load_and_attach(interfaces: &[String], sizes: MapSizes) -> Result<(Loaded, Maps), BpfError> {
+pub fn load_and_attach(interfaces: &[String], sizes: MapSizes) -> Result<(Loaded, Maps, RingBuf<MapData>), BpfError> {
     if EBPF_OBJECT.is_empty() {
         return Err(BpfError::NotBuilt);
     }
     if let Some(missing) = interfaces.iter().find(|i| !crate::sys::interface_exists(i)) {
         return Err(BpfError::InterfaceMissing(missing.clone()));
     }
-    let mut ebpf = EbpfLoader::new()
+    // Tracepoint record layouts of this kernel, handed to the programs as globals.
+    let layouts: Vec<Result<TpLayout, crate::tracefs::TracepointError>> =
+        TRACEPOINTS.iter().map(|(_, category, name, _)| crate::tracefs::read_layout(category, name)).collect();
+    let netns = netns_filter();
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries("CONNS", sizes.connections)
-        .load(EBPF_OBJECT)
-        .map_err(classify_load_error)?;
+        .map_max_entries("EVENTS", sizes.events_bytes)
+        .override_global("NETNS_FILTER", &netns, true);
+    for ((_, _, _, global), layout) in TRACEPOINTS.iter().zip(&layouts) {
+        if let Ok(layout) = layout {
+            loader.override_global(global, layout, true);
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(classify_load_error)?;
     start_log_forwarding(&mut ebpf);
 
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
@@ -111,9 +139,69 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes) -> Result<(Loaded
         }
     }
 
+    // A missing or unusable tracepoint is reported; the rest keeps working.
+    let mut tracepoints = Vec::new();
+    for ((program, category, name, _), layout) in TRACEPOINTS.iter().zip(layouts) {
+        let full = format!("{category}:{name}");
+        let attached = match layout {
+            Err(e) => {
+                log::warn!("{e}: its part of the connection lifecycle is not observed");
+                false
+            }
+            Ok(_) => match attach_tracepoint(&mut ebpf, program, category, name) {
+                Ok(()) => {
+                    log::info!("attached {program} to {full}");
+                    true
+                }
+                Err(e @ BpfError::Verifier { .. }) => return Err(e),
+                Err(e) => {
+                    log::warn!("{full}: {e}: its part of the connection lifecycle is not observed");
+                    false
+                }
+            },
+        };
+        tracepoints.push((full, attached));
+    }
+
     let conns = HashMap::try_from(ebpf.take_map("CONNS").ok_or(BpfError::Map("CONNS"))?).map_err(|_| BpfError::Map("CONNS"))?;
     let global = PerCpuArray::try_from(ebpf.take_map("GLOBAL").ok_or(BpfError::Map("GLOBAL"))?).map_err(|_| BpfError::Map("GLOBAL"))?;
-    Ok((Loaded { _ebpf: ebpf, attachments }, Maps { conns, global }))
+    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
+    Ok((Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1 }, Maps { conns, global }, events))
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<(), BpfError> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
+        .try_into()
+        .map_err(|source| BpfError::Program { program, source })?;
+    prog.load().map_err(|e| classify_program_error(program, e))?;
+    prog.attach(category, name).map_err(|source| BpfError::Program { program, source })?;
+    Ok(())
+}
+
+/// Socket tracepoints fire for every network namespace: keep to ours, found through the
+/// kernel's BTF (`sock.__sk_common.skc_net` -> `net.ns.inum`). Without BTF offsets, every
+/// namespace is observed, and the log says so.
+fn netns_filter() -> NetnsFilter {
+    use std::os::unix::fs::MetadataExt;
+    let found = (|| -> anyhow::Result<NetnsFilter> {
+        let btf = crate::btf::Btf::from_sys_fs()?;
+        let inum = std::fs::metadata("/proc/self/ns/net")?.ino() as u32;
+        Ok(NetnsFilter {
+            enabled: 1,
+            inum,
+            sock_net: btf.offset_of("sock", &["__sk_common", "skc_net"])?,
+            net_inum: btf.offset_of("net", &["ns", "inum"])?,
+        })
+    })();
+    match found {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("socket events cannot be limited to this network namespace ({e:#}): connections of other namespaces may appear");
+            NetnsFilter::disabled()
+        }
+    }
 }
 
 fn classify_load_error(e: EbpfError) -> BpfError {

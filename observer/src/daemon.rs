@@ -1,20 +1,31 @@
-//! `observer run`: load, attach, serve, and detach on SIGINT/SIGTERM.
+//! `observer run`: load, attach, pump events, keep the table, serve, and detach on SIGINT/SIGTERM.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use observer_common::global::Counter;
+use observer_common::{
+    conn::{ConnEvent, ConnEventKind, ConnKey, ConnStats, Role},
+    global::Counter,
+};
 
 use crate::{
     api,
     bpf::{self, Attachment, MapSizes, Maps},
-    metrics::{KernelCounters, Metrics},
-    sys,
-    table::Connection,
+    metrics::{KernelCounters, Metrics, TableGauges},
+    sys::{self, monotonic_ns},
+    table::{self, Connection, History},
 };
+
+/// A connection without a socket here (refused SYN) counts as closed after this much quiet.
+const QUIET_NS: u64 = 1_000_000_000;
+/// A closed connection is archived this long after its CLOSE, so that the resets and final ACKs
+/// the stack sends right after the state change are in its counters.
+const CLOSE_GRACE: Duration = Duration::from_millis(300);
+/// How often the whole kernel map is swept for connections no event reported closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything `observer run` is configured with.
 #[derive(Clone, Debug)]
@@ -23,23 +34,39 @@ pub struct Config {
     pub interfaces: Vec<String>,
     pub listen: SocketAddr,
     pub map_sizes: MapSizes,
+    pub closed_retention: Duration,
+    pub closed_max: usize,
 }
 
-/// What the API handlers share.
+/// What the API handlers and the pump share.
 pub struct App {
     maps: Mutex<Maps>,
+    history: Mutex<History>,
     pub attachments: Vec<Attachment>,
+    pub tracepoints: Vec<(String, bool)>,
+    pub netns_filter: bool,
     pub metrics: Metrics,
     pub started: Instant,
+    pub config: Config,
 }
 
 impl App {
-    /// Every connection in the kernel map, with its exact counters.
-    pub fn connections(&self) -> Vec<Connection> {
+    /// Every entry of the kernel map.
+    fn kernel_entries(&self) -> Vec<(ConnKey, ConnStats)> {
         let maps = self.maps.lock().expect("maps lock poisoned");
-        let mut out: Vec<Connection> = maps.conns.iter().filter_map(Result::ok).map(|(k, v)| Connection::new(&k, &v)).collect();
-        out.sort_by(|a, b| a.connection.cmp(&b.connection));
-        out
+        maps.conns.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every connection: open ones and recently closed ones.
+    pub fn connections(&self) -> Vec<Connection> {
+        let kernel = self.kernel_entries();
+        let history = self.history.lock().expect("history lock poisoned");
+        table::merge(&kernel, &history, QUIET_NS)
+    }
+
+    /// One connection by its four-tuple: the newest incarnation.
+    pub fn connection(&self, key: &ConnKey) -> Option<Connection> {
+        self.connections().into_iter().filter(|c| c.incarnation.0 == *key).max_by_key(|c| c.incarnation.1)
     }
 
     /// The kernel's global counters, summed over CPUs.
@@ -51,8 +78,92 @@ impl App {
             not_tcp: sum(Counter::NotTcp),
             parse_failures: sum(Counter::ParseFailures),
             conn_insert_failures: sum(Counter::ConnInsertFailures),
-            connections_tracked: maps.conns.keys().count() as u64,
+            conn_inserts: sum(Counter::ConnInserts),
+            events_lost: sum(Counter::EventsLost),
+            resets_sent: sum(Counter::ResetsSent),
+            resets_received: sum(Counter::ResetsReceived),
+            retransmits: sum(Counter::Retransmits),
         }
+    }
+
+    pub fn table_gauges(&self) -> TableGauges {
+        let kernel = self.kernel_entries();
+        let now = monotonic_ns();
+        let mut g = TableGauges { kernel_entries: kernel.len() as u64, ..Default::default() };
+        for (_, s) in kernel.iter().filter(|(_, s)| !table::is_closed(s, now, QUIET_NS)) {
+            match Role::from_u8(s.role) {
+                Role::Inbound => g.open_inbound += 1,
+                Role::Outbound => g.open_outbound += 1,
+                Role::Unknown => g.open_unknown += 1,
+            }
+        }
+        g.closed_kept = self.history.lock().expect("history lock poisoned").len() as u64;
+        g
+    }
+
+    /// Archives a closed connection once, and counts it.
+    fn finalize(&self, key: ConnKey, at_close: ConnStats) {
+        // The kernel entry has the final counters, unless a new connection reused the four-tuple.
+        let current = self.maps.lock().expect("maps lock poisoned").conns.get(&key, 0).ok();
+        let stats = match current {
+            Some(s) if s.first_seen_ns == at_close.first_seen_ns => s,
+            _ => at_close,
+        };
+        let mut history = self.history.lock().expect("history lock poisoned");
+        if history.contains(&(key, stats.first_seen_ns)) {
+            return;
+        }
+        history.archive(key, stats, monotonic_ns());
+        drop(history);
+        self.metrics.connection_closed(&key, &stats);
+    }
+
+    /// Finds connections that ended without a close event (no socket here, or a lost event).
+    fn sweep(&self) {
+        let now = monotonic_ns();
+        let closed: Vec<(ConnKey, ConnStats)> = self
+            .kernel_entries()
+            .into_iter()
+            .filter(|(_, s)| table::is_closed(s, now, QUIET_NS) && now.saturating_sub(s.closed_ns.max(s.last_seen_ns)) >= CLOSE_GRACE.as_nanos() as u64)
+            .collect();
+        for (k, s) in closed {
+            self.finalize(k, s);
+        }
+        self.history.lock().expect("history lock poisoned").expire(now);
+    }
+
+    fn handle(self: &Arc<Self>, ev: ConnEvent) {
+        let delay = monotonic_ns().saturating_sub(ev.ts_ns);
+        self.metrics.event_delay.observe(delay as f64 / 1e9);
+        match ev.kind {
+            k if k == ConnEventKind::Opened as u32 => self.metrics.connection_opened(&ev.key, &ev.stats),
+            k if k == ConnEventKind::Closed as u32 => {
+                let app = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                    app.finalize(ev.key, ev.stats);
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads lifecycle events from the kernel as they come.
+#[expect(deprecated, reason = "the RingBuf owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
+async fn pump(app: Arc<App>, events: aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+    let mut fd = tokio::io::unix::AsyncFd::with_interest(events, tokio::io::Interest::READABLE).context("watching the event ring buffer")?;
+    loop {
+        let mut guard = fd.readable_mut().await.context("waiting for events")?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<ConnEvent>() {
+                // SAFETY: the kernel wrote a ConnEvent there; read_unaligned copes with alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
+                app.handle(ev);
+            }
+        }
+        guard.clear_ready();
     }
 }
 
@@ -60,8 +171,8 @@ pub async fn run(config: Config) -> Result<()> {
     sys::require_root()?;
     sys::raise_memlock();
     sys::ensure_mounted("bpf", "/sys/fs/bpf")?;
-    if let Err(e) = sys::ensure_mounted("tracefs", "/sys/kernel/tracing") {
-        log::warn!("{e:#}");
+    if let Err(e) = sys::ensure_mounted("tracefs", crate::tracefs::TRACEFS) {
+        log::warn!("{e:#}: socket tracepoints cannot be attached");
     }
     let interfaces = if config.interfaces.is_empty() { sys::default_interfaces()? } else { config.interfaces.clone() };
     if interfaces.is_empty() {
@@ -71,22 +182,36 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
-    let (loaded, maps) = bpf::load_and_attach(&interfaces, config.map_sizes)?;
+    let (loaded, maps, events) = bpf::load_and_attach(&interfaces, config.map_sizes)?;
     let app = Arc::new(App {
         maps: Mutex::new(maps),
-        metrics: Metrics::new(&loaded.attachments),
+        history: Mutex::new(History::new(config.closed_retention, config.closed_max)),
+        metrics: Metrics::new(&loaded.attachments, &loaded.tracepoints),
         attachments: loaded.attachments.clone(),
+        tracepoints: loaded.tracepoints.clone(),
+        netns_filter: loaded.netns_filter,
         started: Instant::now(),
+        config: config.clone(),
     });
+    let pump_task = tokio::spawn(pump(app.clone(), events));
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                app.sweep();
+            }
+        })
+    };
     log::info!("observing {} on http://{}", interfaces.join(", "), config.listen);
-    axum::serve(listener, api::router(app.clone()))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving the API")?;
+    let served = axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown_signal()).await;
+    pump_task.abort();
+    sweeper.abort();
     drop(app);
     drop(loaded);
     log::info!("detached from {}; bye", interfaces.join(", "));
-    Ok(())
+    served.context("serving the API")
 }
 
 async fn shutdown_signal() {

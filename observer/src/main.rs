@@ -5,9 +5,12 @@ use std::net::SocketAddr;
 use clap::{Parser, Subcommand};
 
 mod api;
+mod btf;
+mod tracefs;
 mod bpf;
 mod daemon;
 mod metrics;
+mod query;
 mod sys;
 mod table;
 
@@ -35,6 +38,15 @@ enum Command {
         /// Connections the kernel map holds; when full, the least recently active is evicted.
         #[arg(long, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_connections: u32,
+        /// Size of the kernel's lifecycle event ring buffer in KiB (a power of two, at least 4).
+        #[arg(long, default_value_t = 256, value_name = "KIB", value_parser = parse_ring_kib)]
+        events_kib: u32,
+        /// How long closed connections stay in the table, in seconds.
+        #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+        closed_retention: u64,
+        /// At most this many closed connections are kept (the oldest go first).
+        #[arg(long, default_value_t = 100_000, value_name = "N")]
+        closed_max: usize,
     },
 }
 
@@ -42,9 +54,16 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections } => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(daemon::run(daemon::Config { interfaces, listen, map_sizes: bpf::MapSizes { connections: max_connections } }))),
+        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max } => {
+            let config = daemon::Config {
+                interfaces,
+                listen,
+                map_sizes: bpf::MapSizes { connections: max_connections, events_bytes: events_kib * 1024 },
+                closed_retention: std::time::Duration::from_secs(closed_retention),
+                closed_max,
+            };
+            tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -53,4 +72,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let kib: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of KiB"))?;
+    if kib < 4 || !kib.is_power_of_two() || kib > 1024 * 1024 {
+        return Err(format!("{kib} KiB: the ring buffer size must be a power of two from 4 to 1048576 KiB"));
+    }
+    Ok(kib)
 }

@@ -1,7 +1,41 @@
-//! Prometheus metrics. Aggregates only: never a four-tuple label.
-use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+//! Prometheus metrics. Aggregates only: never a four-tuple label. Every label set is bounded:
+//! `port` (the service port: local for inbound connections, remote for outbound) takes at most
+//! [`MAX_PORT_LABELS`] distinct values, then `other`.
+#![forbid(unsafe_code)]
+use std::{collections::HashSet, sync::Mutex};
+
+use observer_common::conn::{ConnKey, ConnStats, Role};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::bpf::Attachment;
+
+pub const MAX_PORT_LABELS: usize = 64;
+
+/// What the kernel counted, read at scrape time.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct KernelCounters {
+    pub packets_seen: u64,
+    pub not_tcp: u64,
+    pub parse_failures: u64,
+    pub conn_insert_failures: u64,
+    pub conn_inserts: u64,
+    pub events_lost: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub retransmits: u64,
+}
+
+/// What the daemon's table holds, read at scrape time.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct TableGauges {
+    pub kernel_entries: u64,
+    pub open_inbound: u64,
+    pub open_outbound: u64,
+    pub open_unknown: u64,
+    pub closed_kept: u64,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -9,64 +43,116 @@ pub struct Metrics {
     packets_not_tcp: IntCounter,
     packets_parse_failures: IntCounter,
     conn_insert_failures: IntCounter,
+    evictions: IntCounter,
+    events_lost: IntCounter,
+    resets: IntCounterVec,
+    retransmits: IntCounter,
     connections_tracked: IntGauge,
+    connections_active: IntGaugeVec,
+    connections_closed_kept: IntGauge,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    handshake_rtt: HistogramVec,
+    pub event_delay: Histogram,
+    ports: Mutex<HashSet<u16>>,
 }
 
-/// What the kernel counted, read at scrape time.
-pub struct KernelCounters {
-    pub packets_seen: u64,
-    pub not_tcp: u64,
-    pub parse_failures: u64,
-    pub conn_insert_failures: u64,
-    pub connections_tracked: u64,
-}
-
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric name");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
+    registry.register(Box::new(c.clone())).expect("each metric is registered once");
     c
 }
 
 impl Metrics {
-    pub fn new(attachments: &[Attachment]) -> Self {
-        let registry = Registry::new();
-        let info = IntGaugeVec::new(Opts::new("observer_build_info", "Version of the running observer (always 1)."), &["version", "kernel"]).expect("valid");
+    pub fn new(attachments: &[Attachment], tracepoints: &[(String, bool)]) -> Self {
+        let r = Registry::new();
+        let info = reg(&r, IntGaugeVec::new(Opts::new("observer_build_info", "Version of the running observer and the kernel it runs on (always 1)."), &["version", "kernel"]).expect("valid"));
         info.with_label_values(&[env!("CARGO_PKG_VERSION"), &crate::sys::kernel_release()]).set(1);
-        registry.register(Box::new(info)).expect("registered once");
-        let attached = IntGaugeVec::new(
-            Opts::new("observer_tc_attached", "tc programs attached, by interface, direction and mode (tcx or clsact); 1 while attached."),
-            &["interface", "direction", "mode"],
-        )
-        .expect("valid");
+        let attached = reg(&r, IntGaugeVec::new(Opts::new("observer_tc_attached", "tc programs attached, by interface, direction and mode (tcx or clsact); 1 while attached."), &["interface", "direction", "mode"]).expect("valid"));
         for a in attachments {
             attached.with_label_values(&[&a.interface, a.direction, a.mode]).set(1);
         }
-        registry.register(Box::new(attached)).expect("registered once");
-        let connections_tracked = IntGauge::new("observer_connections_tracked", "Connections currently in the kernel's CONNS map.").expect("valid");
-        registry.register(Box::new(connections_tracked.clone())).expect("registered once");
+        let tp = reg(&r, IntGaugeVec::new(Opts::new("observer_tracepoint_attached", "Socket tracepoints: 1 attached, 0 missing on this kernel (the rest keeps working)."), &["tracepoint"]).expect("valid"));
+        for (name, ok) in tracepoints {
+            tp.with_label_values(&[name]).set(i64::from(*ok));
+        }
+        let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid"));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid"));
         Self {
-            packets_seen: counter(&registry, "observer_packets_seen_total", "Packets the tc programs saw, on every attached interface and direction."),
-            packets_not_tcp: counter(&registry, "observer_packets_not_tcp_total", "Well-formed packets that are not TCP (ARP, UDP, ICMP, ...)."),
-            packets_parse_failures: counter(&registry, "observer_packets_parse_failures_total", "Packets whose headers could not be parsed (truncated, IP fragments, long IPv6 extension chains)."),
-            conn_insert_failures: counter(&registry, "observer_connection_insert_failures_total", "New connections the kernel map refused (expected to stay 0)."),
-            connections_tracked,
-            registry,
+            packets_seen: counter("observer_packets_seen_total", "Packets the tc programs saw, on every attached interface and direction."),
+            packets_not_tcp: counter("observer_packets_not_tcp_total", "Well-formed packets that are not TCP (ARP, UDP, ICMP, ...)."),
+            packets_parse_failures: counter("observer_packets_parse_failures_total", "Packets whose headers could not be parsed (truncated, IP fragments, long IPv6 extension chains)."),
+            conn_insert_failures: counter("observer_connection_insert_failures_total", "New connections the kernel map refused (expected to stay 0: the map is LRU)."),
+            evictions: counter("observer_connection_evictions_total", "Connections the full kernel map evicted (least recently active first) to make room."),
+            events_lost: counter("observer_events_lost_total", "Lifecycle events dropped because the ring buffer was full; per-connection counters stay exact."),
+            resets: counter_vec("observer_resets_total", "TCP resets by direction (sent by this host's stack, received from peers), every connection together.", &["direction"]),
+            retransmits: counter("observer_retransmits_total", "TCP segments this host retransmitted, every connection together."),
+            connections_tracked: reg(&r, IntGauge::new("observer_connections_tracked", "Entries in the kernel's connection map (open and recently closed).").expect("valid")),
+            connections_active: reg(&r, IntGaugeVec::new(Opts::new("observer_connections_active", "Open connections by role."), &["role"]).expect("valid")),
+            connections_closed_kept: reg(&r, IntGauge::new("observer_connections_closed_kept", "Closed connections the daemon keeps for post-mortems (bounded, see --closed-retention).").expect("valid")),
+            opened: counter_vec("observer_connections_opened_total", "Connections that reached ESTABLISHED, by role and service port.", &["role", "port"]),
+            closed: counter_vec("observer_connections_closed_total", "Connections that ended, by role, service port and reason (normal, reset_sent, reset_received, refused, timed_out).", &["role", "port", "reason"]),
+            handshake_rtt: reg(&r, HistogramVec::new(
+                HistogramOpts::new("observer_handshake_rtt_seconds", "TCP handshake round-trip time as seen on this host's interfaces, by role.")
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                &["role"],
+            ).expect("valid")),
+            event_delay: reg(&r, Histogram::with_opts(
+                HistogramOpts::new("observer_event_delay_seconds", "Freshness: delay from an event in the kernel to the daemon having it.")
+                    .buckets(vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            ).expect("valid")),
+            ports: Mutex::new(HashSet::new()),
+            registry: r,
         }
     }
 
+    /// The `port` label of a connection: its service port, or `other` past the bound.
+    fn port_label(&self, key: &ConnKey, role: Role) -> String {
+        let port = if role == Role::Outbound { key.remote_port } else { key.local_port };
+        let mut ports = self.ports.lock().expect("ports lock");
+        if ports.contains(&port) || (ports.len() < MAX_PORT_LABELS && ports.insert(port)) {
+            port.to_string()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    pub fn connection_opened(&self, key: &ConnKey, stats: &ConnStats) {
+        let role = Role::from_u8(stats.role);
+        self.opened.with_label_values(&[role.name(), &self.port_label(key, role)]).inc();
+        if stats.handshake_rtt_ns != 0 {
+            self.handshake_rtt.with_label_values(&[role.name()]).observe(stats.handshake_rtt_ns as f64 / 1e9);
+        }
+    }
+
+    pub fn connection_closed(&self, key: &ConnKey, stats: &ConnStats) {
+        let role = Role::from_u8(stats.role);
+        let reason = observer_common::conn::CloseReason::of(stats).name();
+        self.closed.with_label_values(&[role.name(), &self.port_label(key, role), reason]).inc();
+    }
+
     /// Brings the counters up to the kernel's values and renders the text exposition format.
-    pub fn render(&self, k: &KernelCounters) -> String {
-        let KernelCounters { packets_seen, not_tcp, parse_failures, conn_insert_failures, connections_tracked } = *k;
+    pub fn render(&self, k: &KernelCounters, t: &TableGauges) -> String {
+        let KernelCounters { packets_seen, not_tcp, parse_failures, conn_insert_failures, conn_inserts, events_lost, resets_sent, resets_received, retransmits } = *k;
+        let evictions = conn_inserts.saturating_sub(t.kernel_entries);
         for (c, v) in [
             (&self.packets_seen, packets_seen),
             (&self.packets_not_tcp, not_tcp),
             (&self.packets_parse_failures, parse_failures),
             (&self.conn_insert_failures, conn_insert_failures),
+            (&self.evictions, evictions),
+            (&self.events_lost, events_lost),
+            (&self.retransmits, retransmits),
+            (&self.resets.with_label_values(&["sent"]), resets_sent),
+            (&self.resets.with_label_values(&["received"]), resets_received),
         ] {
             // Kernel counters only grow; a scrape brings ours up to theirs.
             c.inc_by(v.saturating_sub(c.get()));
         }
-        self.connections_tracked.set(connections_tracked as i64);
+        self.connections_tracked.set(t.kernel_entries as i64);
+        self.connections_active.with_label_values(&["inbound"]).set(t.open_inbound as i64);
+        self.connections_active.with_label_values(&["outbound"]).set(t.open_outbound as i64);
+        self.connections_active.with_label_values(&["unknown"]).set(t.open_unknown as i64);
+        self.connections_closed_kept.set(t.closed_kept as i64);
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")

@@ -1,8 +1,31 @@
-//! The daemon's view of connections: snapshots of the kernel's `CONNS` map as operators read them.
-use observer_common::conn::{ConnKey, ConnStats, FAMILY_IPV4};
+//! The daemon's table of connections: open ones straight from the kernel's `CONNS` map, closed
+//! ones kept (bounded, for a retention time) after the kernel may have forgotten them.
+#![forbid(unsafe_code)]
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+use observer_common::conn::{tcp_state, CloseReason, Closer, ConnKey, ConnStats, Role, FAMILY_IPV4};
 use serde::Serialize;
 
-use crate::sys::ktime_to_unix_seconds;
+use crate::sys::{ktime_to_unix_seconds, monotonic_ns};
+
+/// A connection's identity over time: the four-tuple may be reused, the first-seen time tells
+/// incarnations apart.
+pub type Incarnation = (ConnKey, u64);
+
+/// Is this kernel entry a connection that has ended? Socket events say so directly; a connection
+/// that never had a socket here (a SYN answered with a reset by a port nobody listens on) is over
+/// once it has been quiet for `quiet_ns`.
+pub fn is_closed(s: &ConnStats, now_ns: u64, quiet_ns: u64) -> bool {
+    if s.closed_ns != 0 {
+        return true;
+    }
+    let idle = now_ns.saturating_sub(s.last_seen_ns) >= quiet_ns;
+    let no_socket = s.state == 0;
+    no_socket && idle && (s.rst_in + s.rst_out > 0 || (s.fin_in > 0 && s.fin_out > 0))
+}
 
 /// One connection as the API and CLI show it.
 #[derive(Clone, Debug, Serialize)]
@@ -12,6 +35,12 @@ pub struct Connection {
     pub local: String,
     pub remote: String,
     pub family: &'static str,
+    /// `inbound` (a peer connected to a local listener), `outbound` (this host connected out) or `unknown`.
+    pub role: &'static str,
+    /// `open` or `closed`.
+    pub status: &'static str,
+    /// The TCP state the socket layer last reported (`established`, `fin_wait2`, ...; `unknown` if none).
+    pub state: &'static str,
     pub packets_in: u64,
     pub packets_out: u64,
     pub bytes_in: u64,
@@ -20,22 +49,34 @@ pub struct Connection {
     pub syn_out: u64,
     pub fin_in: u64,
     pub fin_out: u64,
+    /// Reset segments on the wire (tc view).
     pub rst_in: u64,
     pub rst_out: u64,
-    /// Unix time, seconds.
+    /// Resets the TCP stack sent / received (socket view).
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    pub retransmits: u64,
+    /// Handshake round-trip time in milliseconds, when both handshake packets were seen here.
+    pub handshake_rtt_ms: Option<f64>,
+    /// Who closed first: `local`, `remote`, or `unknown` (still open, or no FIN/reset seen).
+    pub closer: &'static str,
+    /// Why it ended (`normal`, `reset_sent`, `reset_received`, `refused`, `timed_out`); null while open.
+    pub close_reason: Option<&'static str>,
+    /// Unix times in seconds. `opened` is when it reached ESTABLISHED (null if it never did).
     pub first_seen: f64,
     pub last_seen: f64,
+    pub opened: Option<f64>,
+    pub closed: Option<f64>,
+    /// From the first packet to the close (closed) or to now (open).
     pub duration_seconds: f64,
+    pub idle_seconds: f64,
+    #[serde(skip)]
+    pub incarnation: Incarnation,
 }
 
 impl Connection {
-    pub fn new(key: &ConnKey, stats: &ConnStats) -> Self {
-        let ConnStats { packets_in, packets_out, bytes_in, bytes_out, syn_in, syn_out, fin_in, fin_out, rst_in, rst_out, first_seen_ns, last_seen_ns } = *stats;
-        Self {
-            connection: key.to_string(),
-            local: key.local().to_string(),
-            remote: key.remote().to_string(),
-            family: if key.family == FAMILY_IPV4 { "ipv4" } else { "ipv6" },
+    pub fn new(key: &ConnKey, stats: &ConnStats, closed: bool, now_ns: u64) -> Self {
+        let ConnStats {
             packets_in,
             packets_out,
             bytes_in,
@@ -46,9 +87,181 @@ impl Connection {
             fin_out,
             rst_in,
             rst_out,
+            first_seen_ns,
+            last_seen_ns,
+            resets_sent,
+            resets_received,
+            retransmits,
+            opened_ns,
+            closed_ns,
+            syn_ns: _,
+            handshake_rtt_ns,
+            state,
+            state_before_close: _,
+            role,
+            closer,
+            _pad,
+        } = *stats;
+        let end_ns = if closed { if closed_ns != 0 { closed_ns } else { last_seen_ns } } else { now_ns };
+        let mut closer = Closer::from_u8(closer);
+        if closer == Closer::Unknown {
+            // No socket event said who closed first; the wire may (only one side sent FIN/RST).
+            let local = fin_out + rst_out > 0;
+            let remote = fin_in + rst_in > 0;
+            closer = match (local, remote) {
+                (true, false) => Closer::Local,
+                (false, true) => Closer::Remote,
+                _ => Closer::Unknown,
+            };
+        }
+        Self {
+            connection: key.to_string(),
+            local: key.local().to_string(),
+            remote: key.remote().to_string(),
+            family: if key.family == FAMILY_IPV4 { "ipv4" } else { "ipv6" },
+            role: Role::from_u8(role).name(),
+            status: if closed { "closed" } else { "open" },
+            state: if closed && state == 0 { "closed" } else { tcp_state::name(state) },
+            packets_in,
+            packets_out,
+            bytes_in,
+            bytes_out,
+            syn_in,
+            syn_out,
+            fin_in,
+            fin_out,
+            rst_in,
+            rst_out,
+            resets_sent,
+            resets_received,
+            retransmits,
+            handshake_rtt_ms: (handshake_rtt_ns != 0).then(|| handshake_rtt_ns as f64 / 1e6),
+            closer: closer.name(),
+            close_reason: closed.then(|| CloseReason::of(stats).name()),
             first_seen: ktime_to_unix_seconds(first_seen_ns),
             last_seen: ktime_to_unix_seconds(last_seen_ns),
-            duration_seconds: last_seen_ns.saturating_sub(first_seen_ns) as f64 / 1e9,
+            opened: (opened_ns != 0).then(|| ktime_to_unix_seconds(opened_ns)),
+            closed: closed.then(|| ktime_to_unix_seconds(end_ns)),
+            duration_seconds: end_ns.saturating_sub(first_seen_ns) as f64 / 1e9,
+            idle_seconds: now_ns.saturating_sub(last_seen_ns) as f64 / 1e9,
+            incarnation: (*key, first_seen_ns),
         }
+    }
+}
+
+/// Closed connections, kept after the kernel entry may be gone (evicted, or reused by a new
+/// connection on the same four-tuple).
+pub struct History {
+    retention: Duration,
+    max: usize,
+    /// Oldest first, with the monotonic time each was archived.
+    order: VecDeque<(u64, Incarnation)>,
+    by_id: HashMap<Incarnation, (ConnKey, ConnStats)>,
+}
+
+impl History {
+    pub fn new(retention: Duration, max: usize) -> Self {
+        Self { retention, max, order: VecDeque::new(), by_id: HashMap::new() }
+    }
+
+    pub fn contains(&self, id: &Incarnation) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Keeps (or refreshes, with later counters) a closed connection.
+    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, now_ns: u64) {
+        let id = (key, stats.first_seen_ns);
+        if self.by_id.insert(id, (key, stats)).is_none() {
+            self.order.push_back((now_ns, id));
+        }
+        self.expire(now_ns);
+    }
+
+    /// Drops what is older than the retention time, and the oldest beyond the size bound.
+    pub fn expire(&mut self, now_ns: u64) {
+        let retention_ns = self.retention.as_nanos() as u64;
+        while let Some(&(at, id)) = self.order.front() {
+            if self.order.len() > self.max || now_ns.saturating_sub(at) > retention_ns {
+                self.order.pop_front();
+                self.by_id.remove(&id);
+            } else {
+                break;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(ConnKey, ConnStats)> {
+        self.by_id.values()
+    }
+}
+
+/// Every connection: the kernel's entries (`kernel`), and the archived closed ones the kernel no
+/// longer holds. Archived counters are refreshed from the kernel's while it still has them.
+pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64) -> Vec<Connection> {
+    let now = monotonic_ns();
+    let mut out: Vec<Connection> = kernel.iter().map(|(k, s)| Connection::new(k, s, is_closed(s, now, quiet_ns), now)).collect();
+    let in_kernel: std::collections::HashSet<Incarnation> = out.iter().map(|c| c.incarnation).collect();
+    out.extend(history.iter().filter(|(k, s)| !in_kernel.contains(&(*k, s.first_seen_ns))).map(|(k, s)| Connection::new(k, s, true, now)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> ConnKey {
+        let mut k = ConnKey::zeroed();
+        k.family = FAMILY_IPV4;
+        k.local_port = 80;
+        k.remote_port = port;
+        k
+    }
+
+    #[test]
+    fn history_is_bounded_by_count_and_age() {
+        let mut h = History::new(Duration::from_secs(10), 3);
+        for i in 0..5u16 {
+            let mut s = ConnStats::zeroed();
+            s.first_seen_ns = i as u64;
+            h.archive(key(1000 + i), s, 1_000);
+        }
+        assert_eq!(h.len(), 3, "the oldest beyond the bound go first");
+        assert!(!h.contains(&(key(1000), 0)));
+        assert!(h.contains(&(key(1004), 4)));
+        h.expire(1_000 + 11_000_000_000);
+        assert_eq!(h.len(), 0, "all older than the retention");
+    }
+
+    #[test]
+    fn refused_connection_without_socket_closes_when_quiet() {
+        let mut s = ConnStats::zeroed();
+        s.syn_in = 1;
+        s.rst_out = 1;
+        s.last_seen_ns = 100;
+        assert!(!is_closed(&s, 150, 100));
+        assert!(is_closed(&s, 200, 100));
+        s.state = tcp_state::ESTABLISHED;
+        assert!(!is_closed(&s, 10_000, 100), "a socket exists: only its CLOSE event ends it");
+    }
+
+    #[test]
+    fn merge_keeps_archived_connections_the_kernel_forgot() {
+        let mut h = History::new(Duration::from_secs(60), 10);
+        let mut gone = ConnStats::zeroed();
+        gone.first_seen_ns = 5;
+        gone.closed_ns = 6;
+        h.archive(key(1), gone, 10);
+        let mut live = ConnStats::zeroed();
+        live.first_seen_ns = 7;
+        live.state = tcp_state::ESTABLISHED;
+        let all = merge(&[(key(2), live), (key(1), gone)], &h, 1);
+        assert_eq!(all.len(), 2, "the archived one that is still in the kernel is shown once");
+        let all = merge(&[(key(2), live)], &h, 1);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all.iter().filter(|c| c.status == "closed").count(), 1);
     }
 }

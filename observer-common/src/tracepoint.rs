@@ -1,0 +1,80 @@
+//! Where the fields of the socket tracepoints' records are. Layouts change between kernel
+//! versions (e.g. `tcp:tcp_send_reset` in 6.10), and Rust eBPF gets no CO-RE relocations, so the
+//! daemon reads `/sys/kernel/tracing/events/<sys>/<name>/format` at start-up and hands the
+//! offsets to the programs as globals.
+
+/// Marks a field the running kernel's record does not have.
+pub const ABSENT: u16 = 0xffff;
+
+/// Field offsets of one tracepoint record; [`ABSENT`] where the field does not exist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpLayout {
+    pub skaddr: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub saddr_v6: u16,
+    pub daddr_v6: u16,
+    pub oldstate: u16,
+    pub newstate: u16,
+    pub protocol: u16,
+    /// `tcp_retransmit_skb`'s result (since 6.13): non-zero means nothing was retransmitted.
+    pub err: u16,
+    /// 1 when `saddr`/`daddr` hold a 28-byte `sockaddr_in`/`sockaddr_in6` (family, port and
+    /// address inside) instead of separate port, family and address fields.
+    pub sockaddr_form: u16,
+    /// 1 when the daemon found this tracepoint and filled the offsets in.
+    pub present: u16,
+}
+
+impl TpLayout {
+    pub const fn absent() -> Self {
+        Self {
+            skaddr: ABSENT,
+            sport: ABSENT,
+            dport: ABSENT,
+            family: ABSENT,
+            saddr: ABSENT,
+            daddr: ABSENT,
+            saddr_v6: ABSENT,
+            daddr_v6: ABSENT,
+            oldstate: ABSENT,
+            newstate: ABSENT,
+            protocol: ABSENT,
+            err: ABSENT,
+            sockaddr_form: 0,
+            present: 0,
+        }
+    }
+}
+
+/// Restricts the socket tracepoints (which fire for every network namespace) to the daemon's
+/// own: `sk->__sk_common.skc_net.net->ns.inum` must equal `inum`. Offsets come from the kernel's
+/// BTF; `enabled` is 0 when they could not be found (then every namespace is observed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsFilter {
+    pub enabled: u32,
+    pub inum: u32,
+    /// Offset of `skc_net` (a `struct net *`) in `struct sock`.
+    pub sock_net: u32,
+    /// Offset of `ns.inum` in `struct net`.
+    pub net_inum: u32,
+}
+
+impl NetnsFilter {
+    pub const fn disabled() -> Self {
+        Self { enabled: 0, inum: 0, sock_net: 0, net_inum: 0 }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: #[repr(C)] integers only, no implicit padding.
+    unsafe impl aya::Pod for TpLayout {}
+    unsafe impl aya::Pod for NetnsFilter {}
+}

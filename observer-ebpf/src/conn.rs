@@ -1,0 +1,66 @@
+//! The `CONNS` entry of a connection, shared by the tc and socket programs, and its events.
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use observer_common::{
+    conn::{ConnEvent, ConnEventKind, ConnKey, ConnStats},
+    global::Counter,
+};
+
+use crate::{
+    maps::{CONNS, EVENTS},
+    util::count,
+};
+
+/// The entry for `key`, created (zeroed, first seen `now`) if there is none.
+#[inline(always)]
+pub fn get_or_create(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
+    if let Some(p) = CONNS.get_ptr_mut(key) {
+        return Some(p);
+    }
+    let mut fresh = ConnStats::zeroed();
+    fresh.first_seen_ns = now;
+    // NOEXIST: if the other direction created it on another CPU meanwhile, keep theirs.
+    if CONNS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::ConnInserts);
+    }
+    let p = CONNS.get_ptr_mut(key);
+    if p.is_none() {
+        count(Counter::ConnInsertFailures);
+    }
+    p
+}
+
+/// Like [`get_or_create`], but a new connection on a four-tuple whose last one has closed starts
+/// from zero (a client reusing a port after TIME_WAIT is a new connection).
+#[inline(always)]
+pub fn open(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
+    let p = get_or_create(key, now)?;
+    // SAFETY: non-null map value pointer.
+    if unsafe { (*p).closed_ns } != 0 {
+        let mut fresh = ConnStats::zeroed();
+        fresh.first_seen_ns = now;
+        // Replaces an existing entry: the number of entries does not change, so no insert counted.
+        let _ = CONNS.insert(key, &fresh, BPF_ANY as u64);
+        return CONNS.get_ptr_mut(key);
+    }
+    Some(p)
+}
+
+/// Sends a lifecycle event; when the ring buffer is full the loss is counted (the map stays exact).
+#[inline(always)]
+pub fn emit(kind: ConnEventKind, detail: u32, key: &ConnKey, stats: *const ConnStats, now: u64) {
+    match EVENTS.reserve::<ConnEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            // SAFETY: `ev` is the reserved, exclusively owned record; `stats` a non-null map value.
+            unsafe {
+                (*ev).kind = kind as u32;
+                (*ev).detail = detail;
+                (*ev).ts_ns = now;
+                (*ev).key = *key;
+                (*ev).stats = *stats;
+            }
+            entry.submit(0);
+        }
+        None => count(Counter::EventsLost),
+    }
+}

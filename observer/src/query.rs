@@ -1,0 +1,183 @@
+//! Filters, sorting and limits of `GET /api/v1/connections`, and the written form of a
+//! connection (`LOCAL REMOTE`), parsed with errors that say what was expected.
+#![forbid(unsafe_code)]
+use std::{cmp::Ordering, collections::HashMap, net::IpAddr, net::SocketAddr};
+
+use observer_common::conn::ConnKey;
+
+use crate::table::Connection;
+
+pub const CONNECTION_FORM: &str = "a connection is written LOCAL REMOTE, e.g. `198.18.0.1:80 198.18.0.2:51234` or `[2001:db8::1]:443 [2001:db8::2]:40000` (in a URL path the space is %20; a comma also separates)";
+
+/// Parses one endpoint: `198.18.0.1:51234` or `[2001:db8::1]:443`.
+pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| format!("{s:?} is not an endpoint: expected ADDRESS:PORT, e.g. 198.18.0.1:51234 or [2001:db8::1]:443"))
+}
+
+/// Parses a connection in its written form, local endpoint first.
+pub fn parse_connection(s: &str) -> Result<ConnKey, String> {
+    let parts: Vec<&str> = s.split(|c: char| c.is_whitespace() || c == ',').filter(|p| !p.is_empty()).collect();
+    let [local, remote] = parts[..] else {
+        return Err(format!("{s:?}: {CONNECTION_FORM}"));
+    };
+    let (local, remote) = (parse_endpoint(local)?, parse_endpoint(remote)?);
+    ConnKey::from_endpoints(local, remote).ok_or_else(|| format!("{s:?}: both endpoints must be IPv4, or both IPv6"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    FirstSeen,
+    LastSeen,
+    Duration,
+    BytesIn,
+    BytesOut,
+    Packets,
+    Retransmits,
+    Resets,
+}
+
+impl SortKey {
+    const NAMES: &'static str = "first_seen, last_seen, duration, bytes_in, bytes_out, packets, retransmits, resets";
+
+    fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "first_seen" | "age" => SortKey::FirstSeen,
+            "last_seen" => SortKey::LastSeen,
+            "duration" => SortKey::Duration,
+            "bytes_in" => SortKey::BytesIn,
+            "bytes_out" => SortKey::BytesOut,
+            "packets" => SortKey::Packets,
+            "retransmits" => SortKey::Retransmits,
+            "resets" => SortKey::Resets,
+            other => return Err(format!("sort={other:?} is not a sort key: expected one of {}", Self::NAMES)),
+        })
+    }
+
+    fn value(self, c: &Connection) -> f64 {
+        match self {
+            SortKey::FirstSeen => c.first_seen,
+            SortKey::LastSeen => c.last_seen,
+            SortKey::Duration => c.duration_seconds,
+            SortKey::BytesIn => c.bytes_in as f64,
+            SortKey::BytesOut => c.bytes_out as f64,
+            SortKey::Packets => (c.packets_in + c.packets_out) as f64,
+            SortKey::Retransmits => c.retransmits as f64,
+            SortKey::Resets => (c.resets_sent + c.resets_received + c.rst_in + c.rst_out) as f64,
+        }
+    }
+}
+
+/// A parsed `GET /api/v1/connections` query.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// `open`, `closed`, or a TCP state name (`established`, `time_wait`, ...).
+    pub state: Option<String>,
+    pub role: Option<String>,
+    /// Matches the local or the remote port.
+    pub port: Option<u16>,
+    pub local_port: Option<u16>,
+    pub remote_port: Option<u16>,
+    /// Matches the local or the remote address.
+    pub address: Option<IpAddr>,
+    pub sort: Option<SortKey>,
+    pub ascending: bool,
+    pub limit: Option<usize>,
+}
+
+const PARAMS: &str = "state, role, port, local_port, remote_port, address, sort, order, limit";
+
+fn port(name: &str, v: &str) -> Result<u16, String> {
+    v.parse().map_err(|_| format!("{name}={v:?} is not a port: expected a number from 0 to 65535"))
+}
+
+impl Query {
+    pub fn parse(params: &HashMap<String, String>) -> Result<Self, String> {
+        let mut q = Query::default();
+        for (name, v) in params {
+            match name.as_str() {
+                "state" => q.state = Some(v.to_ascii_lowercase()),
+                "role" => {
+                    if !matches!(v.as_str(), "inbound" | "outbound" | "unknown") {
+                        return Err(format!("role={v:?}: expected inbound, outbound or unknown"));
+                    }
+                    q.role = Some(v.clone());
+                }
+                "port" => q.port = Some(port(name, v)?),
+                "local_port" => q.local_port = Some(port(name, v)?),
+                "remote_port" => q.remote_port = Some(port(name, v)?),
+                "address" => q.address = Some(v.parse().map_err(|_| format!("address={v:?} is not an IP address, e.g. 198.18.0.1 or 2001:db8::1"))?),
+                "sort" => q.sort = Some(SortKey::parse(v)?),
+                "order" => {
+                    q.ascending = match v.as_str() {
+                        "asc" => true,
+                        "desc" => false,
+                        _ => return Err(format!("order={v:?}: expected asc or desc")),
+                    }
+                }
+                "limit" => q.limit = Some(v.parse().map_err(|_| format!("limit={v:?} is not a count: expected a whole number"))?),
+                other => return Err(format!("unknown parameter {other:?}: expected {PARAMS}")),
+            }
+        }
+        Ok(q)
+    }
+
+    pub fn matches(&self, c: &Connection) -> bool {
+        let key = &c.incarnation.0;
+        let state_ok = match self.state.as_deref() {
+            None => true,
+            Some("open") => c.status == "open",
+            Some("closed") => c.status == "closed",
+            Some(s) => c.state == s,
+        };
+        state_ok
+            && self.role.as_deref().is_none_or(|r| c.role == r)
+            && self.port.is_none_or(|p| key.local_port == p || key.remote_port == p)
+            && self.local_port.is_none_or(|p| key.local_port == p)
+            && self.remote_port.is_none_or(|p| key.remote_port == p)
+            && self.address.is_none_or(|a| key.local().ip() == a || key.remote().ip() == a)
+    }
+
+    /// Filters, sorts (default: most recently active first) and limits.
+    pub fn apply(&self, mut all: Vec<Connection>) -> Vec<Connection> {
+        all.retain(|c| self.matches(c));
+        let key = self.sort.unwrap_or(SortKey::LastSeen);
+        all.sort_by(|a, b| {
+            let o = key.value(a).partial_cmp(&key.value(b)).unwrap_or(Ordering::Equal);
+            let o = if self.ascending { o } else { o.reverse() };
+            o.then_with(|| a.connection.cmp(&b.connection))
+        });
+        if let Some(n) = self.limit {
+            all.truncate(n);
+        }
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_form_round_trips() {
+        let k = parse_connection("198.18.0.1:80 198.18.0.2:51234").unwrap();
+        assert_eq!(k.to_string(), "198.18.0.1:80 198.18.0.2:51234");
+        let k6 = parse_connection("[2001:db8::1]:443,[2001:db8::2]:40000").unwrap();
+        assert_eq!(k6.to_string(), "[2001:db8::1]:443 [2001:db8::2]:40000");
+    }
+
+    #[test]
+    fn bad_connections_say_what_was_expected() {
+        assert!(parse_connection("198.18.0.1:80").unwrap_err().contains("LOCAL REMOTE"));
+        assert!(parse_connection("198.18.0.1 198.18.0.2:1").unwrap_err().contains("ADDRESS:PORT"));
+        assert!(parse_connection("198.18.0.1:80 [2001:db8::2]:1").unwrap_err().contains("both endpoints"));
+    }
+
+    #[test]
+    fn bad_parameters_are_refused_with_the_list() {
+        let p = |k: &str, v: &str| HashMap::from([(k.to_owned(), v.to_owned())]);
+        assert!(Query::parse(&p("port", "http")).unwrap_err().contains("0 to 65535"));
+        assert!(Query::parse(&p("sort", "cost")).unwrap_err().contains("first_seen"));
+        assert!(Query::parse(&p("colour", "red")).unwrap_err().contains("expected state"));
+        assert!(Query::parse(&p("role", "inbound")).is_ok());
+    }
+}
