@@ -92,7 +92,12 @@ pub struct ConnStats {
     pub role: u8,
     /// [`Closer`] as u8.
     pub closer: u8,
-    pub _pad: [u8; 4],
+    /// Initial sequence numbers of each direction (from the SYNs), 0 when not seen: the daemon's
+    /// HTTP framing starts each stream at ISN + 1.
+    pub isn_in: u32,
+    pub isn_out: u32,
+    /// Bit 0: a SYN was received, bit 1: a SYN was sent.
+    pub syn_seen: u32,
 }
 
 impl ConnStats {
@@ -121,15 +126,18 @@ impl ConnStats {
             state_before_close: 0,
             role: 0,
             closer: 0,
-            _pad: [0; 4],
+            isn_in: 0,
+            isn_out: 0,
+            syn_seen: 0,
         }
     }
 }
 
 /// Who opened the connection.
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Role {
+    #[default]
     Unknown = 0,
     /// A remote peer connected to a local listening port (client → gateway).
     Inbound = 1,

@@ -21,10 +21,19 @@ pub enum Counter {
     ResetsReceived = 7,
     /// Segments the TCP stack retransmitted (successfully), every connection together.
     Retransmits = 8,
+    /// `PAYLOAD` records dropped because the ring buffer was full (HTTP framing of that
+    /// connection direction is lost until it resynchronises; the daemon counts that too).
+    PayloadLost = 9,
+    /// Data segments skipped because the daemon said they lie inside a message body.
+    PayloadSkipped = 10,
+    /// `PAYLOAD` records sent.
+    PayloadSent = 11,
+    /// Connections whose first bytes were not HTTP/1.x: their payload is never forwarded.
+    NotHttp = 12,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 9;
+pub const COUNTERS: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -37,6 +46,10 @@ impl Counter {
         Counter::ResetsSent,
         Counter::ResetsReceived,
         Counter::Retransmits,
+        Counter::PayloadLost,
+        Counter::PayloadSkipped,
+        Counter::PayloadSent,
+        Counter::NotHttp,
     ];
 
     /// The name used in metrics and the API.
@@ -51,6 +64,10 @@ impl Counter {
             Counter::ResetsSent => "resets_sent",
             Counter::ResetsReceived => "resets_received",
             Counter::Retransmits => "retransmits",
+            Counter::PayloadLost => "payload_lost",
+            Counter::PayloadSkipped => "payload_skipped",
+            Counter::PayloadSent => "payload_sent",
+            Counter::NotHttp => "not_http_connections",
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod global;
+pub mod http;
 pub mod packet;
 pub mod tracepoint;
 

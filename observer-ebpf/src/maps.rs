@@ -2,12 +2,13 @@
 //! daemon overrides `max_entries` at load time from its configuration.
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
     global::COUNTERS,
+    http::{HttpHints, PayloadEvent},
     tracepoint::{NetnsFilter, TpLayout},
 };
 
@@ -36,3 +37,23 @@ pub static LAYOUT_RECEIVE_RESET: Global<TpLayout> = Global::new(TpLayout::absent
 /// Which network namespace the socket tracepoints report (the daemon's).
 #[unsafe(no_mangle)]
 pub static NETNS_FILTER: Global<NetnsFilter> = Global::new(NetnsFilter::disabled());
+
+/// Payload of data segments for HTTP framing in the daemon (`observer_common::http`).
+#[map]
+pub static PAYLOAD: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// The daemon's hints per connection: not HTTP, or which bytes lie inside a body.
+#[map]
+pub static HTTP_HINTS: LruHashMap<ConnKey, HttpHints> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Scratch space to assemble one `PAYLOAD` record (too big for the 512-byte BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<PayloadEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Ports whose connections are parsed as HTTP, when `HTTP_PORTS_ONLY` is 1 (value unused).
+#[map]
+pub static HTTP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
+
+/// 0: look for HTTP on every port (by content); 1: only on the ports in `HTTP_PORTS`.
+#[unsafe(no_mangle)]
+pub static HTTP_PORTS_ONLY: Global<u32> = Global::new(0);

@@ -12,11 +12,12 @@ use aya_log_ebpf::warn;
 use observer_common::{
     conn::{ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
     global::Counter,
+    http::{DIR_IN, DIR_OUT},
     packet::{self, Ipv6Next},
 };
 
 use crate::{
-    conn,
+    conn, http,
     util::{add, count},
 };
 
@@ -58,6 +59,7 @@ fn observe(ctx: &TcContext, dir: Direction) {
 struct Segment {
     key: ConnKey,
     tcp: packet::Tcp,
+    payload_off: usize,
     payload_len: usize,
 }
 
@@ -137,12 +139,12 @@ fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
     key.local_port = local_port;
     key.remote_port = remote_port;
     let payload_len = packet::tcp_payload_len(ip_len_field, ip_len_covers, l3, l4, tcp.header_len, packet_len);
-    Ok(Segment { key, tcp, payload_len })
+    Ok(Segment { key, tcp, payload_off: l4 + tcp.header_len, payload_len })
 }
 
 #[inline(always)]
 fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
-    let Segment { key, tcp, payload_len } = parse(ctx, dir)?;
+    let Segment { key, tcp, payload_off, payload_len } = parse(ctx, dir)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let f = tcp.flags;
     let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
@@ -163,7 +165,11 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             Direction::Ingress => {
                 add(&mut s.packets_in, segs);
                 add(&mut s.bytes_in, payload_len as u64);
-                if f & packet::TCP_SYN != 0 { add(&mut s.syn_in, 1) }
+                if f & packet::TCP_SYN != 0 {
+                    add(&mut s.syn_in, 1);
+                    s.isn_in = tcp.seq;
+                    s.syn_seen |= 1;
+                }
                 if f & packet::TCP_FIN != 0 { add(&mut s.fin_in, 1) }
                 if f & packet::TCP_RST != 0 { add(&mut s.rst_in, 1) }
                 if syn_only && s.role == Role::Unknown as u8 {
@@ -182,6 +188,8 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
                 add(&mut s.bytes_out, payload_len as u64);
                 if f & packet::TCP_SYN != 0 {
                     add(&mut s.syn_out, 1);
+                    s.isn_out = tcp.seq;
+                    s.syn_seen |= 2;
                     // The first SYN (outbound) or SYN-ACK (inbound) starts the handshake clock.
                     if s.syn_ns == 0 {
                         s.syn_ns = now;
@@ -196,5 +204,21 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         }
         s.last_seen_ns = now;
     }
+    // SAFETY: as above.
+    let (isn, syn_seen) = unsafe {
+        match dir {
+            Direction::Ingress => ((*stats).isn_in, (*stats).syn_seen & 1 != 0),
+            Direction::Egress => ((*stats).isn_out, (*stats).syn_seen & 2 != 0),
+        }
+    };
+    let seg = http::Seg {
+        dir: if dir == Direction::Ingress { DIR_IN } else { DIR_OUT },
+        first_byte: syn_seen && tcp.seq == isn.wrapping_add(1),
+        seq: tcp.seq,
+        flags: f,
+        off: payload_off,
+        len: payload_len,
+    };
+    http::forward(ctx, &key, &seg, now);
     Ok(())
 }

@@ -10,6 +10,7 @@ use aya::{
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
+    http::HttpHints,
     tracepoint::{NetnsFilter, TpLayout},
 };
 use thiserror::Error;
@@ -64,6 +65,8 @@ pub struct MapSizes {
     pub connections: u32,
     /// Bytes of the lifecycle event ring buffer (a power of two, a multiple of the page size).
     pub events_bytes: u32,
+    /// Bytes of the HTTP payload ring buffer (same constraints).
+    pub payload_bytes: u32,
 }
 
 /// The loaded programs. Dropping it detaches every program and link it attached.
@@ -81,11 +84,18 @@ pub struct Loaded {
 pub struct Maps {
     pub conns: HashMap<MapData, ConnKey, ConnStats>,
     pub global: PerCpuArray<MapData, u64>,
+    pub http_hints: HashMap<MapData, ConnKey, HttpHints>,
+}
+
+/// The ring buffers the daemon drains.
+pub struct Rings {
+    pub events: RingBuf<MapData>,
+    pub payload: RingBuf<MapData>,
 }
 
 /// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
 /// starts forwarding the programs' aya-log records to this process's log.
-pub fn load_and_attach(interfaces: &[String], sizes: MapSizes) -> Result<(Loaded, Maps, RingBuf<MapData>), BpfError> {
+pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16]) -> Result<(Loaded, Maps, Rings), BpfError> {
     if EBPF_OBJECT.is_empty() {
         return Err(BpfError::NotBuilt);
     }
@@ -96,11 +106,15 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes) -> Result<(Loaded
     let layouts: Vec<Result<TpLayout, crate::tracefs::TracepointError>> =
         TRACEPOINTS.iter().map(|(_, category, name, _)| crate::tracefs::read_layout(category, name)).collect();
     let netns = netns_filter();
+    let ports_only: u32 = u32::from(!http_ports.is_empty());
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries("CONNS", sizes.connections)
         .map_max_entries("EVENTS", sizes.events_bytes)
-        .override_global("NETNS_FILTER", &netns, true);
+        .map_max_entries("PAYLOAD", sizes.payload_bytes)
+        .map_max_entries("HTTP_HINTS", sizes.connections)
+        .override_global("NETNS_FILTER", &netns, true)
+        .override_global("HTTP_PORTS_ONLY", &ports_only, true);
     for ((_, _, _, global), layout) in TRACEPOINTS.iter().zip(&layouts) {
         if let Ok(layout) = layout {
             loader.override_global(global, layout, true);
@@ -108,6 +122,11 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes) -> Result<(Loaded
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(classify_load_error)?;
     start_log_forwarding(&mut ebpf);
+    // The port filter is in place before any program runs.
+    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ebpf.map_mut("HTTP_PORTS").ok_or(BpfError::Map("HTTP_PORTS"))?).map_err(|_| BpfError::Map("HTTP_PORTS"))?;
+    for p in http_ports {
+        ports.insert(p, 1, 0).map_err(|_| BpfError::Map("HTTP_PORTS"))?;
+    }
 
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     let mut attachments = Vec::new();
@@ -166,7 +185,9 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes) -> Result<(Loaded
     let conns = HashMap::try_from(ebpf.take_map("CONNS").ok_or(BpfError::Map("CONNS"))?).map_err(|_| BpfError::Map("CONNS"))?;
     let global = PerCpuArray::try_from(ebpf.take_map("GLOBAL").ok_or(BpfError::Map("GLOBAL"))?).map_err(|_| BpfError::Map("GLOBAL"))?;
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
-    Ok((Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1 }, Maps { conns, global }, events))
+    let payload = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(BpfError::Map("PAYLOAD"))?).map_err(|_| BpfError::Map("PAYLOAD"))?;
+    let http_hints = HashMap::try_from(ebpf.take_map("HTTP_HINTS").ok_or(BpfError::Map("HTTP_HINTS"))?).map_err(|_| BpfError::Map("HTTP_HINTS"))?;
+    Ok((Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1 }, Maps { conns, global, http_hints }, Rings { events, payload }))
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<(), BpfError> {

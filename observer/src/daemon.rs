@@ -13,7 +13,8 @@ use observer_common::{
 
 use crate::{
     api,
-    bpf::{self, Attachment, MapSizes, Maps},
+    bpf::{self, Attachment, MapSizes, Maps, Rings},
+    http::HttpTable,
     metrics::{KernelCounters, Metrics, TableGauges},
     sys::{self, monotonic_ns},
     table::{self, Connection, History},
@@ -36,12 +37,15 @@ pub struct Config {
     pub map_sizes: MapSizes,
     pub closed_retention: Duration,
     pub closed_max: usize,
+    /// Ports whose connections are parsed as HTTP; empty: every port, detected by content.
+    pub http_ports: Vec<u16>,
 }
 
 /// What the API handlers and the pump share.
 pub struct App {
     maps: Mutex<Maps>,
     history: Mutex<History>,
+    http: Mutex<HttpTable>,
     pub attachments: Vec<Attachment>,
     pub tracepoints: Vec<(String, bool)>,
     pub netns_filter: bool,
@@ -61,7 +65,9 @@ impl App {
     pub fn connections(&self) -> Vec<Connection> {
         let kernel = self.kernel_entries();
         let history = self.history.lock().expect("history lock poisoned");
-        table::merge(&kernel, &history, QUIET_NS)
+        let now = monotonic_ns();
+        let live = |k: &ConnKey| self.http.lock().expect("http lock poisoned").get(k).map(|h| h.view(now, &sys::ktime_to_unix_seconds));
+        table::merge(&kernel, &history, QUIET_NS, &live)
     }
 
     /// One connection by its four-tuple: the newest incarnation.
@@ -83,6 +89,10 @@ impl App {
             resets_sent: sum(Counter::ResetsSent),
             resets_received: sum(Counter::ResetsReceived),
             retransmits: sum(Counter::Retransmits),
+            payload_lost: sum(Counter::PayloadLost),
+            payload_skipped: sum(Counter::PayloadSkipped),
+            payload_sent: sum(Counter::PayloadSent),
+            not_http: sum(Counter::NotHttp),
         }
     }
 
@@ -109,12 +119,16 @@ impl App {
             Some(s) if s.first_seen_ns == at_close.first_seen_ns => s,
             _ => at_close,
         };
-        let mut history = self.history.lock().expect("history lock poisoned");
-        if history.contains(&(key, stats.first_seen_ns)) {
+        if self.history.lock().expect("history lock poisoned").contains(&(key, stats.first_seen_ns)) {
             return;
         }
-        history.archive(key, stats, monotonic_ns());
-        drop(history);
+        // Requests still unanswered when the connection ended are failures.
+        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns));
+        let http = http.map(|(conn, outcomes)| {
+            self.metrics.http(&key, conn.role(), &outcomes);
+            conn
+        });
+        self.history.lock().expect("history lock poisoned").archive(key, stats, http, monotonic_ns());
         self.metrics.connection_closed(&key, &stats);
     }
 
@@ -146,6 +160,36 @@ impl App {
             }
             _ => {}
         }
+    }
+}
+
+/// Frames HTTP from the payload records the kernel forwards, as they come.
+#[expect(deprecated, reason = "the RingBuf owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
+async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+    use observer_common::http::PayloadHeader;
+    const HDR: usize = std::mem::size_of::<PayloadHeader>();
+    let mut fd = tokio::io::unix::AsyncFd::with_interest(payload, tokio::io::Interest::READABLE).context("watching the payload ring buffer")?;
+    loop {
+        let mut guard = fd.readable_mut().await.context("waiting for payload")?;
+        let ring = guard.get_inner_mut();
+        let mut http = app.http.lock().expect("http lock poisoned");
+        while let Some(item) = ring.next() {
+            if item.len() < HDR {
+                continue;
+            }
+            // SAFETY: the kernel wrote a PayloadHeader there; read_unaligned copes with alignment.
+            let h = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadHeader>()) };
+            let data = &item[HDR..(HDR + h.len as usize).min(item.len())];
+            let update = http.on_record(h.key, h.dir, h.seq, h.flags, data, h.ts_ns);
+            app.metrics.http(&h.key, update.role, &update.outcomes);
+            if let Some(hints) = update.hints {
+                if let Err(e) = app.maps.lock().expect("maps lock poisoned").http_hints.insert(h.key, hints, 0) {
+                    log::debug!("HTTP hint for {}: {e}", h.key);
+                }
+            }
+        }
+        drop(http);
+        guard.clear_ready();
     }
 }
 
@@ -182,10 +226,11 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
-    let (loaded, maps, events) = bpf::load_and_attach(&interfaces, config.map_sizes)?;
+    let (loaded, maps, Rings { events, payload }) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports)?;
     let app = Arc::new(App {
         maps: Mutex::new(maps),
         history: Mutex::new(History::new(config.closed_retention, config.closed_max)),
+        http: Mutex::new(HttpTable::new(config.map_sizes.connections as usize)),
         metrics: Metrics::new(&loaded.attachments, &loaded.tracepoints),
         attachments: loaded.attachments.clone(),
         tracepoints: loaded.tracepoints.clone(),
@@ -194,6 +239,7 @@ pub async fn run(config: Config) -> Result<()> {
         config: config.clone(),
     });
     let pump_task = tokio::spawn(pump(app.clone(), events));
+    let payload_task = tokio::spawn(payload_pump(app.clone(), payload));
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -207,6 +253,7 @@ pub async fn run(config: Config) -> Result<()> {
     log::info!("observing {} on http://{}", interfaces.join(", "), config.listen);
     let served = axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown_signal()).await;
     pump_task.abort();
+    payload_task.abort();
     sweeper.abort();
     drop(app);
     drop(loaded);

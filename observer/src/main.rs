@@ -9,6 +9,7 @@ mod btf;
 mod tracefs;
 mod bpf;
 mod daemon;
+mod http;
 mod metrics;
 mod query;
 mod sys;
@@ -47,6 +48,13 @@ enum Command {
         /// At most this many closed connections are kept (the oldest go first).
         #[arg(long, default_value_t = 100_000, value_name = "N")]
         closed_max: usize,
+        /// Size of the kernel's HTTP payload ring buffer in KiB (a power of two).
+        #[arg(long, default_value_t = 4096, value_name = "KIB", value_parser = parse_ring_kib)]
+        payload_kib: u32,
+        /// Parse HTTP only on these ports (local or remote; repeatable, or comma-separated).
+        /// Default: every port, HTTP detected by the first bytes of each connection.
+        #[arg(long = "http-port", value_name = "PORT", value_delimiter = ',')]
+        http_ports: Vec<u16>,
     },
 }
 
@@ -54,13 +62,14 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max } => {
+        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports } => {
             let config = daemon::Config {
                 interfaces,
                 listen,
-                map_sizes: bpf::MapSizes { connections: max_connections, events_bytes: events_kib * 1024 },
+                map_sizes: bpf::MapSizes { connections: max_connections, events_bytes: events_kib * 1024, payload_bytes: payload_kib * 1024 },
                 closed_retention: std::time::Duration::from_secs(closed_retention),
                 closed_max,
+                http_ports,
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }

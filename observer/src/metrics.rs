@@ -25,6 +25,10 @@ pub struct KernelCounters {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub retransmits: u64,
+    pub payload_lost: u64,
+    pub payload_skipped: u64,
+    pub payload_sent: u64,
+    pub not_http: u64,
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -54,6 +58,13 @@ pub struct Metrics {
     closed: IntCounterVec,
     handshake_rtt: HistogramVec,
     pub event_delay: Histogram,
+    http_requests: IntCounterVec,
+    http_responses: IntCounterVec,
+    http_unanswered: IntCounterVec,
+    http_latency: HistogramVec,
+    http_framing_lost: IntCounter,
+    payload_lost: IntCounter,
+    not_http: IntCounter,
     ports: Mutex<HashSet<u16>>,
 }
 
@@ -100,6 +111,17 @@ impl Metrics {
                 HistogramOpts::new("observer_event_delay_seconds", "Freshness: delay from an event in the kernel to the daemon having it.")
                     .buckets(vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
             ).expect("valid")),
+            http_requests: counter_vec("observer_http_requests_total", "HTTP/1.x requests, by role and service port.", &["role", "port"]),
+            http_responses: counter_vec("observer_http_responses_total", "HTTP/1.x responses (interim 1xx included), by role, service port, status class and code.", &["role", "port", "class", "code"]),
+            http_unanswered: counter_vec("observer_http_requests_unanswered_total", "HTTP/1.x requests whose connection ended (reset or close) before a response: failures.", &["role", "port"]),
+            http_latency: reg(&r, HistogramVec::new(
+                HistogramOpts::new("observer_http_response_latency_seconds", "From a request's first byte to its response's status line, as seen on this host, by role, service port and status class.")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["role", "port", "class"],
+            ).expect("valid")),
+            http_framing_lost: counter("observer_http_framing_lost_total", "Times HTTP framing of a connection lost its place (bytes the daemon never got) and resynchronised at the next message."),
+            payload_lost: counter("observer_payload_records_lost_total", "HTTP payload records dropped because the payload ring buffer was full."),
+            not_http: counter("observer_not_http_connections_total", "Connections whose first bytes were not HTTP/1.x (TLS, binary protocols): never parsed."),
             ports: Mutex::new(HashSet::new()),
             registry: r,
         }
@@ -124,6 +146,29 @@ impl Metrics {
         }
     }
 
+    /// Counts what HTTP framing found on one connection.
+    pub fn http(&self, key: &ConnKey, role: Role, outcomes: &[crate::http::Outcome]) {
+        use crate::http::Outcome;
+        if outcomes.is_empty() {
+            return;
+        }
+        let port = self.port_label(key, role);
+        for o in outcomes {
+            match o {
+                Outcome::Request => self.http_requests.with_label_values(&[role.name(), &port]).inc(),
+                Outcome::Response { status, latency_ns } => {
+                    let class = format!("{}xx", status / 100);
+                    self.http_responses.with_label_values(&[role.name(), &port, &class, &status.to_string()]).inc();
+                    if let Some(l) = latency_ns {
+                        self.http_latency.with_label_values(&[role.name(), &port, &class]).observe(*l as f64 / 1e9);
+                    }
+                }
+                Outcome::NoResponse(n) => self.http_unanswered.with_label_values(&[role.name(), &port]).inc_by(*n),
+                Outcome::FramingLost => self.http_framing_lost.inc(),
+            }
+        }
+    }
+
     pub fn connection_closed(&self, key: &ConnKey, stats: &ConnStats) {
         let role = Role::from_u8(stats.role);
         let reason = observer_common::conn::CloseReason::of(stats).name();
@@ -132,7 +177,7 @@ impl Metrics {
 
     /// Brings the counters up to the kernel's values and renders the text exposition format.
     pub fn render(&self, k: &KernelCounters, t: &TableGauges) -> String {
-        let KernelCounters { packets_seen, not_tcp, parse_failures, conn_insert_failures, conn_inserts, events_lost, resets_sent, resets_received, retransmits } = *k;
+        let KernelCounters { packets_seen, not_tcp, parse_failures, conn_insert_failures, conn_inserts, events_lost, resets_sent, resets_received, retransmits, payload_lost, payload_skipped: _, payload_sent: _, not_http } = *k;
         let evictions = conn_inserts.saturating_sub(t.kernel_entries);
         for (c, v) in [
             (&self.packets_seen, packets_seen),
@@ -142,6 +187,8 @@ impl Metrics {
             (&self.evictions, evictions),
             (&self.events_lost, events_lost),
             (&self.retransmits, retransmits),
+            (&self.payload_lost, payload_lost),
+            (&self.not_http, not_http),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {

@@ -9,7 +9,10 @@ use std::{
 use observer_common::conn::{tcp_state, CloseReason, Closer, ConnKey, ConnStats, Role, FAMILY_IPV4};
 use serde::Serialize;
 
-use crate::sys::{ktime_to_unix_seconds, monotonic_ns};
+use crate::{
+    http::{HttpConn, HttpView},
+    sys::{ktime_to_unix_seconds, monotonic_ns},
+};
 
 /// A connection's identity over time: the four-tuple may be reused, the first-seen time tells
 /// incarnations apart.
@@ -70,6 +73,8 @@ pub struct Connection {
     /// From the first packet to the close (closed) or to now (open).
     pub duration_seconds: f64,
     pub idle_seconds: f64,
+    /// HTTP/1.x exchanges, when the connection carries HTTP.
+    pub http: Option<HttpView>,
     #[serde(skip)]
     pub incarnation: Incarnation,
 }
@@ -100,7 +105,9 @@ impl Connection {
             state_before_close: _,
             role,
             closer,
-            _pad,
+            isn_in: _,
+            isn_out: _,
+            syn_seen: _,
         } = *stats;
         let end_ns = if closed { if closed_ns != 0 { closed_ns } else { last_seen_ns } } else { now_ns };
         let mut closer = Closer::from_u8(closer);
@@ -144,6 +151,7 @@ impl Connection {
             closed: closed.then(|| ktime_to_unix_seconds(end_ns)),
             duration_seconds: end_ns.saturating_sub(first_seen_ns) as f64 / 1e9,
             idle_seconds: now_ns.saturating_sub(last_seen_ns) as f64 / 1e9,
+            http: None,
             incarnation: (*key, first_seen_ns),
         }
     }
@@ -156,7 +164,14 @@ pub struct History {
     max: usize,
     /// Oldest first, with the monotonic time each was archived.
     order: VecDeque<(u64, Incarnation)>,
-    by_id: HashMap<Incarnation, (ConnKey, ConnStats)>,
+    by_id: HashMap<Incarnation, Closed>,
+}
+
+/// A closed connection as history keeps it.
+pub struct Closed {
+    pub key: ConnKey,
+    pub stats: ConnStats,
+    pub http: Option<HttpConn>,
 }
 
 impl History {
@@ -169,9 +184,9 @@ impl History {
     }
 
     /// Keeps (or refreshes, with later counters) a closed connection.
-    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, now_ns: u64) {
+    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, http: Option<HttpConn>, now_ns: u64) {
         let id = (key, stats.first_seen_ns);
-        if self.by_id.insert(id, (key, stats)).is_none() {
+        if self.by_id.insert(id, Closed { key, stats, http }).is_none() {
             self.order.push_back((now_ns, id));
         }
         self.expire(now_ns);
@@ -194,18 +209,39 @@ impl History {
         self.by_id.len()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &(ConnKey, ConnStats)> {
+    pub fn get(&self, id: &Incarnation) -> Option<&Closed> {
+        self.by_id.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Closed> {
         self.by_id.values()
     }
 }
 
 /// Every connection: the kernel's entries (`kernel`), and the archived closed ones the kernel no
-/// longer holds. Archived counters are refreshed from the kernel's while it still has them.
-pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64) -> Vec<Connection> {
+/// longer holds. HTTP views come from `live_http` for connections still open, from history for
+/// closed ones.
+pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, live_http: &dyn Fn(&ConnKey) -> Option<HttpView>) -> Vec<Connection> {
     let now = monotonic_ns();
-    let mut out: Vec<Connection> = kernel.iter().map(|(k, s)| Connection::new(k, s, is_closed(s, now, quiet_ns), now)).collect();
+    let closed_view = |c: &Closed| c.http.as_ref().map(|h| h.view(now, &ktime_to_unix_seconds));
+    let mut out: Vec<Connection> = kernel
+        .iter()
+        .map(|(k, s)| {
+            let closed = is_closed(s, now, quiet_ns);
+            let mut c = Connection::new(k, s, closed, now);
+            c.http = match history.get(&(*k, s.first_seen_ns)) {
+                Some(archived) => closed_view(archived),
+                None => live_http(k),
+            };
+            c
+        })
+        .collect();
     let in_kernel: std::collections::HashSet<Incarnation> = out.iter().map(|c| c.incarnation).collect();
-    out.extend(history.iter().filter(|(k, s)| !in_kernel.contains(&(*k, s.first_seen_ns))).map(|(k, s)| Connection::new(k, s, true, now)));
+    out.extend(history.iter().filter(|c| !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| {
+        let mut conn = Connection::new(&c.key, &c.stats, true, now);
+        conn.http = closed_view(c);
+        conn
+    }));
     out
 }
 
@@ -227,7 +263,7 @@ mod tests {
         for i in 0..5u16 {
             let mut s = ConnStats::zeroed();
             s.first_seen_ns = i as u64;
-            h.archive(key(1000 + i), s, 1_000);
+            h.archive(key(1000 + i), s, None, 1_000);
         }
         assert_eq!(h.len(), 3, "the oldest beyond the bound go first");
         assert!(!h.contains(&(key(1000), 0)));
@@ -254,13 +290,13 @@ mod tests {
         let mut gone = ConnStats::zeroed();
         gone.first_seen_ns = 5;
         gone.closed_ns = 6;
-        h.archive(key(1), gone, 10);
+        h.archive(key(1), gone, None, 10);
         let mut live = ConnStats::zeroed();
         live.first_seen_ns = 7;
         live.state = tcp_state::ESTABLISHED;
-        let all = merge(&[(key(2), live), (key(1), gone)], &h, 1);
+        let all = merge(&[(key(2), live), (key(1), gone)], &h, 1, &|_| None);
         assert_eq!(all.len(), 2, "the archived one that is still in the kernel is shown once");
-        let all = merge(&[(key(2), live)], &h, 1);
+        let all = merge(&[(key(2), live)], &h, 1, &|_| None);
         assert_eq!(all.len(), 2);
         assert_eq!(all.iter().filter(|c| c.status == "closed").count(), 1);
     }

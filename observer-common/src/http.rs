@@ -1,0 +1,215 @@
+//! HTTP/1.x: what the kernel forwards to the daemon for framing, and the daemon's hints back.
+//!
+//! The tc programs do not frame HTTP themselves: they forward the payload of data segments
+//! (with its TCP sequence number) through the `PAYLOAD` ring buffer, and skip what the daemon
+//! has said lies inside a message body (`HttpHints`), so a large body costs one extra map lookup
+//! per segment and no copy. The daemon reassembles each direction by sequence number, so
+//! retransmitted and reordered segments are framed exactly once, in order.
+
+/// Payload bytes per `PAYLOAD` record; a longer segment is sent as several records.
+pub const PAYLOAD_WINDOW: usize = 4096;
+/// The most records one segment (a GSO/GRO super-packet up to 64 KiB) produces.
+pub const PAYLOAD_MAX_WINDOWS: usize = 16;
+
+pub const DIR_IN: u8 = 0;
+pub const DIR_OUT: u8 = 1;
+
+/// `PayloadEvent::flags`: the segment carried SYN (then `seq` is the initial sequence number
+/// and there is no payload), FIN, or RST.
+pub const SEG_SYN: u8 = 0x1;
+pub const SEG_FIN: u8 = 0x2;
+pub const SEG_RST: u8 = 0x4;
+/// With `SEG_SYN`: the SYN carried ACK too (a SYN-ACK, from the listening side).
+pub const SEG_ACK: u8 = 0x8;
+
+/// Header of one `PAYLOAD` record; `len` payload bytes follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadHeader {
+    pub key: crate::conn::ConnKey,
+    pub ts_ns: u64,
+    /// Sequence number of the first byte in this record (of the SYN, with `SEG_SYN`).
+    pub seq: u32,
+    pub len: u16,
+    /// [`DIR_IN`] (received by this host) or [`DIR_OUT`].
+    pub dir: u8,
+    pub flags: u8,
+}
+
+/// A record as the kernel assembles it in its per-CPU scratch space.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadEvent {
+    pub header: PayloadHeader,
+    pub data: [u8; PAYLOAD_WINDOW],
+}
+
+/// `HttpHints::flags`
+pub const HINT_NOT_HTTP: u32 = 0x1;
+pub const HINT_SKIP_IN: u32 = 0x2;
+pub const HINT_SKIP_OUT: u32 = 0x4;
+
+/// Written by the daemon, read by the tc programs: per connection, where the bytes the daemon
+/// still needs begin, per direction, and whether it is HTTP at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpHints {
+    pub flags: u32,
+    /// With `HINT_SKIP_IN`: bytes before this sequence number (received) are not needed.
+    pub skip_in: u32,
+    /// With `HINT_SKIP_OUT`: the same for bytes this host sent.
+    pub skip_out: u32,
+    pub _pad: u32,
+}
+
+/// `a` is before `b` in sequence space (RFC 1982 serial-number arithmetic).
+#[inline(always)]
+pub const fn seq_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// Bytes the start-of-message classifier looks at.
+pub const START_LEN: usize = 16;
+
+/// What the first bytes of a message are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A request line with this method (RFC 9110 section 9, and PATCH from RFC 5789).
+    Request(Method),
+    /// A status line `HTTP/1.x NNN` with this code.
+    Response(u16),
+    /// Neither: not the start of an HTTP/1.x message.
+    Neither,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get = 1,
+    Head = 2,
+    Post = 3,
+    Put = 4,
+    Delete = 5,
+    Connect = 6,
+    Options = 7,
+    Trace = 8,
+    Patch = 9,
+}
+
+impl Method {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+#[inline(always)]
+const fn is_digit(b: u8) -> bool {
+    b >= b'0' && b <= b'9'
+}
+
+/// Classifies the first [`START_LEN`] bytes of a message (shorter input is zero-padded by the
+/// caller; `len` says how many are real). Constant indices only: the tc programs run this too.
+#[inline(always)]
+pub fn classify(b: &[u8; START_LEN], len: usize) -> Start {
+    // "HTTP/1.x NNN" then SP, CR, or the end of what we have (the reason phrase may be empty).
+    if len >= 12 && b[0] == b'H' && b[1] == b'T' && b[2] == b'T' && b[3] == b'P' && b[4] == b'/' && b[5] == b'1' && b[6] == b'.' && is_digit(b[7]) && b[8] == b' ' {
+        if is_digit(b[9]) && is_digit(b[10]) && is_digit(b[11]) && (len == 12 || b[12] == b' ' || b[12] == b'\r') && b[9] >= b'1' && b[9] <= b'5' {
+            let code = (b[9] - b'0') as u16 * 100 + (b[10] - b'0') as u16 * 10 + (b[11] - b'0') as u16;
+            return Start::Response(code);
+        }
+        return Start::Neither;
+    }
+    // "METHOD SP" then a request target: origin form '/', absolute form (a letter), '*' (OPTIONS),
+    // or authority form (CONNECT host:port).
+    let (method, n) = match (b[0], b[1], b[2], b[3]) {
+        (b'G', b'E', b'T', b' ') => (Method::Get, 4),
+        (b'P', b'U', b'T', b' ') => (Method::Put, 4),
+        (b'H', b'E', b'A', b'D') if b[4] == b' ' => (Method::Head, 5),
+        (b'P', b'O', b'S', b'T') if b[4] == b' ' => (Method::Post, 5),
+        (b'P', b'A', b'T', b'C') if b[4] == b'H' && b[5] == b' ' => (Method::Patch, 6),
+        (b'T', b'R', b'A', b'C') if b[4] == b'E' && b[5] == b' ' => (Method::Trace, 6),
+        (b'D', b'E', b'L', b'E') if b[4] == b'T' && b[5] == b'E' && b[6] == b' ' => (Method::Delete, 7),
+        (b'C', b'O', b'N', b'N') if b[4] == b'E' && b[5] == b'C' && b[6] == b'T' && b[7] == b' ' => (Method::Connect, 8),
+        (b'O', b'P', b'T', b'I') if b[4] == b'O' && b[5] == b'N' && b[6] == b'S' && b[7] == b' ' => (Method::Options, 8),
+        _ => return Start::Neither,
+    };
+    if len <= n {
+        return Start::Neither;
+    }
+    let t = b[n & (START_LEN - 1)];
+    let target_ok = t == b'/' || t == b'*' || (t >= b'a' && t <= b'z') || (t >= b'A' && t <= b'Z') || is_digit(t) || t == b'[';
+    if target_ok { Start::Request(method) } else { Start::Neither }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: #[repr(C)], integers and byte arrays only.
+    unsafe impl aya::Pod for HttpHints {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(s: &[u8]) -> Start {
+        let mut b = [0u8; START_LEN];
+        let n = s.len().min(START_LEN);
+        b[..n].copy_from_slice(&s[..n]);
+        classify(&b, n)
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(start(b"HTTP/1.1 200 OK\r\n"), Start::Response(200));
+        assert_eq!(start(b"HTTP/1.0 502 Bad Gateway"), Start::Response(502));
+        assert_eq!(start(b"HTTP/1.1 204\r\n"), Start::Response(204), "empty reason phrase");
+        assert_eq!(start(b"HTTP/1.1 100 Continue"), Start::Response(100));
+        assert_eq!(start(b"HTTP/1.1 20"), Start::Neither, "cut short");
+        assert_eq!(start(b"HTTP/1.1 2000 OK"), Start::Neither);
+        assert_eq!(start(b"HTTP/1.1 600 Nope"), Start::Neither);
+        assert_eq!(start(b"HTTP/2 200"), Start::Neither);
+        assert_eq!(start(b"http/1.1 200 OK"), Start::Neither, "the version is case-sensitive");
+    }
+
+    #[test]
+    fn request_lines_for_every_method() {
+        for (line, m) in [
+            (&b"GET / HTTP/1.1"[..], Method::Get),
+            (b"HEAD /x HTTP/1.1", Method::Head),
+            (b"POST /api HTTP/1.1", Method::Post),
+            (b"PUT /a HTTP/1.1", Method::Put),
+            (b"DELETE /a HTTP/1.1", Method::Delete),
+            (b"CONNECT example:443 HTTP/1.1", Method::Connect),
+            (b"OPTIONS * HTTP/1.1", Method::Options),
+            (b"TRACE / HTTP/1.1", Method::Trace),
+            (b"PATCH /a HTTP/1.1", Method::Patch),
+            (b"GET http://h/ HTTP/1.1", Method::Get),
+        ] {
+            assert_eq!(start(line), Start::Request(m), "{}", core::str::from_utf8(line).unwrap());
+        }
+        assert_eq!(start(b"GETX / HTTP/1.1"), Start::Neither);
+        assert_eq!(start(b"GET  / HTTP/1.1"), Start::Neither);
+        assert_eq!(start(b"GET "), Start::Neither, "no target yet");
+        assert_eq!(start(b"\x16\x03\x01\x02\x00\x01\x00\x01"), Start::Neither, "TLS ClientHello");
+        assert_eq!(start(b""), Start::Neither);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        assert!(seq_before(1, 2));
+        assert!(!seq_before(2, 2));
+        assert!(seq_before(u32::MAX - 5, 10), "10 comes after a wrap");
+        assert!(!seq_before(10, u32::MAX - 5));
+    }
+}

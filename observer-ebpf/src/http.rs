@@ -1,0 +1,134 @@
+//! HTTP fast path in the tc programs: forward the payload the daemon needs for framing, skip
+//! what it has said lies inside a message body. No parsing here: the daemon frames each stream
+//! exactly, in sequence order (see `observer_common::http`).
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use observer_common::{
+    conn::ConnKey,
+    global::Counter,
+    http::{classify, seq_before, HttpHints, Start, START_LEN, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, DIR_IN, PAYLOAD_MAX_WINDOWS, PAYLOAD_WINDOW, PayloadHeader, SEG_ACK, SEG_FIN, SEG_RST, SEG_SYN},
+    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+use crate::{
+    maps::{HTTP_HINTS, HTTP_PORTS, HTTP_PORTS_ONLY, PAYLOAD, SCRATCH},
+    util::count,
+};
+
+const HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
+
+/// One TCP segment, as far as HTTP framing cares.
+pub struct Seg {
+    pub dir: u8,
+    /// This segment starts with the first byte of its direction's stream (its SYN was seen).
+    pub first_byte: bool,
+    pub seq: u32,
+    pub flags: u8,
+    /// Offset of the payload in the packet, and its length.
+    pub off: usize,
+    pub len: usize,
+}
+
+#[inline(always)]
+pub fn forward(ctx: &TcContext, key: &ConnKey, seg: &Seg, now: u64) {
+    let syn = seg.flags & TCP_SYN != 0;
+    let end = seg.flags & (TCP_FIN | TCP_RST) != 0;
+    // Pure ACKs carry nothing for framing: the common case leaves after these compares.
+    if seg.len == 0 && !syn && !end {
+        return;
+    }
+    if HTTP_PORTS_ONLY.load() == 1 && HTTP_PORTS.get_ptr(&key.local_port).is_none() && HTTP_PORTS.get_ptr(&key.remote_port).is_none() {
+        return;
+    }
+    let mut start = seg.seq;
+    let mut off = seg.off;
+    let mut remaining = seg.len;
+    let hints = HTTP_HINTS.get_ptr(key);
+    if hints.is_none() && seg.first_byte && remaining >= START_LEN {
+        // The first bytes of a new connection tell HTTP from everything else (TLS, binary
+        // protocols): anything else is never forwarded again.
+        let Ok(b) = ctx.load::<[u8; START_LEN]>(off) else { return };
+        let verdict = if classify(&b, START_LEN) == Start::Neither { HINT_NOT_HTTP } else { 0 };
+        let h = HttpHints { flags: verdict, ..HttpHints::default() };
+        let _ = HTTP_HINTS.insert(key, &h, BPF_NOEXIST as u64);
+        if verdict == HINT_NOT_HTTP {
+            count(Counter::NotHttp);
+            return;
+        }
+    }
+    if let Some(h) = hints {
+        // SAFETY: non-null map value; written by the daemon only, read whole.
+        let h = unsafe { *h };
+        if h.flags & HINT_NOT_HTTP != 0 {
+            return;
+        }
+        let (valid, skip) = if seg.dir == DIR_IN { (h.flags & HINT_SKIP_IN != 0, h.skip_in) } else { (h.flags & HINT_SKIP_OUT != 0, h.skip_out) };
+        if valid && remaining > 0 {
+            let seg_end = seg.seq.wrapping_add(remaining as u32);
+            if !seq_before(skip, seg_end) {
+                // Entirely inside a body the daemon does not need: no copy.
+                count(Counter::PayloadSkipped);
+                if !end {
+                    return;
+                }
+                remaining = 0;
+            } else if seq_before(seg.seq, skip) {
+                let cut = skip.wrapping_sub(seg.seq) as usize;
+                off += cut;
+                remaining -= cut;
+                start = skip;
+            }
+        }
+    }
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return };
+    let flags = (if syn { SEG_SYN } else { 0 })
+        | (if syn && seg.flags & TCP_ACK != 0 { SEG_ACK } else { 0 }) | (if seg.flags & TCP_FIN != 0 { SEG_FIN } else { 0 }) | (if seg.flags & TCP_RST != 0 { SEG_RST } else { 0 });
+    // SAFETY: per-CPU scratch value, only this program on this CPU uses it while it runs.
+    let ev = unsafe { &mut *ev };
+    ev.header.key = *key;
+    ev.header.ts_ns = now;
+    ev.header.dir = seg.dir;
+    if remaining == 0 {
+        // SYN, or FIN/RST without payload: a header-only record.
+        ev.header.seq = start;
+        ev.header.len = 0;
+        ev.header.flags = flags;
+        send(ev as *const _ as *const u8, HEADER_LEN);
+        return;
+    }
+    for _ in 0..PAYLOAD_MAX_WINDOWS {
+        let n = if remaining > PAYLOAD_WINDOW { PAYLOAD_WINDOW } else { remaining };
+        // Both bounds spelled out for the verifier: 1 ..= PAYLOAD_WINDOW bytes into `data`.
+        if n == 0 || n > PAYLOAD_WINDOW {
+            break;
+        }
+        // SAFETY: `data` holds PAYLOAD_WINDOW bytes and n is within that.
+        let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off as u32, ev.data.as_mut_ptr() as *mut _, n as u32) };
+        if rc != 0 {
+            break;
+        }
+        ev.header.seq = start;
+        ev.header.len = n as u16;
+        // FIN/RST travel with the last record of the segment.
+        ev.header.flags = if n == remaining { flags } else { flags & (SEG_SYN | SEG_ACK) };
+        send(ev as *const _ as *const u8, HEADER_LEN + n);
+        off += n;
+        remaining -= n;
+        start = start.wrapping_add(n as u32);
+        if remaining == 0 {
+            break;
+        }
+    }
+}
+
+#[inline(always)]
+fn send(record: *const u8, len: usize) {
+    if len > HEADER_LEN + PAYLOAD_WINDOW {
+        return;
+    }
+    // SAFETY: `record` points at the per-CPU scratch record, at least `len` bytes long.
+    let bytes = unsafe { core::slice::from_raw_parts(record, len) };
+    match PAYLOAD.output::<[u8]>(bytes, 0) {
+        Ok(()) => count(Counter::PayloadSent),
+        Err(_) => count(Counter::PayloadLost),
+    }
+}

@@ -1,0 +1,638 @@
+//! HTTP/1.x per connection: each direction's stream rebuilt in order (`stream`), framed into
+//! messages (`framing`), requests paired with their responses, counted exactly, with latency and
+//! per-second error windows.
+#![forbid(unsafe_code)]
+pub mod framing;
+pub mod stream;
+
+use std::collections::{HashMap, VecDeque};
+
+use observer_common::{
+    conn::{ConnKey, Role},
+    http::{classify, HttpHints, Start, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, SEG_ACK, SEG_FIN, SEG_SYN, START_LEN},
+};
+use serde::Serialize;
+
+use framing::{response_body, Found, Framer, Head};
+use stream::Stream;
+
+/// Bodies at least this long are skipped in the kernel (no copy) instead of forwarded.
+pub const SKIP_MIN: u64 = 16 * 1024;
+/// Responses remembered per connection for `GET /api/v1/connections/{c}` and `observer trace`.
+pub const RECENT: usize = 32;
+
+/// One response as history remembers it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Exchange {
+    /// Unix time of the status line, seconds.
+    pub time: f64,
+    #[serde(skip)]
+    pub ts_ns: u64,
+    pub status: u16,
+    pub method: Option<String>,
+    pub target: Option<String>,
+    /// From the request's first byte to the response's status line.
+    pub latency_ms: Option<f64>,
+}
+
+/// What framing produced, for the aggregate metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Request,
+    Response { status: u16, latency_ns: Option<u64> },
+    NoResponse(u64),
+    /// Framing lost its place in a stream and starts again at the next message.
+    FramingLost,
+}
+
+/// Counts over a window or a lifetime.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub responses_1xx: u64,
+    pub responses_2xx: u64,
+    pub responses_3xx: u64,
+    pub responses_4xx: u64,
+    pub responses_5xx: u64,
+    /// Requests the connection ended without answering (reset or close).
+    pub no_response: u64,
+}
+
+impl Counts {
+    fn add_status(&mut self, status: u16) {
+        match status / 100 {
+            1 => self.responses_1xx += 1,
+            2 => self.responses_2xx += 1,
+            3 => self.responses_3xx += 1,
+            4 => self.responses_4xx += 1,
+            _ => self.responses_5xx += 1,
+        }
+    }
+
+    fn add(&mut self, o: &Counts) {
+        self.requests += o.requests;
+        self.responses_1xx += o.responses_1xx;
+        self.responses_2xx += o.responses_2xx;
+        self.responses_3xx += o.responses_3xx;
+        self.responses_4xx += o.responses_4xx;
+        self.responses_5xx += o.responses_5xx;
+        self.no_response += o.no_response;
+    }
+
+    /// Failed exchanges: 5xx responses and requests that got none.
+    pub fn failed(&self) -> u64 {
+        self.responses_5xx + self.no_response
+    }
+
+    /// Failed over completed exchanges (final responses plus unanswered requests); 0 without any.
+    pub fn error_ratio(&self) -> f64 {
+        let exchanges = self.responses_2xx + self.responses_3xx + self.responses_4xx + self.responses_5xx + self.no_response;
+        if exchanges == 0 { 0.0 } else { self.failed() as f64 / exchanges as f64 }
+    }
+}
+
+/// The counts and ratios of one window, as the API shows them.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct WindowView {
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub failed: u64,
+    pub error_ratio: f64,
+}
+
+impl From<Counts> for WindowView {
+    fn from(counts: Counts) -> Self {
+        Self { failed: counts.failed(), error_ratio: counts.error_ratio(), counts }
+    }
+}
+
+/// A connection's HTTP summary for the API.
+#[derive(Clone, Debug, Serialize)]
+pub struct HttpView {
+    pub lifetime: WindowView,
+    pub last_10s: WindowView,
+    pub last_60s: WindowView,
+    pub last_status: Option<u16>,
+    /// Requests sent and not answered yet.
+    pub in_flight: usize,
+    /// Times framing lost its place (bytes the daemon never got) and started again.
+    pub framing_lost: u64,
+    /// Whether framing currently knows where messages start in both directions.
+    pub in_sync: bool,
+    pub recent: Vec<Exchange>,
+}
+
+struct Pending {
+    method: String,
+    target: String,
+    ts_ns: u64,
+}
+
+struct Direction {
+    stream: Stream,
+    framer: Framer,
+}
+
+/// HTTP state of one connection.
+pub struct HttpConn {
+    role: Role,
+    /// Which direction carries requests (`DIR_IN` or `DIR_OUT`), once known.
+    request_dir: Option<u8>,
+    dirs: [Direction; 2],
+    pending: VecDeque<Pending>,
+    lifetime: Counts,
+    /// Per-second buckets (monotonic second, counts), the last 60 seconds.
+    seconds: VecDeque<(u64, Counts)>,
+    last_status: Option<u16>,
+    framing_lost: u64,
+    recent: VecDeque<Exchange>,
+    messages: u64,
+    not_http: bool,
+    hints: HttpHints,
+    pub last_activity_ns: u64,
+}
+
+fn new_direction() -> Direction {
+    Direction { stream: Stream::default(), framer: Framer::new(false) }
+}
+
+impl HttpConn {
+    fn new() -> Self {
+        Self {
+            role: Role::Unknown,
+            request_dir: None,
+            dirs: [new_direction(), new_direction()],
+            pending: VecDeque::new(),
+            lifetime: Counts::default(),
+            seconds: VecDeque::new(),
+            last_status: None,
+            framing_lost: 0,
+            recent: VecDeque::new(),
+            messages: 0,
+            not_http: false,
+            hints: HttpHints::default(),
+            last_activity_ns: 0,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    fn bucket(&mut self, ts_ns: u64) -> &mut Counts {
+        let sec = ts_ns / 1_000_000_000;
+        if self.seconds.back().is_none_or(|(s, _)| *s < sec) {
+            self.seconds.push_back((sec, Counts::default()));
+            while self.seconds.len() > 61 {
+                self.seconds.pop_front();
+            }
+        }
+        // An event older than the newest bucket (reordered across CPUs) goes into its own second if kept.
+        let idx = self.seconds.iter().rposition(|(s, _)| *s <= sec).unwrap_or(self.seconds.len() - 1);
+        &mut self.seconds[idx].1
+    }
+
+    fn window(&self, now_ns: u64, secs: u64) -> Counts {
+        let now = now_ns / 1_000_000_000;
+        let mut c = Counts::default();
+        for (s, counts) in &self.seconds {
+            if s + secs > now {
+                c.add(counts);
+            }
+        }
+        c
+    }
+
+    pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
+        HttpView {
+            lifetime: self.lifetime.into(),
+            last_10s: self.window(now_ns, 10).into(),
+            last_60s: self.window(now_ns, 60).into(),
+            last_status: self.last_status,
+            in_flight: self.pending.len(),
+            framing_lost: self.framing_lost,
+            in_sync: self.dirs.iter().all(|d| d.stream.is_synced() && !d.framer.is_broken()),
+            recent: self.recent.iter().map(|e| Exchange { time: to_unix(e.ts_ns), ..e.clone() }).collect(),
+        }
+    }
+
+    /// Error ratio over the last `secs` seconds, for ranking.
+    pub fn window_counts(&self, now_ns: u64, secs: u64) -> Counts {
+        self.window(now_ns, secs)
+    }
+
+    pub fn lifetime(&self) -> Counts {
+        self.lifetime
+    }
+
+    /// The connection ended: requests still waiting never get a response.
+    fn close(&mut self, ts_ns: u64) -> Vec<Outcome> {
+        for d in &mut self.dirs {
+            d.framer.closed();
+        }
+        let n = self.pending.len() as u64;
+        self.pending.clear();
+        if n == 0 {
+            return Vec::new();
+        }
+        self.lifetime.no_response += n;
+        self.bucket(ts_ns).no_response += n;
+        vec![Outcome::NoResponse(n)]
+    }
+
+    fn on_head(&mut self, dir: u8, head: Head, ts_ns: u64, out: &mut Vec<Outcome>) {
+        self.messages += 1;
+        match head {
+            Head::Request { method, target, .. } => {
+                self.request_dir.get_or_insert(dir);
+                self.lifetime.requests += 1;
+                self.bucket(ts_ns).requests += 1;
+                self.pending.push_back(Pending { method, target, ts_ns });
+                out.push(Outcome::Request);
+            }
+            Head::Response { status, .. } => {
+                self.request_dir.get_or_insert(if dir == DIR_IN { DIR_OUT } else { DIR_IN });
+                self.lifetime.add_status(status);
+                self.bucket(ts_ns).add_status(status);
+                self.last_status = Some(status);
+                // An interim (1xx) response does not answer the request; 101 does (and ends HTTP).
+                let answered = if status >= 200 || status == 101 { self.pending.pop_front() } else { None };
+                let latency_ns = answered.as_ref().map(|p| ts_ns.saturating_sub(p.ts_ns));
+                let front = answered.as_ref().or(self.pending.front());
+                self.recent.push_back(Exchange {
+                    time: 0.0,
+                    ts_ns,
+                    status,
+                    method: front.map(|p| p.method.clone()),
+                    target: front.map(|p| p.target.clone()),
+                    latency_ms: latency_ns.map(|l| l as f64 / 1e6),
+                });
+                if self.recent.len() > RECENT {
+                    self.recent.pop_front();
+                }
+                out.push(Outcome::Response { status, latency_ns });
+            }
+        }
+    }
+
+    /// Feeds in-order bytes of direction `dir`.
+    fn frame(&mut self, dir: u8, data: &[u8], ts_ns: u64, out: &mut Vec<Outcome>) {
+        let is_response = self.request_dir.map(|r| r != dir);
+        let d = &mut self.dirs[dir as usize];
+        if d.framer.is_idle() || d.framer.is_fresh() {
+            if let Some(r) = is_response {
+                if d.framer.is_response() != r {
+                    d.framer = Framer::new(r);
+                }
+            }
+        }
+        // Responses framed in this call answer the waiting requests in order.
+        let methods: Vec<String> = self.pending.iter().map(|p| p.method.clone()).collect();
+        let mut answered = 0;
+        let found = {
+            let d = &mut self.dirs[dir as usize];
+            d.framer.feed(data, ts_ns, &mut |h| match h {
+                Head::Request { body, .. } => *body,
+                Head::Response { status, body } => {
+                    let method = methods.get(answered).map(String::as_str);
+                    if *status >= 200 || *status == 101 {
+                        answered += 1;
+                    }
+                    response_body(*status, *body, method)
+                }
+            })
+        };
+        for f in found {
+            match f {
+                Found::Head(head, ts) => self.on_head(dir, head, ts, out),
+                Found::Broken(why) => {
+                    if self.messages == 0 {
+                        self.not_http = true;
+                        log::debug!("not HTTP/1.x: {why}");
+                    } else {
+                        self.framing_lost += 1;
+                        out.push(Outcome::FramingLost);
+                        log::debug!("HTTP framing lost ({why}); resynchronising");
+                    }
+                    let d = &mut self.dirs[dir as usize];
+                    d.stream.unsync();
+                    d.framer.reset();
+                }
+            }
+        }
+    }
+}
+
+/// Every connection's HTTP state, fed by the kernel's payload records.
+pub struct HttpTable {
+    conns: HashMap<ConnKey, HttpConn>,
+    /// Connections whose four-tuple was reused before their close was processed.
+    retired: HashMap<ConnKey, HttpConn>,
+    max: usize,
+}
+
+/// What one payload record changed.
+#[derive(Default)]
+pub struct Update {
+    pub outcomes: Vec<Outcome>,
+    /// New hints for the kernel, when they changed.
+    pub hints: Option<HttpHints>,
+    pub role: Role,
+}
+
+impl HttpTable {
+    pub fn new(max: usize) -> Self {
+        Self { conns: HashMap::new(), retired: HashMap::new(), max }
+    }
+
+    pub fn get(&self, key: &ConnKey) -> Option<&HttpConn> {
+        self.conns.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ConnKey, &HttpConn)> {
+        self.conns.iter()
+    }
+
+    /// One payload record from the kernel.
+    pub fn on_record(&mut self, key: ConnKey, dir: u8, seq: u32, flags: u8, data: &[u8], ts_ns: u64) -> Update {
+        if flags & SEG_SYN != 0 && flags & SEG_ACK == 0 && self.conns.get(&key).is_some_and(|c| c.messages > 0 || !c.pending.is_empty()) {
+            // A new connection on a four-tuple used before: keep the old one for its close.
+            if let Some(old) = self.conns.remove(&key) {
+                self.retired.insert(key, old);
+            }
+        }
+        if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
+            // Bounded: the least recently active connection gives way.
+            if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_activity_ns).map(|(k, _)| *k) {
+                self.conns.remove(&oldest);
+            }
+        }
+        let conn = self.conns.entry(key).or_insert_with(HttpConn::new);
+        conn.last_activity_ns = ts_ns;
+        let mut update = Update::default();
+        if conn.not_http || dir > DIR_OUT {
+            return update;
+        }
+        if flags & SEG_SYN != 0 {
+            // The SYN's sender is the client: it sends the requests.
+            if flags & SEG_ACK == 0 {
+                conn.role = if dir == DIR_IN { Role::Inbound } else { Role::Outbound };
+                conn.request_dir = Some(dir);
+            } else {
+                conn.request_dir.get_or_insert(if dir == DIR_IN { DIR_OUT } else { DIR_IN });
+            }
+            let d = &mut conn.dirs[dir as usize];
+            d.stream.sync(seq.wrapping_add(1));
+            d.framer.reset();
+            update.role = conn.role;
+            return update;
+        }
+        let before = conn.hints;
+        let mut out = Vec::new();
+        Self::feed(conn, dir, seq, data, ts_ns, &mut out);
+        if flags & SEG_FIN != 0 {
+            conn.dirs[dir as usize].framer.closed();
+        }
+        // Ask the kernel to skip long bodies: no copy of what framing does not need.
+        for d in [DIR_IN, DIR_OUT] {
+            let dd = &mut conn.dirs[d as usize];
+            let n = dd.framer.skippable();
+            if n >= SKIP_MIN {
+                if let Some(next) = dd.stream.next() {
+                    let to = next.wrapping_add(n as u32);
+                    dd.stream.skip_to(to);
+                    dd.framer.skipped(n);
+                    if d == DIR_IN {
+                        conn.hints.flags |= HINT_SKIP_IN;
+                        conn.hints.skip_in = to;
+                    } else {
+                        conn.hints.flags |= HINT_SKIP_OUT;
+                        conn.hints.skip_out = to;
+                    }
+                }
+            }
+        }
+        if conn.not_http {
+            conn.hints.flags = HINT_NOT_HTTP;
+        }
+        if conn.role == Role::Unknown {
+            if let Some(r) = conn.request_dir {
+                conn.role = if r == DIR_IN { Role::Inbound } else { Role::Outbound };
+            }
+        }
+        update.role = conn.role;
+        update.outcomes = out;
+        if conn.hints != before {
+            update.hints = Some(conn.hints);
+        }
+        update
+    }
+
+    fn feed(conn: &mut HttpConn, dir: u8, seq: u32, data: &[u8], ts_ns: u64, out: &mut Vec<Outcome>) {
+        if !conn.dirs[dir as usize].stream.is_synced() {
+            // Start (again) only where a message starts: a request line or a status line.
+            let mut b = [0u8; START_LEN];
+            let n = data.len().min(START_LEN);
+            b[..n].copy_from_slice(&data[..n]);
+            let other = if dir == DIR_IN { DIR_OUT } else { DIR_IN };
+            let starts = match classify(&b, n) {
+                Start::Request(_) => *conn.request_dir.get_or_insert(dir) == dir,
+                Start::Response(_) => *conn.request_dir.get_or_insert(other) == other,
+                Start::Neither => false,
+            };
+            if !starts {
+                return;
+            }
+            let d = &mut conn.dirs[dir as usize];
+            d.stream.sync(seq);
+            d.framer.reset();
+        }
+        let chunks = conn.dirs[dir as usize].stream.push(seq, data, ts_ns);
+        for c in chunks {
+            conn.frame(dir, &c.data, c.ts_ns, out);
+            if !conn.dirs[dir as usize].stream.is_synced() {
+                break;
+            }
+        }
+        // A gap that never filled: those bytes were lost to us. Start again at what waited.
+        if conn.dirs[dir as usize].stream.gap_expired(ts_ns) {
+            conn.framing_lost += 1;
+            out.push(Outcome::FramingLost);
+            let waiting = conn.dirs[dir as usize].stream.take_pending();
+            conn.dirs[dir as usize].framer.reset();
+            for c in waiting {
+                Self::feed(conn, dir, c.seq, &c.data, c.ts_ns, out);
+            }
+        }
+    }
+
+    /// The connection ended: its unanswered requests count as failures. Returns its state.
+    pub fn close(&mut self, key: &ConnKey, ts_ns: u64) -> Option<(HttpConn, Vec<Outcome>)> {
+        let mut conn = self.retired.remove(key).or_else(|| self.conns.remove(key))?;
+        let out = conn.close(ts_ns);
+        Some((conn, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: u8 = DIR_IN; // client → gateway (inbound requests)
+    const S: u8 = DIR_OUT;
+
+    struct Conn {
+        t: HttpTable,
+        key: ConnKey,
+        seq: [u32; 2],
+        ts: u64,
+        outcomes: Vec<Outcome>,
+    }
+
+    impl Conn {
+        fn new() -> Self {
+            let mut t = HttpTable::new(16);
+            let key = ConnKey::zeroed();
+            t.on_record(key, C, 1000, SEG_SYN, b"", 1);
+            t.on_record(key, S, 5000, SEG_SYN | SEG_ACK, b"", 2);
+            Self { t, key, seq: [1001, 5001], ts: 10, outcomes: Vec::new() }
+        }
+
+        fn send(&mut self, dir: u8, data: &[u8]) -> Update {
+            let seq = self.seq[dir as usize];
+            self.seq[dir as usize] = seq.wrapping_add(data.len() as u32);
+            self.at(dir, seq, data)
+        }
+
+        fn at(&mut self, dir: u8, seq: u32, data: &[u8]) -> Update {
+            self.ts += 1_000_000;
+            let u = self.t.on_record(self.key, dir, seq, 0, data, self.ts);
+            self.outcomes.extend(u.outcomes.clone());
+            u
+        }
+
+        fn counts(&self) -> Counts {
+            self.t.get(&self.key).unwrap().lifetime()
+        }
+
+        fn statuses(&self) -> Vec<u16> {
+            self.outcomes.iter().filter_map(|o| if let Outcome::Response { status, .. } = o { Some(*status) } else { None }).collect()
+        }
+    }
+
+    fn resp(status: u16, body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    #[test]
+    fn keepalive_exchanges_pair_in_order_with_latency() {
+        let mut c = Conn::new();
+        for status in [200, 404, 500, 502] {
+            c.send(C, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
+            c.send(S, &resp(status, "body"));
+        }
+        assert_eq!(c.statuses(), vec![200, 404, 500, 502]);
+        let n = c.counts();
+        assert_eq!((n.requests, n.responses_2xx, n.responses_4xx, n.responses_5xx, n.no_response), (4, 1, 1, 2, 0));
+        assert_eq!(n.error_ratio(), 0.5);
+        assert!(c.outcomes.iter().all(|o| !matches!(o, Outcome::Response { latency_ns: None, .. })));
+        assert_eq!(c.t.get(&c.key).unwrap().role(), Role::Inbound);
+    }
+
+    #[test]
+    fn pipelined_requests_and_coalesced_responses() {
+        let mut c = Conn::new();
+        c.send(C, b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: h\r\n\r\nGET /3 HTTP/1.1\r\nHost: h\r\n\r\n");
+        // The HEAD response announces a length but has no body.
+        let mut all = resp(200, "one");
+        all.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 9999\r\n\r\n");
+        all.extend(resp(503, ""));
+        c.send(S, &all);
+        assert_eq!(c.statuses(), vec![200, 200, 503]);
+        assert_eq!(c.counts().requests, 3);
+        assert_eq!(c.t.get(&c.key).unwrap().pending.len(), 0);
+    }
+
+    #[test]
+    fn continue_is_interim_and_unanswered_requests_fail_at_close() {
+        let mut c = Conn::new();
+        c.send(C, b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+        c.send(S, b"HTTP/1.1 100 Continue\r\n\r\n");
+        c.send(C, b"hello");
+        c.send(S, &resp(201, ""));
+        c.send(C, b"GET /never HTTP/1.1\r\nHost: h\r\n\r\n");
+        let (_, out) = c.t.close(&c.key, 99).unwrap();
+        assert_eq!(out, vec![Outcome::NoResponse(1)]);
+        assert_eq!(c.statuses(), vec![100, 201]);
+    }
+
+    #[test]
+    fn retransmitted_and_reordered_segments_count_once() {
+        let mut c = Conn::new();
+        let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        c.send(C, req);
+        c.at(C, 1001, req); // retransmission
+        let r = resp(200, "0123456789");
+        let (a, b) = r.split_at(20);
+        c.at(S, 5001 + 20, b); // the second half first
+        assert!(c.statuses().is_empty());
+        c.at(S, 5001, a);
+        c.at(S, 5001, a); // and again
+        assert_eq!(c.statuses(), vec![200]);
+        assert_eq!(c.counts().requests, 1);
+    }
+
+    #[test]
+    fn a_request_line_split_across_segments() {
+        let mut c = Conn::new();
+        c.send(C, b"GE");
+        c.send(C, b"T /split HTTP/1");
+        c.send(C, b".1\r\nHost: h\r\n\r\n");
+        c.send(S, &resp(200, ""));
+        assert_eq!(c.counts().requests, 1);
+        assert_eq!(c.statuses(), vec![200]);
+    }
+
+    #[test]
+    fn long_bodies_are_skipped_in_the_kernel() {
+        let mut c = Conn::new();
+        c.send(C, b"GET /big HTTP/1.1\r\nHost: h\r\n\r\n");
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+        let u = c.send(S, head);
+        let hints = u.hints.expect("a hint for the body");
+        assert_eq!(hints.flags & HINT_SKIP_OUT, HINT_SKIP_OUT);
+        assert_eq!(hints.skip_out, 5001 + head.len() as u32 + 1_000_000);
+        // The kernel may still send some body before it sees the hint: ignored.
+        c.at(S, 5001 + head.len() as u32, b"HTTP/1.1 500 inside the body\r\n\r\n");
+        c.seq[S as usize] = hints.skip_out;
+        c.send(C, b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n");
+        c.send(S, &resp(404, ""));
+        assert_eq!(c.statuses(), vec![200, 404]);
+    }
+
+    #[test]
+    fn not_http_is_left_alone() {
+        let mut c = Conn::new();
+        let u = c.send(C, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 tls client hello");
+        assert_eq!(u.hints.map(|h| h.flags), Some(HINT_NOT_HTTP));
+        c.send(S, &resp(200, ""));
+        assert_eq!(c.counts(), Counts::default());
+    }
+
+    #[test]
+    fn joining_a_connection_midway_starts_at_a_message() {
+        let mut t = HttpTable::new(4);
+        let key = ConnKey::zeroed();
+        // No SYN seen: body bytes first, then a response, then requests.
+        assert!(t.on_record(key, S, 10, 0, b"tail of an old body", 1).outcomes.is_empty());
+        let r = t.on_record(key, C, 50, 0, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 2);
+        assert_eq!(r.outcomes, vec![Outcome::Request]);
+        let r = t.on_record(key, S, 29, 0, &resp(200, ""), 3);
+        assert!(matches!(r.outcomes.as_slice(), [Outcome::Response { status: 200, latency_ns: Some(1) }]));
+        assert_eq!(r.role, Role::Inbound);
+    }
+}
