@@ -34,10 +34,42 @@ pub enum SortKey {
     Packets,
     Retransmits,
     Resets,
+    /// HTTP, over the query's window:
+    ErrorRatio,
+    Requests,
+    Failed,
+}
+
+/// Which HTTP counts `sort` and the `min_requests` filter use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Window {
+    #[default]
+    Last10s,
+    Last60s,
+    Lifetime,
+}
+
+impl Window {
+    fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "10s" => Window::Last10s,
+            "60s" => Window::Last60s,
+            "lifetime" => Window::Lifetime,
+            other => return Err(format!("window={other:?}: expected 10s, 60s or lifetime")),
+        })
+    }
+
+    fn of(self, c: &Connection) -> Option<&crate::http::WindowView> {
+        c.http.as_ref().map(|h| match self {
+            Window::Last10s => &h.last_10s,
+            Window::Last60s => &h.last_60s,
+            Window::Lifetime => &h.lifetime,
+        })
+    }
 }
 
 impl SortKey {
-    const NAMES: &'static str = "first_seen, last_seen, duration, bytes_in, bytes_out, packets, retransmits, resets";
+    const NAMES: &'static str = "error_ratio, requests, failed, first_seen, last_seen, duration, bytes_in, bytes_out, packets, retransmits, resets";
 
     fn parse(s: &str) -> Result<Self, String> {
         Ok(match s {
@@ -49,12 +81,18 @@ impl SortKey {
             "packets" => SortKey::Packets,
             "retransmits" => SortKey::Retransmits,
             "resets" => SortKey::Resets,
+            "error_ratio" => SortKey::ErrorRatio,
+            "requests" => SortKey::Requests,
+            "failed" | "failures" => SortKey::Failed,
             other => return Err(format!("sort={other:?} is not a sort key: expected one of {}", Self::NAMES)),
         })
     }
 
-    fn value(self, c: &Connection) -> f64 {
+    fn value(self, c: &Connection, w: Window) -> f64 {
         match self {
+            SortKey::ErrorRatio => w.of(c).map_or(0.0, |v| v.error_ratio),
+            SortKey::Requests => w.of(c).map_or(0.0, |v| v.counts.requests as f64),
+            SortKey::Failed => w.of(c).map_or(0.0, |v| v.failed as f64),
             SortKey::FirstSeen => c.first_seen,
             SortKey::LastSeen => c.last_seen,
             SortKey::Duration => c.duration_seconds,
@@ -82,9 +120,12 @@ pub struct Query {
     pub sort: Option<SortKey>,
     pub ascending: bool,
     pub limit: Option<usize>,
+    pub window: Window,
+    /// Only connections with at least this many HTTP requests in the window.
+    pub min_requests: Option<u64>,
 }
 
-const PARAMS: &str = "state, role, port, local_port, remote_port, address, sort, order, limit";
+const PARAMS: &str = "state, role, port, local_port, remote_port, address, sort, order, limit, window, min_requests";
 
 fn port(name: &str, v: &str) -> Result<u16, String> {
     v.parse().map_err(|_| format!("{name}={v:?} is not a port: expected a number from 0 to 65535"))
@@ -115,6 +156,8 @@ impl Query {
                     }
                 }
                 "limit" => q.limit = Some(v.parse().map_err(|_| format!("limit={v:?} is not a count: expected a whole number"))?),
+                "window" => q.window = Window::parse(v)?,
+                "min_requests" => q.min_requests = Some(v.parse().map_err(|_| format!("min_requests={v:?} is not a count: expected a whole number"))?),
                 other => return Err(format!("unknown parameter {other:?}: expected {PARAMS}")),
             }
         }
@@ -135,6 +178,7 @@ impl Query {
             && self.local_port.is_none_or(|p| key.local_port == p)
             && self.remote_port.is_none_or(|p| key.remote_port == p)
             && self.address.is_none_or(|a| key.local().ip() == a || key.remote().ip() == a)
+            && self.min_requests.is_none_or(|n| self.window.of(c).is_some_and(|v| v.counts.requests >= n))
     }
 
     /// Filters, sorts (default: most recently active first) and limits.
@@ -142,7 +186,7 @@ impl Query {
         all.retain(|c| self.matches(c));
         let key = self.sort.unwrap_or(SortKey::LastSeen);
         all.sort_by(|a, b| {
-            let o = key.value(a).partial_cmp(&key.value(b)).unwrap_or(Ordering::Equal);
+            let o = key.value(a, self.window).partial_cmp(&key.value(b, self.window)).unwrap_or(Ordering::Equal);
             let o = if self.ascending { o } else { o.reverse() };
             o.then_with(|| a.connection.cmp(&b.connection))
         });
@@ -179,5 +223,7 @@ mod tests {
         assert!(Query::parse(&p("sort", "cost")).unwrap_err().contains("first_seen"));
         assert!(Query::parse(&p("colour", "red")).unwrap_err().contains("expected state"));
         assert!(Query::parse(&p("role", "inbound")).is_ok());
+        assert!(Query::parse(&p("window", "5m")).unwrap_err().contains("10s, 60s or lifetime"));
+        assert_eq!(Query::parse(&p("sort", "error_ratio")).unwrap().sort, Some(SortKey::ErrorRatio));
     }
 }
