@@ -275,7 +275,13 @@ impl CloseReason {
                 if Closer::from_u8(s.closer) == Closer::Remote { CloseReason::ResetReceived } else { CloseReason::ResetSent }
             }
             (false, false) => {
-                if s.fin_in > 0 || s.fin_out > 0 { CloseReason::Normal } else { CloseReason::TimedOut }
+                // FIN on the wire, or a socket that went through the closing states: an orderly
+                // close. Otherwise it died where it stood (retransmission or keepalive timeout).
+                let closing = matches!(
+                    s.state_before_close,
+                    tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK | tcp_state::CLOSE_WAIT | tcp_state::TIME_WAIT
+                );
+                if s.fin_in > 0 || s.fin_out > 0 || closing { CloseReason::Normal } else { CloseReason::TimedOut }
             }
         }
     }
@@ -420,6 +426,14 @@ mod tests {
         refused_out.state_before_close = tcp_state::SYN_SENT;
         refused_out.resets_received = 1;
         assert_eq!(CloseReason::of(&refused_out), CloseReason::Refused);
+
+        let mut loopback = stats();
+        loopback.opened_ns = 1;
+        loopback.state_before_close = tcp_state::LAST_ACK;
+        assert_eq!(CloseReason::of(&loopback), CloseReason::Normal, "no tc view, socket closed in order");
+        let mut rto = loopback;
+        rto.state_before_close = tcp_state::ESTABLISHED;
+        assert_eq!(CloseReason::of(&rto), CloseReason::TimedOut);
 
         let mut syn_timeout = stats();
         syn_timeout.state_before_close = tcp_state::SYN_SENT;

@@ -132,6 +132,11 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let k = key(ctx, &l)?;
+    // connect() enters SYN_SENT before it picks the source port: that record has port 0 and
+    // names no connection yet (the SYN on the wire, and ESTABLISHED, come with the real one).
+    if k.local_port == 0 || k.remote_port == 0 {
+        return None;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let opening = new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV;
     let p = if opening { conn::open(&k, now)? } else { conn::get_or_create(&k, now)? };

@@ -61,13 +61,22 @@ impl App {
         maps.conns.iter().filter_map(Result::ok).collect()
     }
 
+    /// The daemon's own API connections (the CLI, scrapers): not what an operator looks for.
+    fn is_own(&self, key: &ConnKey) -> bool {
+        let listen = self.config.listen;
+        (key.local_port == listen.port() && (listen.ip().is_unspecified() || key.local().ip() == listen.ip()))
+            || (key.remote_port == listen.port() && key.remote().ip() == listen.ip())
+    }
+
     /// Every connection: open ones and recently closed ones.
     pub fn connections(&self) -> Vec<Connection> {
         let kernel = self.kernel_entries();
         let history = self.history.lock().expect("history lock poisoned");
         let now = monotonic_ns();
         let live = |k: &ConnKey| self.http.lock().expect("http lock poisoned").get(k).map(|h| h.view(now, &sys::ktime_to_unix_seconds));
-        table::merge(&kernel, &history, QUIET_NS, &live)
+        let mut all = table::merge(&kernel, &history, QUIET_NS, &live);
+        all.retain(|c| !self.is_own(&c.incarnation.0));
+        all
     }
 
     /// One connection by its four-tuple: the newest incarnation.
@@ -100,7 +109,7 @@ impl App {
         let kernel = self.kernel_entries();
         let now = monotonic_ns();
         let mut g = TableGauges { kernel_entries: kernel.len() as u64, ..Default::default() };
-        for (_, s) in kernel.iter().filter(|(_, s)| !table::is_closed(s, now, QUIET_NS)) {
+        for (_, s) in kernel.iter().filter(|(k, s)| !self.is_own(k) && !table::is_closed(s, now, QUIET_NS)) {
             match Role::from_u8(s.role) {
                 Role::Inbound => g.open_inbound += 1,
                 Role::Outbound => g.open_outbound += 1,
@@ -113,6 +122,9 @@ impl App {
 
     /// Archives a closed connection once, and counts it.
     fn finalize(&self, key: ConnKey, at_close: ConnStats) {
+        if self.is_own(&key) {
+            return;
+        }
         // The kernel entry has the final counters, unless a new connection reused the four-tuple.
         let current = self.maps.lock().expect("maps lock poisoned").conns.get(&key, 0).ok();
         let stats = match current {
@@ -150,6 +162,7 @@ impl App {
         let delay = monotonic_ns().saturating_sub(ev.ts_ns);
         self.metrics.event_delay.observe(delay as f64 / 1e9);
         match ev.kind {
+            _ if self.is_own(&ev.key) => {}
             k if k == ConnEventKind::Opened as u32 => self.metrics.connection_opened(&ev.key, &ev.stats),
             k if k == ConnEventKind::Closed as u32 => {
                 let app = self.clone();

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 
 mod api;
 mod btf;
+mod cli;
+mod client;
 mod tracefs;
 mod bpf;
 mod daemon;
@@ -14,6 +16,7 @@ mod metrics;
 mod query;
 mod sys;
 mod table;
+mod term;
 
 /// Where the daemon listens unless told otherwise, and where the CLI looks for it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
@@ -56,6 +59,68 @@ enum Command {
         #[arg(long = "http-port", value_name = "PORT", value_delimiter = ',')]
         http_ports: Vec<u16>,
     },
+    /// List connections from a running daemon, as a table (or JSON).
+    Connections {
+        #[command(flatten)]
+        list: ListOpts,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+        server: String,
+    },
+    /// The worst connections now, refreshed every second (q quits; e/r/f/b/a sort; w window).
+    Top {
+        #[command(flatten)]
+        list: ListOpts,
+        /// Stop after this many refreshes (default: until q).
+        #[arg(long, value_name = "N")]
+        iterations: Option<u64>,
+        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+        server: String,
+    },
+    /// What the daemon has attached and counted.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+        server: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ListOpts {
+    /// error_ratio, requests, failed, first_seen, last_seen, duration, bytes_in, bytes_out, packets, retransmits, resets.
+    #[arg(long, default_value = "error_ratio")]
+    sort: String,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// HTTP window for the counts and the sort: 10s, 60s or lifetime.
+    #[arg(long, default_value = "10s")]
+    window: String,
+    /// open, closed, or a TCP state.
+    #[arg(long)]
+    state: Option<String>,
+    /// inbound or outbound.
+    #[arg(long)]
+    role: Option<String>,
+    /// Local or remote port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Local or remote address.
+    #[arg(long)]
+    address: Option<std::net::IpAddr>,
+}
+
+impl ListOpts {
+    fn into_args(self) -> cli::ListArgs {
+        let ListOpts { sort, limit, window, state, role, port, address } = self;
+        let mut filters = Vec::new();
+        if let Some(v) = state { filters.push(("state".into(), v)) }
+        if let Some(v) = role { filters.push(("role".into(), v)) }
+        if let Some(v) = port { filters.push(("port".into(), v.to_string())) }
+        if let Some(v) = address { filters.push(("address".into(), v.to_string())) }
+        cli::ListArgs { sort, limit, window, filters }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +138,9 @@ fn main() -> std::process::ExitCode {
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }
+        Command::Connections { list, json, server } => cli::connections(&client::Client::new(&server), &list.into_args(), json),
+        Command::Top { list, iterations, server } => cli::top(&client::Client::new(&server), list.into_args(), iterations),
+        Command::Status { json, server } => cli::status(&client::Client::new(&server), json),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
