@@ -36,7 +36,7 @@ fn error(code: StatusCode, message: String) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let body = app.metrics.render(&app.kernel_counters(), &app.table_gauges());
+    let body = app.render_metrics();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
@@ -78,6 +78,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
         "attachments": app.attachments,
         "tracepoints": app.tracepoints.iter().map(|(name, attached)| json!({ "tracepoint": name, "attached": attached })).collect::<Vec<_>>(),
         "netns_filter": app.netns_filter,
+        "programs": crate::bpf::program_stats(&app.program_ids),
         "kernel_counters": k,
         "connections_tracked": t.kernel_entries,
         "table": t,

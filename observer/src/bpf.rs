@@ -78,6 +78,8 @@ pub struct Loaded {
     pub tracepoints: Vec<(String, bool)>,
     /// Whether socket events are restricted to this network namespace.
     pub netns_filter: bool,
+    /// Our programs' kernel ids, for their run-time accounting (`kernel.bpf_stats_enabled`).
+    pub program_ids: Vec<(&'static str, u32)>,
 }
 
 /// The maps the daemon reads.
@@ -130,6 +132,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
 
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     let mut attachments = Vec::new();
+    let mut program_ids = Vec::new();
     for (program, attach_type, direction) in [(TC_INGRESS, TcAttachType::Ingress, "ingress"), (TC_EGRESS, TcAttachType::Egress, "egress")] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(program)
@@ -137,6 +140,9 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
             .try_into()
             .map_err(|source| BpfError::Program { program, source })?;
         prog.load().map_err(|e| classify_program_error(program, e))?;
+        if let Ok(info) = prog.info() {
+            program_ids.push((program, info.id()));
+        }
         for interface in interfaces {
             if !tcx {
                 // Older kernels attach through the clsact qdisc; it may exist already (ours from
@@ -168,7 +174,8 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
                 false
             }
             Ok(_) => match attach_tracepoint(&mut ebpf, program, category, name) {
-                Ok(()) => {
+                Ok(id) => {
+                    program_ids.push((*program, id));
                     log::info!("attached {program} to {full}");
                     true
                 }
@@ -187,10 +194,10 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
     let payload = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(BpfError::Map("PAYLOAD"))?).map_err(|_| BpfError::Map("PAYLOAD"))?;
     let http_hints = HashMap::try_from(ebpf.take_map("HTTP_HINTS").ok_or(BpfError::Map("HTTP_HINTS"))?).map_err(|_| BpfError::Map("HTTP_HINTS"))?;
-    Ok((Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1 }, Maps { conns, global, http_hints }, Rings { events, payload }))
+    Ok((Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, program_ids }, Maps { conns, global, http_hints }, Rings { events, payload }))
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<(), BpfError> {
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<u32, BpfError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
@@ -198,7 +205,31 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, nam
         .map_err(|source| BpfError::Program { program, source })?;
     prog.load().map_err(|e| classify_program_error(program, e))?;
     prog.attach(category, name).map_err(|source| BpfError::Program { program, source })?;
-    Ok(())
+    Ok(prog.info().map(|i| i.id()).unwrap_or(0))
+}
+
+/// Run-time accounting of one of our programs (zero unless `kernel.bpf_stats_enabled` is 1).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub verified_instructions: Option<u32>,
+}
+
+pub fn program_stats(ids: &[(&'static str, u32)]) -> Vec<ProgramStats> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|info| {
+            let (program, _) = ids.iter().find(|(_, id)| *id == info.id())?;
+            Some(ProgramStats {
+                program,
+                run_count: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+                verified_instructions: info.verified_instruction_count(),
+            })
+        })
+        .collect()
 }
 
 /// Socket tracepoints fire for every network namespace: keep to ours, found through the

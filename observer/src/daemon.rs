@@ -15,7 +15,7 @@ use crate::{
     api,
     bpf::{self, Attachment, MapSizes, Maps, Rings},
     http::HttpTable,
-    metrics::{KernelCounters, Metrics, TableGauges},
+    metrics::{KernelCounters, Metrics, TableGauges, TopConnection},
     sys::{self, monotonic_ns},
     table::{self, Connection, History},
 };
@@ -37,6 +37,8 @@ pub struct Config {
     pub map_sizes: MapSizes,
     pub closed_retention: Duration,
     pub closed_max: usize,
+    /// Per-connection Prometheus series for this many connections (worst 10 s error ratio).
+    pub top_k: usize,
     /// Ports whose connections are parsed as HTTP; empty: every port, detected by content.
     pub http_ports: Vec<u16>,
 }
@@ -49,6 +51,7 @@ pub struct App {
     pub attachments: Vec<Attachment>,
     pub tracepoints: Vec<(String, bool)>,
     pub netns_filter: bool,
+    pub program_ids: Vec<(&'static str, u32)>,
     pub metrics: Metrics,
     pub started: Instant,
     pub config: Config,
@@ -103,6 +106,28 @@ impl App {
             payload_sent: sum(Counter::PayloadSent),
             not_http: sum(Counter::NotHttp),
         }
+    }
+
+    /// Renders /metrics: kernel counters, table gauges, program run times, the top K series.
+    pub fn render_metrics(&self) -> String {
+        let mut conns: Vec<Connection> = self
+            .connections()
+            .into_iter()
+            .filter(|c| c.http.as_ref().is_some_and(|h| h.last_10s.counts.requests + h.last_10s.failed > 0))
+            .collect();
+        let ratio = |c: &Connection| c.http.as_ref().map_or((0.0, 0), |h| (h.last_10s.error_ratio, h.last_10s.failed));
+        conns.sort_by(|a, b| ratio(b).partial_cmp(&ratio(a)).unwrap_or(std::cmp::Ordering::Equal).then_with(|| a.connection.cmp(&b.connection)));
+        conns.truncate(self.config.top_k);
+        let top: Vec<TopConnection> = conns
+            .iter()
+            .filter_map(|c| {
+                let h = c.http.as_ref()?;
+                Some(TopConnection { local: c.local.clone(), remote: c.remote.clone(), error_ratio: h.last_10s.error_ratio, requests: h.last_10s.counts.requests, failed: h.last_10s.failed })
+            })
+            .collect();
+        self.metrics.set_top(&top);
+        self.metrics.set_programs(&bpf::program_stats(&self.program_ids));
+        self.metrics.render(&self.kernel_counters(), &self.table_gauges())
     }
 
     pub fn table_gauges(&self) -> TableGauges {
@@ -248,6 +273,7 @@ pub async fn run(config: Config) -> Result<()> {
         attachments: loaded.attachments.clone(),
         tracepoints: loaded.tracepoints.clone(),
         netns_filter: loaded.netns_filter,
+        program_ids: loaded.program_ids.clone(),
         started: Instant::now(),
         config: config.clone(),
     });

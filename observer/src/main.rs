@@ -58,6 +58,10 @@ enum Command {
         /// Default: every port, HTTP detected by the first bytes of each connection.
         #[arg(long = "http-port", value_name = "PORT", value_delimiter = ',')]
         http_ports: Vec<u16>,
+        /// Export per-connection series for the K connections with the worst 10 s error ratio
+        /// (labelled local and remote address:port); 0 turns them off.
+        #[arg(long, default_value_t = 20, value_name = "K")]
+        top_k: usize,
     },
     /// List connections from a running daemon, as a table (or JSON).
     Connections {
@@ -127,7 +131,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports } => {
+        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k } => {
             let config = daemon::Config {
                 interfaces,
                 listen,
@@ -135,6 +139,7 @@ fn main() -> std::process::ExitCode {
                 closed_retention: std::time::Duration::from_secs(closed_retention),
                 closed_max,
                 http_ports,
+                top_k,
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }

@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Mutex};
 
 use observer_common::conn::{ConnKey, ConnStats, Role};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::bpf::Attachment;
@@ -65,7 +65,24 @@ pub struct Metrics {
     http_framing_lost: IntCounter,
     payload_lost: IntCounter,
     not_http: IntCounter,
+    program_runs: IntCounterVec,
+    program_run_seconds: CounterVec,
+    program_verified: IntGaugeVec,
+    top_error_ratio: GaugeVec,
+    top_requests: IntGaugeVec,
+    top_failed: IntGaugeVec,
+    /// The (local, remote) label pairs of the per-connection series now exported.
+    top_labels: Mutex<HashSet<(String, String)>>,
     ports: Mutex<HashSet<u16>>,
+}
+
+/// One connection of the top K, for the per-connection series.
+pub struct TopConnection {
+    pub local: String,
+    pub remote: String,
+    pub error_ratio: f64,
+    pub requests: u64,
+    pub failed: u64,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: T) -> T {
@@ -122,6 +139,13 @@ impl Metrics {
             http_framing_lost: counter("observer_http_framing_lost_total", "Times HTTP framing of a connection lost its place (bytes the daemon never got) and resynchronised at the next message."),
             payload_lost: counter("observer_payload_records_lost_total", "HTTP payload records dropped because the payload ring buffer was full."),
             not_http: counter("observer_not_http_connections_total", "Connections whose first bytes were not HTTP/1.x (TLS, binary protocols): never parsed."),
+            program_runs: counter_vec("observer_program_runs_total", "Runs of each kernel program (counted while sysctl kernel.bpf_stats_enabled=1).", &["program"]),
+            program_run_seconds: reg(&r, CounterVec::new(Opts::new("observer_program_run_seconds_total", "Time spent in each kernel program (counted while sysctl kernel.bpf_stats_enabled=1)."), &["program"]).expect("valid")),
+            program_verified: reg(&r, IntGaugeVec::new(Opts::new("observer_program_verified_instructions", "Instructions the verifier processed to accept each kernel program."), &["program"]).expect("valid")),
+            top_error_ratio: reg(&r, GaugeVec::new(Opts::new("observer_connection_error_ratio", "Per connection, only the top K by error ratio over the last 10 s (--top-k): failed / completed exchanges."), &["local", "remote"]).expect("valid")),
+            top_requests: reg(&r, IntGaugeVec::new(Opts::new("observer_connection_requests_10s", "Per connection, top K only: requests over the last 10 s."), &["local", "remote"]).expect("valid")),
+            top_failed: reg(&r, IntGaugeVec::new(Opts::new("observer_connection_failed_10s", "Per connection, top K only: 5xx responses and unanswered requests over the last 10 s."), &["local", "remote"]).expect("valid")),
+            top_labels: Mutex::new(HashSet::new()),
             ports: Mutex::new(HashSet::new()),
             registry: r,
         }
@@ -173,6 +197,40 @@ impl Metrics {
         let role = Role::from_u8(stats.role);
         let reason = observer_common::conn::CloseReason::of(stats).name();
         self.closed.with_label_values(&[role.name(), &self.port_label(key, role), reason]).inc();
+    }
+
+    /// Replaces the per-connection series with `top`: connections that left it lose theirs, so
+    /// the number of series stays at most K.
+    pub fn set_top(&self, top: &[TopConnection]) {
+        let mut labels = self.top_labels.lock().expect("top labels lock");
+        let now: HashSet<(String, String)> = top.iter().map(|c| (c.local.clone(), c.remote.clone())).collect();
+        for (l, r) in labels.difference(&now) {
+            let _ = self.top_error_ratio.remove_label_values(&[l, r]);
+            let _ = self.top_requests.remove_label_values(&[l, r]);
+            let _ = self.top_failed.remove_label_values(&[l, r]);
+        }
+        for c in top {
+            let l = [c.local.as_str(), c.remote.as_str()];
+            self.top_error_ratio.with_label_values(&l).set(c.error_ratio);
+            self.top_requests.with_label_values(&l).set(c.requests as i64);
+            self.top_failed.with_label_values(&l).set(c.failed as i64);
+        }
+        *labels = now;
+    }
+
+    pub fn set_programs(&self, programs: &[crate::bpf::ProgramStats]) {
+        for p in programs {
+            let runs = self.program_runs.with_label_values(&[p.program]);
+            runs.inc_by(p.run_count.saturating_sub(runs.get()));
+            let secs = self.program_run_seconds.with_label_values(&[p.program]);
+            let total = p.run_time_ns as f64 / 1e9;
+            if total > secs.get() {
+                secs.inc_by(total - secs.get());
+            }
+            if let Some(v) = p.verified_instructions {
+                self.program_verified.with_label_values(&[p.program]).set(i64::from(v));
+            }
+        }
     }
 
     /// Brings the counters up to the kernel's values and renders the text exposition format.

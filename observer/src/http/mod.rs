@@ -216,11 +216,7 @@ impl HttpConn {
         }
     }
 
-    /// Error ratio over the last `secs` seconds, for ranking.
-    pub fn window_counts(&self, now_ns: u64, secs: u64) -> Counts {
-        self.window(now_ns, secs)
-    }
-
+    #[cfg(test)]
     pub fn lifetime(&self) -> Counts {
         self.lifetime
     }
@@ -347,14 +343,6 @@ impl HttpTable {
 
     pub fn get(&self, key: &ConnKey) -> Option<&HttpConn> {
         self.conns.get(key)
-    }
-
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&ConnKey, &HttpConn)> {
-        self.conns.iter()
     }
 
     /// One payload record from the kernel.
