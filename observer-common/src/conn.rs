@@ -98,6 +98,12 @@ pub struct ConnStats {
     pub isn_out: u32,
     /// Bit 0: a SYN was received, bit 1: a SYN was sent.
     pub syn_seen: u32,
+    /// The highest sequence number seen so far (end of data, SYN and FIN included) per direction:
+    /// a segment that starts before it is a retransmission (or, received, reordered).
+    pub seq_end_in: u32,
+    pub seq_end_out: u32,
+    /// Data segments this host sent again (starting before data it had sent), seen on the wire.
+    pub wire_retransmits_out: u64,
 }
 
 impl ConnStats {
@@ -129,6 +135,9 @@ impl ConnStats {
             isn_in: 0,
             isn_out: 0,
             syn_seen: 0,
+            seq_end_in: 0,
+            seq_end_out: 0,
+            wire_retransmits_out: 0,
         }
     }
 }

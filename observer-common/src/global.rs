@@ -30,10 +30,12 @@ pub enum Counter {
     PayloadSent = 11,
     /// Connections whose first bytes were not HTTP/1.x: their payload is never forwarded.
     NotHttp = 12,
+    /// Trace records dropped because the trace ring buffer was full.
+    TraceLost = 13,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 13;
+pub const COUNTERS: u32 = 14;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -50,6 +52,7 @@ impl Counter {
         Counter::PayloadSkipped,
         Counter::PayloadSent,
         Counter::NotHttp,
+        Counter::TraceLost,
     ];
 
     /// The name used in metrics and the API.
@@ -68,6 +71,7 @@ impl Counter {
             Counter::PayloadSkipped => "payload_skipped",
             Counter::PayloadSent => "payload_sent",
             Counter::NotHttp => "not_http_connections",
+            Counter::TraceLost => "trace_lost",
         }
     }
 }

@@ -143,6 +143,7 @@ pub struct Tcp {
     pub ack: u32,
     pub header_len: usize,
     pub flags: u8,
+    pub window: u16,
 }
 
 #[inline(always)]
@@ -158,6 +159,7 @@ pub fn tcp(h: &[u8; TCP_MIN_HLEN]) -> Option<Tcp> {
         ack: be32([h[8], h[9], h[10], h[11]]),
         header_len,
         flags: h[13],
+        window: be16(h[14], h[15]),
     })
 }
 

@@ -9,6 +9,7 @@ mod http;
 mod maps;
 mod sock;
 mod tc;
+mod trace;
 mod util;
 
 #[cfg(not(test))]

@@ -2,7 +2,7 @@
 //! daemon overrides `max_entries` at load time from its configuration.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use observer_common::{
@@ -57,3 +57,16 @@ pub static HTTP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
 /// 0: look for HTTP on every port (by content); 1: only on the ports in `HTTP_PORTS`.
 #[unsafe(no_mangle)]
 pub static HTTP_PORTS_ONLY: Global<u32> = Global::new(0);
+
+/// Bits of the trace filter shapes in use (`observer_common::trace::SHAPE_*`); 0: nobody traces,
+/// and a packet costs this one lookup.
+#[map]
+pub static TRACE_SHAPES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Active trace filters (`observer_common::trace::filter_key`), value: subscriber count.
+#[map]
+pub static TRACE_FILTERS: HashMap<ConnKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Records of traced packets (`observer_common::trace::TraceRecord`).
+#[map]
+pub static TRACE: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);

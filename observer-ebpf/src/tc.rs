@@ -12,12 +12,12 @@ use aya_log_ebpf::warn;
 use observer_common::{
     conn::{ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
     global::Counter,
-    http::{DIR_IN, DIR_OUT},
+    http::{seq_before, DIR_IN, DIR_OUT},
     packet::{self, Ipv6Next},
 };
 
 use crate::{
-    conn, http,
+    conn, http, trace,
     util::{add, count},
 };
 
@@ -204,6 +204,45 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         }
         s.last_seen_ns = now;
     }
+    // Sequence space this segment occupies (SYN and FIN count one each): a segment that starts
+    // before what its direction already covered is sent again.
+    let span = payload_len as u32 + (f & packet::TCP_SYN != 0) as u32 + (f & packet::TCP_FIN != 0) as u32;
+    let mut retransmit = false;
+    if span > 0 && f & packet::TCP_RST == 0 {
+        let end = tcp.seq.wrapping_add(span);
+        // SAFETY: as above.
+        unsafe {
+            let s = &mut *stats;
+            let (seen, bit) = match dir {
+                Direction::Ingress => (&mut s.seq_end_in, 1),
+                Direction::Egress => (&mut s.seq_end_out, 2),
+            };
+            if f & packet::TCP_SYN == 0 && s.syn_seen & bit != 0 && seq_before(tcp.seq, *seen) {
+                retransmit = true;
+                if dir == Direction::Egress && payload_len > 0 {
+                    add(&mut s.wire_retransmits_out, 1);
+                }
+            }
+            if f & packet::TCP_SYN != 0 || seq_before(*seen, end) {
+                *seen = end;
+            }
+        }
+    }
+    trace::record(
+        ctx,
+        &key,
+        &trace::Packet {
+            dir: if dir == Direction::Ingress { DIR_IN } else { DIR_OUT },
+            tcp_flags: f,
+            seq: tcp.seq,
+            ack: tcp.ack,
+            window: tcp.window,
+            retransmit,
+            payload_off,
+            payload_len,
+        },
+        now,
+    );
     // SAFETY: as above.
     let (isn, syn_seen) = unsafe {
         match dir {

@@ -59,6 +59,8 @@ pub struct Connection {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub retransmits: u64,
+    /// Segments this host sent again, as seen on the wire by the tc program.
+    pub wire_retransmits_out: u64,
     /// Handshake round-trip time in milliseconds, when both handshake packets were seen here.
     pub handshake_rtt_ms: Option<f64>,
     /// Who closed first: `local`, `remote`, or `unknown` (still open, or no FIN/reset seen).
@@ -108,6 +110,9 @@ impl Connection {
             isn_in: _,
             isn_out: _,
             syn_seen: _,
+            seq_end_in: _,
+            seq_end_out: _,
+            wire_retransmits_out,
         } = *stats;
         let end_ns = if closed { if closed_ns != 0 { closed_ns } else { last_seen_ns } } else { now_ns };
         let mut closer = Closer::from_u8(closer);
@@ -142,6 +147,7 @@ impl Connection {
             resets_sent,
             resets_received,
             retransmits,
+            wire_retransmits_out,
             handshake_rtt_ms: (handshake_rtt_ns != 0).then(|| handshake_rtt_ns as f64 / 1e6),
             closer: closer.name(),
             close_reason: closed.then(|| CloseReason::of(stats).name()),
