@@ -26,6 +26,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/connections", get(connections))
         .route("/api/v1/connections/{connection}", get(connection))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/trace", get(trace))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: see /api/v1/connections, /api/v1/connections/{LOCAL REMOTE}, /api/v1/status, /metrics, /healthz".into()) })
         .with_state(app)
@@ -68,6 +69,30 @@ async fn connection(State(app): State<Arc<App>>, connection: Result<Path<String>
     }
 }
 
+/// Streams the timeline of matching connections as newline-delimited JSON until the client goes.
+async fn trace(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<String, String>>, QueryRejection>) -> Response {
+    let params = match params {
+        Ok(QueryParams(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the query string could not be read ({e})")),
+    };
+    let filter = match crate::trace::Filter::from_params(&params) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let (subscription, rx) = app.trace.subscribe(filter);
+    let hello = serde_json::json!({"type": "subscribed", "filter": params}).to_string() + "\n";
+    // The subscription lives in the stream's state: when the client goes, hyper drops the body,
+    // and with it the subscription (and, for the last one, the kernel filter).
+    let stream = futures_util::stream::unfold((Some(hello), rx, subscription), |(first, mut rx, sub)| async move {
+        if let Some(h) = first {
+            return Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(h)), (None, rx, sub)));
+        }
+        let line = rx.recv().await?;
+        Some((Ok(axum::body::Bytes::from(line + "\n")), (None, rx, sub)))
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response()
+}
+
 async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
     let k = app.kernel_counters();
     let t = app.table_gauges();
@@ -79,6 +104,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
         "tracepoints": app.tracepoints.iter().map(|(name, attached)| json!({ "tracepoint": name, "attached": attached })).collect::<Vec<_>>(),
         "netns_filter": app.netns_filter,
         "programs": crate::bpf::program_stats(&app.program_ids),
+        "traces_active": app.trace.active(),
         "kernel_counters": k,
         "connections_tracked": t.kernel_entries,
         "table": t,

@@ -3,7 +3,7 @@
 use std::io;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{tc, ProgramError, SchedClassifier, TcAttachType, TracePoint},
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
@@ -93,11 +93,36 @@ pub struct Maps {
 pub struct Rings {
     pub events: RingBuf<MapData>,
     pub payload: RingBuf<MapData>,
+    pub trace: RingBuf<MapData>,
+}
+
+/// The kernel side of live traces: filters and the mask of filter shapes in use.
+pub struct TraceMaps {
+    filters: std::sync::Mutex<HashMap<MapData, ConnKey, u32>>,
+    shapes: std::sync::Mutex<Array<MapData, u32>>,
+}
+
+impl crate::trace::KernelFilters for TraceMaps {
+    fn add(&self, f: &crate::trace::Filter) {
+        if let Err(e) = self.filters.lock().expect("trace filters lock").insert(f.key, 1, 0) {
+            log::warn!("adding a trace filter: {e}");
+        }
+    }
+
+    fn remove(&self, f: &crate::trace::Filter) {
+        let _ = self.filters.lock().expect("trace filters lock").remove(&f.key);
+    }
+
+    fn set_shapes(&self, shapes: u32) {
+        if let Err(e) = self.shapes.lock().expect("trace shapes lock").set(0, shapes, 0) {
+            log::warn!("setting trace shapes: {e}");
+        }
+    }
 }
 
 /// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
 /// starts forwarding the programs' aya-log records to this process's log.
-pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16]) -> Result<(Loaded, Maps, Rings), BpfError> {
+pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16]) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
     if EBPF_OBJECT.is_empty() {
         return Err(BpfError::NotBuilt);
     }
@@ -194,7 +219,17 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
     let payload = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(BpfError::Map("PAYLOAD"))?).map_err(|_| BpfError::Map("PAYLOAD"))?;
     let http_hints = HashMap::try_from(ebpf.take_map("HTTP_HINTS").ok_or(BpfError::Map("HTTP_HINTS"))?).map_err(|_| BpfError::Map("HTTP_HINTS"))?;
-    Ok((Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, program_ids }, Maps { conns, global, http_hints }, Rings { events, payload }))
+    let trace = RingBuf::try_from(ebpf.take_map("TRACE").ok_or(BpfError::Map("TRACE"))?).map_err(|_| BpfError::Map("TRACE"))?;
+    let trace_maps = TraceMaps {
+        filters: std::sync::Mutex::new(HashMap::try_from(ebpf.take_map("TRACE_FILTERS").ok_or(BpfError::Map("TRACE_FILTERS"))?).map_err(|_| BpfError::Map("TRACE_FILTERS"))?),
+        shapes: std::sync::Mutex::new(Array::try_from(ebpf.take_map("TRACE_SHAPES").ok_or(BpfError::Map("TRACE_SHAPES"))?).map_err(|_| BpfError::Map("TRACE_SHAPES"))?),
+    };
+    Ok((
+        Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, program_ids },
+        Maps { conns, global, http_hints },
+        Rings { events, payload, trace },
+        trace_maps,
+    ))
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<u32, BpfError> {

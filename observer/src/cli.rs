@@ -211,3 +211,114 @@ pub fn top(client: &Client, mut a: ListArgs, iterations: Option<u64>) -> Result<
 fn client_name(c: &Client) -> &str {
     c.server()
 }
+
+/// What `observer trace` follows.
+pub enum TraceTarget {
+    Connection(String),
+    Remote(String),
+    LocalPort(u16),
+}
+
+fn clock(unix: f64) -> String {
+    let secs = unix.floor() as u64;
+    let micros = ((unix - unix.floor()) * 1e6).round() as u64 % 1_000_000;
+    format!("{:02}:{:02}:{:02}.{:06}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, micros)
+}
+
+/// One timeline line as a person reads it. `client_is_remote`: requests travel in (inbound).
+pub fn timeline_line(v: &Value, client_is_remote: Option<bool>, with_connection: bool) -> String {
+    let t = clock(f(v, &["time"]));
+    let toward_server = |dir: &str| match (client_is_remote.unwrap_or(true), dir) {
+        (true, "in") | (false, "out") => "→",
+        _ => "←",
+    };
+    let who = if with_connection { format!(" [{}]", s(v, "connection")) } else { String::new() };
+    let body = match s(v, "type") {
+        "packet" => {
+            let dir = s(v, "direction");
+            let mut l = format!("{} {:<11} seq {} ack {} win {} len {}", toward_server(dir), format!("[{}]", s(v, "flags")), u(v, &["seq"]), u(v, &["ack"]), u(v, &["window"]), u(v, &["len"]));
+            if v.get("retransmit").and_then(Value::as_bool) == Some(true) {
+                l.push_str(" RETRANSMIT");
+            }
+            if let Some(h) = v.get("http").and_then(Value::as_str) {
+                l.push_str(&format!("  {h:?}"));
+            }
+            l
+        }
+        "request" => format!("{} {} {}", if client_is_remote == Some(false) { "→" } else { "→" }, s(v, "method"), s(v, "target")),
+        "response" => match v.get("latency_ms").and_then(Value::as_f64) {
+            Some(ms) => format!("← {} after {ms:.1} ms", u(v, &["status"])),
+            None => format!("← {}", u(v, &["status"])),
+        },
+        "no_response" => format!("✗ {} request(s) never answered", u(v, &["requests"])),
+        "reset" => {
+            // Sent by this host: toward the remote end.
+            let sent = s(v, "direction") == "sent";
+            let arrow = if sent { toward_server("out") } else { toward_server("in") };
+            format!("{arrow} RST ({})", s(v, "direction"))
+        }
+        "opened" => format!("● opened ({})", s(v, "role")),
+        "closed" => format!("● closed (from {})", s(v, "state_before")),
+        "framing_lost" => "? HTTP framing lost; resynchronising".to_owned(),
+        other => format!("{other} {v}"),
+    };
+    format!("{t}{who} {body}")
+}
+
+pub fn trace(client: &Client, target: TraceTarget, json: bool, count: Option<u64>, duration: Option<Duration>) -> Result<()> {
+    let (param, value) = match &target {
+        TraceTarget::Connection(c) => ("connection", c.clone()),
+        TraceTarget::Remote(r) => ("remote", r.clone()),
+        TraceTarget::LocalPort(p) => ("local_port", p.to_string()),
+    };
+    let escaped = value.replace(' ', "%20").replace('[', "%5B").replace(']', "%5D");
+    let mut client_is_remote = None;
+    // First what the daemon already knows about the connection.
+    if let TraceTarget::Connection(c) = &target {
+        match client.get(&format!("/api/v1/connections/{}", c.replace(' ', "%20").replace('[', "%5B").replace(']', "%5D"))) {
+            Ok(r) if r.status == 200 => {
+                let v: Value = serde_json::from_str(&r.body)?;
+                client_is_remote = Some(s(&v, "role") != "outbound");
+                if json {
+                    println!("{}", serde_json::json!({"type": "known", "connection": v}));
+                } else {
+                    print!("{}", render_table(std::slice::from_ref(&v), "lifetime", usize::MAX));
+                    for e in v.get("http").and_then(|h| h.get("recent")).and_then(Value::as_array).into_iter().flatten() {
+                        let lat = e.get("latency_ms").and_then(Value::as_f64).map_or(String::new(), |ms| format!(" after {ms:.1} ms"));
+                        println!("  {} {} {} ← {}{lat}", clock(f(e, &["time"])), s(e, "method"), s(e, "target"), u(e, &["status"]));
+                    }
+                    println!("--- live ---");
+                }
+            }
+            Ok(r) if r.status == 404 => {
+                if !json {
+                    println!("{c}: not seen yet; waiting for it");
+                }
+            }
+            Ok(r) => {
+                let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
+                anyhow::bail!("{}", v.get("error").and_then(Value::as_str).unwrap_or(&r.body));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let deadline = duration.map(|d| std::time::Instant::now() + d);
+    let mut n = 0u64;
+    let many = !matches!(target, TraceTarget::Connection(_));
+    let mut out = std::io::stdout().lock();
+    client.stream(&format!("/api/v1/trace?{param}={escaped}"), deadline, &mut |line| {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { return true };
+        if s(&v, "type") == "subscribed" {
+            return true;
+        }
+        if s(&v, "type") == "opened" {
+            client_is_remote = Some(s(&v, "role") != "outbound");
+        }
+        let text = if json { line.to_owned() } else { timeline_line(&v, client_is_remote, many) };
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            return false;
+        }
+        n += 1;
+        count.is_none_or(|max| n < max)
+    })
+}

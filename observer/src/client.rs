@@ -86,9 +86,9 @@ impl Client {
         Ok(v)
     }
 
-    /// A newline-delimited stream: calls `line` for each line until it returns false or the
-    /// stream ends.
-    pub fn stream(&self, path: &str, line: &mut dyn FnMut(&str) -> bool) -> Result<()> {
+    /// A newline-delimited stream: calls `line` for each line until it returns false, the
+    /// stream ends, or the deadline passes.
+    pub fn stream(&self, path: &str, deadline: Option<std::time::Instant>, line: &mut dyn FnMut(&str) -> bool) -> Result<()> {
         let mut r = self.request(path)?;
         let status = Self::head(&mut r)?;
         if status >= 400 {
@@ -99,13 +99,25 @@ impl Client {
         }
         let mut buf = String::new();
         loop {
-            buf.clear();
-            if r.read_line(&mut buf)? == 0 {
-                return Ok(());
+            if let Some(d) = deadline {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(());
+                }
+                r.get_ref().set_read_timeout(Some(left))?;
             }
-            let l = buf.trim_end();
-            if !l.is_empty() && !line(l) {
-                return Ok(());
+            match r.read_line(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) if buf.ends_with('\n') => {
+                    let l = buf.trim_end().to_owned();
+                    buf.clear();
+                    if !l.is_empty() && !line(&l) {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -14,7 +14,8 @@ use observer_common::{
 use crate::{
     api,
     bpf::{self, Attachment, MapSizes, Maps, Rings},
-    http::HttpTable,
+    http::{HttpTable, Outcome},
+    trace::{self, Hub},
     metrics::{KernelCounters, Metrics, TableGauges, TopConnection},
     sys::{self, monotonic_ns},
     table::{self, Connection, History},
@@ -53,6 +54,7 @@ pub struct App {
     pub netns_filter: bool,
     pub program_ids: Vec<(&'static str, u32)>,
     pub metrics: Metrics,
+    pub trace: Arc<Hub>,
     pub started: Instant,
     pub config: Config,
 }
@@ -186,6 +188,15 @@ impl App {
     fn handle(self: &Arc<Self>, ev: ConnEvent) {
         let delay = monotonic_ns().saturating_sub(ev.ts_ns);
         self.metrics.event_delay.observe(delay as f64 / 1e9);
+        self.trace.publish(&ev.key, || {
+            let time = sys::ktime_to_unix_seconds(ev.ts_ns);
+            let c = ev.key.to_string();
+            match ev.kind {
+                k if k == ConnEventKind::Opened as u32 => serde_json::json!({"type": "opened", "time": time, "connection": c, "role": Role::from_u8(ev.stats.role).name()}),
+                k if k == ConnEventKind::Closed as u32 => serde_json::json!({"type": "closed", "time": time, "connection": c, "state_before": observer_common::conn::tcp_state::name(ev.detail as u8)}),
+                _ => serde_json::json!({"type": "reset", "time": time, "connection": c, "direction": if ev.detail == 1 { "sent" } else { "received" }}),
+            }
+        });
         match ev.kind {
             _ if self.is_own(&ev.key) => {}
             k if k == ConnEventKind::Opened as u32 => self.metrics.connection_opened(&ev.key, &ev.stats),
@@ -220,6 +231,9 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
             let data = &item[HDR..(HDR + h.len as usize).min(item.len())];
             let update = http.on_record(h.key, h.dir, h.seq, h.flags, data, h.ts_ns);
             app.metrics.http(&h.key, update.role, &update.outcomes);
+            for o in &update.outcomes {
+                app.trace.publish(&h.key, || outcome_line(&h.key, o, h.ts_ns));
+            }
             if let Some(hints) = update.hints {
                 if let Err(e) = app.maps.lock().expect("maps lock poisoned").http_hints.insert(h.key, hints, 0) {
                     log::debug!("HTTP hint for {}: {e}", h.key);
@@ -227,6 +241,37 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
             }
         }
         drop(http);
+        guard.clear_ready();
+    }
+}
+
+/// A trace timeline line for what HTTP framing found.
+fn outcome_line(key: &ConnKey, o: &Outcome, ts_ns: u64) -> serde_json::Value {
+    let time = sys::ktime_to_unix_seconds(ts_ns);
+    let c = key.to_string();
+    match o {
+        Outcome::Request { method, target } => serde_json::json!({"type": "request", "time": time, "connection": c, "method": method, "target": target}),
+        Outcome::Response { status, latency_ns } => serde_json::json!({"type": "response", "time": time, "connection": c, "status": status, "latency_ms": latency_ns.map(|l| l as f64 / 1e6)}),
+        Outcome::NoResponse(n) => serde_json::json!({"type": "no_response", "time": time, "connection": c, "requests": n}),
+        Outcome::FramingLost => serde_json::json!({"type": "framing_lost", "time": time, "connection": c}),
+    }
+}
+
+/// Sends traced packets to their subscribers.
+#[expect(deprecated, reason = "the RingBuf owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
+async fn trace_pump(app: Arc<App>, ring: aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+    use observer_common::trace::TraceRecord;
+    let mut fd = tokio::io::unix::AsyncFd::with_interest(ring, tokio::io::Interest::READABLE).context("watching the trace ring buffer")?;
+    loop {
+        let mut guard = fd.readable_mut().await.context("waiting for trace records")?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<TraceRecord>() {
+                // SAFETY: the kernel wrote a TraceRecord there; read_unaligned copes with alignment.
+                let r = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceRecord>()) };
+                app.trace.publish(&r.key, || trace::packet_line(&r));
+            }
+        }
         guard.clear_ready();
     }
 }
@@ -264,12 +309,13 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
-    let (loaded, maps, Rings { events, payload }) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports)?;
+    let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports)?;
     let app = Arc::new(App {
         maps: Mutex::new(maps),
         history: Mutex::new(History::new(config.closed_retention, config.closed_max)),
         http: Mutex::new(HttpTable::new(config.map_sizes.connections as usize)),
         metrics: Metrics::new(&loaded.attachments, &loaded.tracepoints),
+        trace: Arc::new(Hub::new(Box::new(trace_maps))),
         attachments: loaded.attachments.clone(),
         tracepoints: loaded.tracepoints.clone(),
         netns_filter: loaded.netns_filter,
@@ -279,6 +325,7 @@ pub async fn run(config: Config) -> Result<()> {
     });
     let pump_task = tokio::spawn(pump(app.clone(), events));
     let payload_task = tokio::spawn(payload_pump(app.clone(), payload));
+    let trace_task = tokio::spawn(trace_pump(app.clone(), trace_ring));
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -293,6 +340,7 @@ pub async fn run(config: Config) -> Result<()> {
     let served = axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown_signal()).await;
     pump_task.abort();
     payload_task.abort();
+    trace_task.abort();
     sweeper.abort();
     drop(app);
     drop(loaded);

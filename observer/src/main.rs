@@ -17,6 +17,7 @@ mod query;
 mod sys;
 mod table;
 mod term;
+mod trace;
 
 /// Where the daemon listens unless told otherwise, and where the CLI looks for it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
@@ -79,6 +80,30 @@ enum Command {
         /// Stop after this many refreshes (default: until q).
         #[arg(long, value_name = "N")]
         iterations: Option<u64>,
+        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+        server: String,
+    },
+    /// Follow connections live: one by its four-tuple (LOCAL REMOTE), or all of a remote
+    /// address, remote endpoint, or local port. Prints what is known first, then the timeline.
+    Trace {
+        /// LOCAL REMOTE endpoints, e.g. `198.18.1.1:80 198.18.1.2:51234`.
+        #[arg(num_args = 0..=2, value_name = "ENDPOINT")]
+        connection: Vec<String>,
+        /// Every connection with this remote address (198.18.1.2) or endpoint (198.18.1.2:51234).
+        #[arg(long, conflicts_with_all = ["connection", "local_port"])]
+        remote: Option<String>,
+        /// Every connection on this local port.
+        #[arg(long, conflicts_with_all = ["connection", "remote"])]
+        local_port: Option<u16>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many timeline lines.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
         #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
         server: String,
     },
@@ -146,6 +171,16 @@ fn main() -> std::process::ExitCode {
         Command::Connections { list, json, server } => cli::connections(&client::Client::new(&server), &list.into_args(), json),
         Command::Top { list, iterations, server } => cli::top(&client::Client::new(&server), list.into_args(), iterations),
         Command::Status { json, server } => cli::status(&client::Client::new(&server), json),
+        Command::Trace { connection, remote, local_port, json, count, duration, server } => {
+            let target = match (connection.as_slice(), remote, local_port) {
+                ([local, remote], None, None) => Ok(cli::TraceTarget::Connection(format!("{local} {remote}"))),
+                ([], Some(r), None) => Ok(cli::TraceTarget::Remote(r)),
+                ([], None, Some(p)) => Ok(cli::TraceTarget::LocalPort(p)),
+                _ => Err(anyhow::anyhow!("say what to follow: LOCAL REMOTE (e.g. `observer trace 198.18.1.1:80 198.18.1.2:51234`), --remote ADDR[:PORT], or --local-port PORT")),
+            };
+            let duration = duration.map(|d| std::time::Duration::from_secs_f64(d.max(0.0)));
+            target.and_then(|t| cli::trace(&client::Client::new(&server), t, json, count, duration))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

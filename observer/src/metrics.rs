@@ -179,7 +179,7 @@ impl Metrics {
         let port = self.port_label(key, role);
         for o in outcomes {
             match o {
-                Outcome::Request => self.http_requests.with_label_values(&[role.name(), &port]).inc(),
+                Outcome::Request { .. } => self.http_requests.with_label_values(&[role.name(), &port]).inc(),
                 Outcome::Response { status, latency_ns } => {
                     let class = format!("{}xx", status / 100);
                     self.http_responses.with_label_values(&[role.name(), &port, &class, &status.to_string()]).inc();

@@ -38,7 +38,7 @@ pub struct Exchange {
 /// What framing produced, for the aggregate metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Request,
+    Request { method: String, target: String },
     Response { status: u16, latency_ns: Option<u64> },
     NoResponse(u64),
     /// Framing lost its place in a stream and starts again at the next message.
@@ -243,8 +243,8 @@ impl HttpConn {
                 self.request_dir.get_or_insert(dir);
                 self.lifetime.requests += 1;
                 self.bucket(ts_ns).requests += 1;
+                out.push(Outcome::Request { method: method.clone(), target: target.clone() });
                 self.pending.push_back(Pending { method, target, ts_ns });
-                out.push(Outcome::Request);
             }
             Head::Response { status, .. } => {
                 self.request_dir.get_or_insert(if dir == DIR_IN { DIR_OUT } else { DIR_IN });
@@ -618,7 +618,7 @@ mod tests {
         // No SYN seen: body bytes first, then a response, then requests.
         assert!(t.on_record(key, S, 10, 0, b"tail of an old body", 1).outcomes.is_empty());
         let r = t.on_record(key, C, 50, 0, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 2);
-        assert_eq!(r.outcomes, vec![Outcome::Request]);
+        assert_eq!(r.outcomes, vec![Outcome::Request { method: "GET".into(), target: "/".into() }]);
         let r = t.on_record(key, S, 29, 0, &resp(200, ""), 3);
         assert!(matches!(r.outcomes.as_slice(), [Outcome::Response { status: 200, latency_ns: Some(1) }]));
         assert_eq!(r.role, Role::Inbound);
