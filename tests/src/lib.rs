@@ -122,4 +122,36 @@ impl Lab {
         let observer = Observer::start(&topo);
         Lab { observer, proxy, upstream, topo }
     }
+
+    /// Runs `scenario` (traffic and assertions) on a fresh lab, for tests that compare the wire
+    /// with what the applications sent.
+    ///
+    /// The observer counts what crosses the wire, retransmissions included (as designed), while
+    /// ground truth (curl, access logs) counts each byte once. The two agree exactly unless TCP
+    /// retransmitted something, which on veth happens only when a host is starved of CPU (a tail
+    /// loss probe fires before a delayed ACK). So: when `scenario` panics *and* a namespace
+    /// retransmitted segments during it, the run proves nothing either way; it is reported and
+    /// repeated on a fresh lab, up to [`EXACT_ATTEMPTS`] times. A failure without retransmissions,
+    /// or on the last attempt, fails the test.
+    pub fn run_exact(test: &str, scenario: impl Fn(&Lab)) {
+        for attempt in 1..=EXACT_ATTEMPTS {
+            let lab = Lab::start(test);
+            let before = lab.topo.tcp_retransmitted_segments();
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&lab)));
+            let Err(panic) = result else { return };
+            let retransmitted = lab.topo.tcp_retransmitted_segments() - before;
+            if retransmitted == 0 || attempt == EXACT_ATTEMPTS {
+                if retransmitted > 0 {
+                    eprintln!("{test}: {retransmitted} TCP segments were retransmitted during this last attempt ({attempt})");
+                }
+                std::panic::resume_unwind(panic);
+            }
+            eprintln!(
+                "{test}: attempt {attempt} failed (above) while TCP retransmitted {retransmitted} segments, which count twice on the wire: repeating it on a fresh lab"
+            );
+        }
+    }
 }
+
+/// How many times [`Lab::run_exact`] tries a scenario that retransmissions spoiled.
+pub const EXACT_ATTEMPTS: u32 = 3;

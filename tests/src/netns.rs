@@ -5,7 +5,7 @@ use std::{
     fs::{self, File},
     io::{self, Read, Write},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::{
@@ -76,8 +76,21 @@ impl Netns {
         let program = program.as_ref().to_owned();
         let out = File::create(log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         let err = out.try_clone().expect("cloning a file handle");
-        let child = self
-            .command(&program, args)
+        let mut cmd = self.command(&program, args);
+        // Should the test process die without running its `Drop`s (SIGKILL, abort), the kernel
+        // kills this child too. `ip netns exec` execs the program in place, so the child is the
+        // program itself. The signal follows the death of the spawning *thread*: keep the handle
+        // on the thread that made it.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -99,6 +112,19 @@ impl Netns {
         })
         .join()
         .expect("a thread inside a namespace panicked")
+    }
+
+    /// TCP segments this namespace has retransmitted so far (`RetransSegs` of its
+    /// `/proc/net/snmp`; SYN retransmissions and tail loss probes included).
+    pub fn tcp_retransmitted_segments(&self) -> u64 {
+        let snmp = self
+            .enter(|| fs::read_to_string("/proc/thread-self/net/snmp"))
+            .and_then(|r| r)
+            .unwrap_or_else(|e| panic!("reading /proc/net/snmp in {}: {e}", self.name));
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:")).map(|l| l.split_whitespace().collect::<Vec<_>>());
+        let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else { panic!("no Tcp: lines in /proc/net/snmp of {}:\n{snmp}", self.name) };
+        let i = names.iter().position(|n| *n == "RetransSegs").expect("RetransSegs in /proc/net/snmp");
+        values[i].parse().expect("a number")
     }
 
     /// `GET path` from inside the namespace: returns the status code and the body. HTTP/1.0, one
@@ -186,6 +212,12 @@ impl Topology {
             ip(&["-n", ns, "link", "set", "lo", "up"]);
         }
         topo
+    }
+
+    /// TCP segments retransmitted so far, summed over the three namespaces. While it stays the
+    /// same, what crossed the links is exactly what the applications sent, once.
+    pub fn tcp_retransmitted_segments(&self) -> u64 {
+        [&self.client, &self.gateway, &self.upstream].iter().map(|ns| ns.tcp_retransmitted_segments()).sum()
     }
 
     /// A path inside this topology's scratch directory.

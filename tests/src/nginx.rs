@@ -113,14 +113,14 @@ impl Nginx {
 
     fn wait_ready(&mut self) {
         for &a in &self.listen.clone() {
-            let answered = poll(Duration::from_secs(10), Duration::from_millis(20), || {
+            let answered = poll(Duration::from_secs(30), Duration::from_millis(20), || {
                 if let Some(status) = self.process.exited() {
                     panic!("nginx {} exited ({status}) before answering:\n{}\n{}", self.name, self.process.log(), self.error_log());
                 }
                 matches!(self.ns.http_get(a, "/__ready", Duration::from_secs(1)), Ok((200, _))).then_some(())
             });
             if answered.is_none() {
-                panic!("nginx {} does not answer on {a} after 10 s:\n{}", self.name, self.error_log());
+                panic!("nginx {} does not answer on {a} after 30 s:\n{}", self.name, self.error_log());
             }
         }
     }
@@ -148,7 +148,7 @@ impl Nginx {
         }
     }
 
-    /// Polls until the access log has exactly `n` lines (see [`Nginx::wait_for_log`]).
+    /// Polls until the access log has at least `n` lines (see [`Nginx::wait_for_log`]).
     pub fn wait_for_requests(&self, n: usize) -> AccessLog {
         self.wait_for_log(&format!("{n} requests"), Duration::from_secs(10), |l| l.entries.len() >= n)
     }

@@ -1,9 +1,11 @@
 //! The daemon under test, run in the gateway namespace, and a client for its API.
 use std::{
     fs,
-    net::{IpAddr, SocketAddr},
+    io::{self, BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::ExitStatus,
+    sync::Mutex,
     time::{Duration, SystemTime},
 };
 
@@ -24,6 +26,11 @@ pub const API: &str = "127.0.0.1:9470";
 
 /// How long [`Observer::wait_for`] waits by default.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// How long the daemon may take to answer after it is started. A debug build loads and verifies
+/// its programs in about a second on an idle machine, but many labs starting at once on a loaded
+/// CI machine take much longer; success returns at once, so this only bounds a failure.
+pub const STARTUP: Duration = Duration::from_secs(60);
 
 /// The observer binary: `$OBSERVER_BIN`, else `target/debug/observer` of this workspace (honouring
 /// `CARGO_TARGET_DIR`). Panics when it does not exist; warns when it is older than the sources.
@@ -147,6 +154,10 @@ impl Snapshot {
 pub struct Observer {
     pub ns: Netns,
     pub api: SocketAddr,
+    /// One keep-alive connection to the API, opened in the gateway namespace and reused by every
+    /// request (the daemon tracks the host's own connections too: polling it over a new connection
+    /// each time would fill its table with the harness's own traffic).
+    client: Mutex<Option<ApiConnection>>,
     process: Background,
 }
 
@@ -157,7 +168,7 @@ impl Observer {
     }
 
     /// Starts `observer run --interface I... --listen API EXTRA...` in the gateway namespace and
-    /// waits (up to 10 s) until `/healthz` answers; panics with its output otherwise.
+    /// waits (up to [`STARTUP`]) until `/healthz` answers; panics with its output otherwise.
     pub fn start_with(topo: &Topology, interfaces: &[&str], extra: &[&str]) -> Observer {
         let bin = observer_bin();
         let mut args: Vec<String> = vec!["run".into()];
@@ -166,23 +177,67 @@ impl Observer {
         }
         args.extend(["--listen".into(), API.into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut process = topo.gateway.spawn("observer", &bin, &args, &topo.path("observer.log"));
+        let process = topo.gateway.spawn("observer", &bin, &args, &topo.path("observer.log"));
         let api: SocketAddr = API.parse().expect("valid address");
-        let ready = poll(Duration::from_secs(10), Duration::from_millis(50), || {
-            if let Some(status) = process.exited() {
-                panic!("observer exited ({status}) before answering on {api}:\n{}", process.log());
+        let mut observer = Observer { ns: topo.gateway.clone(), api, client: Mutex::new(None), process };
+        let mut last_error = String::new();
+        let started = std::time::Instant::now();
+        let ready = poll(STARTUP, Duration::from_millis(50), || {
+            if let Some(status) = observer.process.exited() {
+                panic!("observer exited ({status}) before answering on {api}:\n{}", observer.log());
             }
-            matches!(topo.gateway.http_get(api, "/healthz", Duration::from_secs(1)), Ok((200, _))).then_some(())
+            match observer.try_get("/healthz") {
+                Ok((200, _)) => Some(()),
+                Ok((code, body)) => {
+                    last_error = format!("{code} {body}");
+                    None
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    None
+                }
+            }
         });
         if ready.is_none() {
-            panic!("observer does not answer /healthz on {api} after 10 s:\n{}", process.log());
+            observer.process.stop(Duration::from_secs(5));
+            panic!("observer does not answer /healthz on {api} after {STARTUP:?} (last: {last_error}):\n{}", observer.log());
         }
-        Observer { ns: topo.gateway.clone(), api, process }
+        let took = started.elapsed();
+        if took > Duration::from_secs(5) {
+            eprintln!("observer took {took:?} to answer /healthz");
+        }
+        observer
     }
 
-    /// `GET path` on the daemon's API: status and body.
+    /// `GET path` on the daemon's API over the kept-alive connection (reconnecting once if the
+    /// daemon closed it).
+    pub fn try_get(&self, path: &str) -> io::Result<(u16, String)> {
+        let mut client = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        for attempt in 0..2 {
+            if client.is_none() {
+                *client = Some(ApiConnection::open(&self.ns, self.api)?);
+            }
+            match client.as_mut().expect("just opened").get(path) {
+                Ok((status, body, reusable)) => {
+                    if !reusable {
+                        *client = None;
+                    }
+                    return Ok((status, body));
+                }
+                Err(e) => {
+                    *client = None;
+                    if attempt == 1 {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    /// `GET path` on the daemon's API: status and body. Panics if the daemon does not answer.
     pub fn get(&self, path: &str) -> (u16, String) {
-        self.ns.http_get(self.api, path, Duration::from_secs(5)).unwrap_or_else(|e| panic!("GET {path} from observer: {e}\n--- observer log ---\n{}", self.log()))
+        self.try_get(path).unwrap_or_else(|e| panic!("GET {path} from observer: {e}\n--- observer log ---\n{}", self.log()))
     }
 
     /// `GET path`, expecting 200 and JSON.
@@ -247,5 +302,81 @@ impl Drop for Observer {
         } else if !status.is_some_and(|s| s.success()) {
             panic!("observer did not exit cleanly on SIGTERM ({status:?}):\n{}", self.log());
         }
+    }
+}
+
+/// A minimal HTTP/1.1 client on one kept-alive connection (bodies framed by Content-Length or
+/// chunked encoding).
+struct ApiConnection {
+    stream: BufReader<TcpStream>,
+    host: SocketAddr,
+}
+
+impl ApiConnection {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn open(ns: &Netns, server: SocketAddr) -> io::Result<ApiConnection> {
+        // The socket stays in the namespace it was created in, whichever thread uses it later.
+        let stream = ns.enter(move || TcpStream::connect_timeout(&server, Self::TIMEOUT))??;
+        stream.set_read_timeout(Some(Self::TIMEOUT))?;
+        stream.set_write_timeout(Some(Self::TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(ApiConnection { stream: BufReader::new(stream), host: server })
+    }
+
+    /// Status, body, and whether the connection can carry another request.
+    fn get(&mut self, path: &str) -> io::Result<(u16, String, bool)> {
+        self.exchange(path).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(io::ErrorKind::TimedOut, format!("no answer to GET {path} within {:?}", Self::TIMEOUT)),
+            _ => e,
+        })
+    }
+
+    fn exchange(&mut self, path: &str) -> io::Result<(u16, String, bool)> {
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        write!(self.stream.get_mut(), "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: observer-tests\r\n\r\n", self.host)?;
+        let mut line = String::new();
+        if self.stream.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the API closed the connection"));
+        }
+        let status: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad(format!("bad status line {line:?}")))?;
+        let (mut length, mut chunked, mut close) = (None, false, false);
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line)?;
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else { return Err(bad(format!("bad header {header:?}"))) };
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = Some(value.parse::<usize>().map_err(|_| bad(format!("bad Content-Length {value:?}")))?),
+                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                "connection" => close = value.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                line.clear();
+                self.stream.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad(format!("bad chunk size {line:?}")))?;
+                let mut chunk = vec![0; size + 2];
+                self.stream.read_exact(&mut chunk)?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(n) = length {
+            body.resize(n, 0);
+            self.stream.read_exact(&mut body)?;
+        } else {
+            self.stream.read_to_end(&mut body)?;
+            close = true;
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned(), !close))
     }
 }

@@ -32,8 +32,7 @@ fn assert_clean_lifecycle(c: &Connection) {
 /// Several requests over one keep-alive connection from the client to the proxy at `server`
 /// (the client's own address is `client`): the observer must show exactly one entry for it, with
 /// exactly the bytes curl sent and received, and nginx must have logged every request on it.
-fn keepalive(test: &str, server: IpAddr, client: IpAddr, family: &str) {
-    let lab = Lab::start(test);
+fn keepalive(lab: &Lab, server: IpAddr, client: IpAddr, family: &str) {
     let transfers = curl(&lab.topo.client, &urls(server, PATHS), &[]);
 
     // The client's view first: one connection, reused by every transfer.
@@ -46,10 +45,7 @@ fn keepalive(test: &str, server: IpAddr, client: IpAddr, family: &str) {
     let sent: u64 = transfers.iter().map(|t| t.size_request).sum();
     let received: u64 = transfers.iter().map(Transfer::response_bytes).sum();
 
-    let snap = lab.observer.wait_for("the client's connection, closed both ways", WAIT, |s| {
-        let c = s.with_remote_ip(client);
-        !c.is_empty() && c.iter().all(|c| c.closed())
-    });
+    let snap = lab.observer.wait_for("the client's connection, closed both ways", WAIT, |s| s.with_remote_ip(client).iter().any(|c| c.closed()));
     let conns = snap.with_remote_ip(client);
     assert_eq!(conns.len(), 1, "one keep-alive connection, one entry:\n{}", snap.pretty());
     let c = conns[0];
@@ -72,7 +68,7 @@ fn keepalive(test: &str, server: IpAddr, client: IpAddr, family: &str) {
 fn keepalive_requests_share_one_connection_entry() {
     const TEST: &str = "keepalive_requests_share_one_connection_entry";
     if root_or_skip(TEST) {
-        keepalive(TEST, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4");
+        Lab::run_exact(TEST, |lab| keepalive(lab, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4"));
     }
 }
 
@@ -80,17 +76,19 @@ fn keepalive_requests_share_one_connection_entry() {
 fn ipv6_is_counted_like_ipv4() {
     const TEST: &str = "ipv6_is_counted_like_ipv4";
     if root_or_skip(TEST) {
-        keepalive(TEST, addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), "ipv6");
+        Lab::run_exact(TEST, |lab| keepalive(lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), "ipv6"));
     }
 }
 
 #[test]
 fn connection_close_requests_get_one_entry_each() {
     const TEST: &str = "connection_close_requests_get_one_entry_each";
-    if !root_or_skip(TEST) {
-        return;
+    if root_or_skip(TEST) {
+        Lab::run_exact(TEST, connection_close);
     }
-    let lab = Lab::start(TEST);
+}
+
+fn connection_close(lab: &Lab) {
     let client: IpAddr = addr::CLIENT_V4.into();
     let transfers = curl(&lab.topo.client, &urls(addr::GATEWAY_CLIENT_SIDE_V4.into(), PATHS), &["--header", "Connection: close"]);
     assert!(transfers.iter().all(|t| t.num_connects == 1), "each transfer should open its own connection: {transfers:#?}");
@@ -98,8 +96,7 @@ fn connection_close_requests_get_one_entry_each() {
     assert_eq!(client_ports.len(), PATHS.len(), "distinct client ports: {transfers:#?}");
 
     let snap = lab.observer.wait_for(&format!("{} client connections, each closed both ways", PATHS.len()), WAIT, |s| {
-        let c = s.with_remote_ip(client);
-        c.len() >= PATHS.len() && c.iter().all(|c| c.closed())
+        s.with_remote_ip(client).iter().filter(|c| c.closed()).count() >= PATHS.len()
     });
     let conns = snap.with_remote_ip(client);
     assert_eq!(conns.len(), PATHS.len(), "one entry per connection:\n{}", snap.pretty());
@@ -126,10 +123,12 @@ fn connection_close_requests_get_one_entry_each() {
 #[test]
 fn upstream_connections_appear_too() {
     const TEST: &str = "upstream_connections_appear_too";
-    if !root_or_skip(TEST) {
-        return;
+    if root_or_skip(TEST) {
+        Lab::run_exact(TEST, upstream_connections);
     }
-    let lab = Lab::start(TEST);
+}
+
+fn upstream_connections(lab: &Lab) {
     let paths = ["/ok", "/size/1000000", "/status/204", "/status/503", "/size/1", "/size/10000"];
     let transfers = curl(&lab.topo.client, &urls(addr::GATEWAY_CLIENT_SIDE_V4.into(), &paths), &[]);
     assert_eq!(transfers.iter().map(|t| t.http_code).collect::<Vec<_>>(), [200, 200, 204, 503, 200, 200]);
@@ -137,8 +136,7 @@ fn upstream_connections_appear_too() {
     // nginx proxies with HTTP/1.0 and no upstream keep-alive: one upstream connection per request.
     let upstream = SocketAddr::new(addr::UPSTREAM_V4.into(), 80);
     let snap = lab.observer.wait_for(&format!("{} upstream connections, each closed both ways", paths.len()), WAIT, |s| {
-        let c = s.with_remote(upstream);
-        c.len() >= paths.len() && c.iter().all(|c| c.closed())
+        s.with_remote(upstream).iter().filter(|c| c.closed()).count() >= paths.len()
     });
     let conns = snap.with_remote(upstream);
     assert_eq!(conns.len(), paths.len(), "one entry per proxied request:\n{}", snap.pretty());
