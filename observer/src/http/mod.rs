@@ -623,4 +623,74 @@ mod tests {
         assert!(matches!(r.outcomes.as_slice(), [Outcome::Response { status: 200, latency_ns: Some(1) }]));
         assert_eq!(r.role, Role::Inbound);
     }
+
+    use proptest::prelude::*;
+
+    fn exchange(status: u16, body_len: usize, chunked: bool, head: bool) -> (Vec<u8>, Vec<u8>) {
+        let method = if head { "HEAD" } else { "GET" };
+        let req = format!("{method} /x HTTP/1.1\r\nHost: h\r\n\r\n").into_bytes();
+        // The body is made of text that looks like a status line, to prove it is not one.
+        let body: Vec<u8> = b"HTTP/1.1 500 X\r\n".iter().copied().cycle().take(body_len).collect();
+        let no_body = status == 204 || status == 304 || head;
+        let mut resp;
+        if chunked {
+            resp = format!("HTTP/1.1 {status} S\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+            if !no_body {
+                for piece in body.chunks(7) {
+                    resp.extend(format!("{:x}\r\n", piece.len()).into_bytes());
+                    resp.extend_from_slice(piece);
+                    resp.extend_from_slice(b"\r\n");
+                }
+                resp.extend_from_slice(b"0\r\n\r\n");
+            }
+        } else {
+            resp = format!("HTTP/1.1 {status} S\r\nContent-Length: {body_len}\r\n\r\n").into_bytes();
+            if !no_body {
+                resp.extend_from_slice(&body);
+            }
+        }
+        (req, resp)
+    }
+
+    proptest! {
+        /// However the bytes are cut into segments, duplicated and reordered (within what TCP
+        /// would deliver), every response is counted once, in order.
+        #[test]
+        fn any_segmentation_counts_exactly(
+            script in proptest::collection::vec((prop::sample::select(vec![200u16, 204, 301, 304, 404, 429, 500, 502, 503]), 0usize..300, any::<bool>(), any::<bool>()), 1..12),
+            cuts in proptest::collection::vec(1usize..97, 1..40),
+            swap in any::<bool>(),
+            dup in any::<bool>(),
+        ) {
+            let mut c = Conn::new();
+            let (mut reqs, mut resps, mut expected) = (Vec::new(), Vec::new(), Vec::new());
+            for &(status, len, chunked, head) in &script {
+                let (q, r) = exchange(status, len, chunked, head);
+                reqs.extend(q);
+                resps.extend(r);
+                expected.push(status);
+            }
+            // All requests pipelined in one write, then the responses cut into segments.
+            c.send(C, &reqs);
+            let mut segs = Vec::new();
+            let (mut at, mut i) = (0usize, 0usize);
+            while at < resps.len() {
+                let n = cuts[i % cuts.len()].min(resps.len() - at);
+                segs.push((5001u32.wrapping_add(at as u32), resps[at..at + n].to_vec()));
+                at += n;
+                i += 1;
+            }
+            if swap && segs.len() > 2 {
+                segs.swap(1, 2);
+            }
+            for (seq, data) in &segs {
+                c.at(S, *seq, data);
+                if dup {
+                    c.at(S, *seq, data);
+                }
+            }
+            prop_assert_eq!(c.statuses(), expected);
+            prop_assert_eq!(c.counts().requests, script.len() as u64);
+        }
+    }
 }
