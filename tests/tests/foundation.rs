@@ -40,7 +40,7 @@ fn keepalive(lab: &Lab, server: IpAddr, client: IpAddr, family: &str) {
     let client_end = transfers[0].local;
     let server_end = SocketAddr::new(server, 80);
     assert!(transfers.iter().all(|t| t.local == client_end && t.remote == server_end), "{transfers:#?}");
-    let expected_codes: Vec<u16> = PATHS.iter().map(|p| if p.starts_with("/status/") { p[8..].parse().unwrap() } else { 200 }).collect();
+    let expected_codes: Vec<u16> = PATHS.iter().map(|p| p.strip_prefix("/status/").map_or(200, |code| code.parse().unwrap())).collect();
     assert_eq!(transfers.iter().map(|t| t.http_code).collect::<Vec<_>>(), expected_codes);
     let sent: u64 = transfers.iter().map(|t| t.size_request).sum();
     let received: u64 = transfers.iter().map(Transfer::response_bytes).sum();
