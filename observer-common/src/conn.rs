@@ -60,7 +60,8 @@ pub struct ConnStats {
     /// TCP segments, counting each segment of a GSO/GRO super-packet.
     pub packets_in: u64,
     pub packets_out: u64,
-    /// TCP payload bytes (headers excluded; retransmitted bytes count again, as seen on the wire).
+    /// TCP payload bytes, each byte of the stream once: what the applications sent (headers
+    /// and retransmitted copies excluded; those are in `retransmitted_bytes_*`).
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub syn_in: u64,
@@ -96,15 +97,23 @@ pub struct ConnStats {
     /// HTTP framing starts each stream at ISN + 1.
     pub isn_in: u32,
     pub isn_out: u32,
-    /// Bit 0: a SYN was received, bit 1: a SYN was sent.
+    /// Bit 0: a SYN was received, bit 1: a SYN was sent; [`SEQ_IN_KNOWN`], [`SEQ_OUT_KNOWN`].
     pub syn_seen: u32,
     /// The highest sequence number seen so far (end of data, SYN and FIN included) per direction:
     /// a segment that starts before it is a retransmission (or, received, reordered).
     pub seq_end_in: u32,
     pub seq_end_out: u32,
-    /// Data segments this host sent again (starting before data it had sent), seen on the wire.
-    pub wire_retransmits_out: u64,
+    /// Segments that started before data already seen in their direction (sent again; received:
+    /// also reordered), and the payload bytes in them that were not new.
+    pub retransmitted_segments_in: u64,
+    pub retransmitted_segments_out: u64,
+    pub retransmitted_bytes_in: u64,
+    pub retransmitted_bytes_out: u64,
 }
+
+/// `ConnStats::syn_seen` bits: `seq_end_in` / `seq_end_out` hold a position.
+pub const SEQ_IN_KNOWN: u32 = 1 << 2;
+pub const SEQ_OUT_KNOWN: u32 = 1 << 3;
 
 impl ConnStats {
     pub const fn zeroed() -> Self {
@@ -137,7 +146,10 @@ impl ConnStats {
             syn_seen: 0,
             seq_end_in: 0,
             seq_end_out: 0,
-            wire_retransmits_out: 0,
+            retransmitted_segments_in: 0,
+            retransmitted_segments_out: 0,
+            retransmitted_bytes_in: 0,
+            retransmitted_bytes_out: 0,
         }
     }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    conn::{ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
+    conn::{ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6, SEQ_IN_KNOWN, SEQ_OUT_KNOWN},
     global::Counter,
     http::{seq_before, DIR_IN, DIR_OUT},
     packet::{self, Ipv6Next},
@@ -155,6 +155,39 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         warn!(ctx, "CONNS refused a new connection");
         return Ok(());
     };
+    // Sequence space this segment occupies (SYN and FIN count one each). A segment that starts
+    // before what its direction already covered is sent again: only its part beyond that is new
+    // data, so the byte counts equal what the applications sent, retransmissions or not.
+    let span = payload_len as u32 + (f & packet::TCP_SYN != 0) as u32 + (f & packet::TCP_FIN != 0) as u32;
+    let mut retransmit = false;
+    let mut new_bytes = payload_len as u32;
+    if span > 0 && f & packet::TCP_RST == 0 {
+        let end = tcp.seq.wrapping_add(span);
+        // SAFETY: `stats` is a non-null pointer to a map value; one direction of a flow is
+        // handled by one CPU at a time.
+        unsafe {
+            let s = &mut *stats;
+            let (seen, known) = match dir {
+                Direction::Ingress => (&mut s.seq_end_in, SEQ_IN_KNOWN),
+                Direction::Egress => (&mut s.seq_end_out, SEQ_OUT_KNOWN),
+            };
+            if f & packet::TCP_SYN != 0 || s.syn_seen & known == 0 {
+                *seen = end;
+                s.syn_seen |= known;
+            } else {
+                if seq_before(tcp.seq, *seen) {
+                    retransmit = true;
+                    let payload_end = tcp.seq.wrapping_add(payload_len as u32);
+                    new_bytes = if seq_before(*seen, payload_end) { payload_end.wrapping_sub(*seen) } else { 0 };
+                }
+                if seq_before(*seen, end) {
+                    *seen = end;
+                }
+            }
+        }
+    }
+    let resent_bytes = (payload_len as u32 - new_bytes) as u64;
+    let new_bytes = new_bytes as u64;
     // A GSO/GRO super-packet stands for several wire segments.
     let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
     // SAFETY: `stats` is a non-null pointer to a map value; counters are only added to
@@ -164,7 +197,11 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         match dir {
             Direction::Ingress => {
                 add(&mut s.packets_in, segs);
-                add(&mut s.bytes_in, payload_len as u64);
+                add(&mut s.bytes_in, new_bytes);
+                if retransmit {
+                    add(&mut s.retransmitted_segments_in, 1);
+                    add(&mut s.retransmitted_bytes_in, resent_bytes);
+                }
                 if f & packet::TCP_SYN != 0 {
                     add(&mut s.syn_in, 1);
                     s.isn_in = tcp.seq;
@@ -185,7 +222,11 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             }
             Direction::Egress => {
                 add(&mut s.packets_out, segs);
-                add(&mut s.bytes_out, payload_len as u64);
+                add(&mut s.bytes_out, new_bytes);
+                if retransmit {
+                    add(&mut s.retransmitted_segments_out, 1);
+                    add(&mut s.retransmitted_bytes_out, resent_bytes);
+                }
                 if f & packet::TCP_SYN != 0 {
                     add(&mut s.syn_out, 1);
                     s.isn_out = tcp.seq;
@@ -203,30 +244,6 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             }
         }
         s.last_seen_ns = now;
-    }
-    // Sequence space this segment occupies (SYN and FIN count one each): a segment that starts
-    // before what its direction already covered is sent again.
-    let span = payload_len as u32 + (f & packet::TCP_SYN != 0) as u32 + (f & packet::TCP_FIN != 0) as u32;
-    let mut retransmit = false;
-    if span > 0 && f & packet::TCP_RST == 0 {
-        let end = tcp.seq.wrapping_add(span);
-        // SAFETY: as above.
-        unsafe {
-            let s = &mut *stats;
-            let (seen, bit) = match dir {
-                Direction::Ingress => (&mut s.seq_end_in, 1),
-                Direction::Egress => (&mut s.seq_end_out, 2),
-            };
-            if f & packet::TCP_SYN == 0 && s.syn_seen & bit != 0 && seq_before(tcp.seq, *seen) {
-                retransmit = true;
-                if dir == Direction::Egress && payload_len > 0 {
-                    add(&mut s.wire_retransmits_out, 1);
-                }
-            }
-            if f & packet::TCP_SYN != 0 || seq_before(*seen, end) {
-                *seen = end;
-            }
-        }
     }
     trace::record(
         ctx,

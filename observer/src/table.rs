@@ -44,8 +44,10 @@ pub struct Connection {
     pub status: &'static str,
     /// The TCP state the socket layer last reported (`established`, `fin_wait2`, ...; `unknown` if none).
     pub state: &'static str,
+    /// Segments on the wire (each segment of a GSO/GRO super-packet counts), retransmissions included.
     pub packets_in: u64,
     pub packets_out: u64,
+    /// Payload bytes of the stream, each once: what the applications sent and received.
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub syn_in: u64,
@@ -59,8 +61,12 @@ pub struct Connection {
     pub resets_sent: u64,
     pub resets_received: u64,
     pub retransmits: u64,
-    /// Segments this host sent again, as seen on the wire by the tc program.
-    pub wire_retransmits_out: u64,
+    /// Segments seen on the wire that repeated sequence space already seen (out: this host sent
+    /// again; in: the peer did, or they arrived out of order), and their repeated payload bytes.
+    pub retransmitted_segments_in: u64,
+    pub retransmitted_segments_out: u64,
+    pub retransmitted_bytes_in: u64,
+    pub retransmitted_bytes_out: u64,
     /// Handshake round-trip time in milliseconds, when both handshake packets were seen here.
     pub handshake_rtt_ms: Option<f64>,
     /// Who closed first: `local`, `remote`, or `unknown` (still open, or no FIN/reset seen).
@@ -112,7 +118,10 @@ impl Connection {
             syn_seen: _,
             seq_end_in: _,
             seq_end_out: _,
-            wire_retransmits_out,
+            retransmitted_segments_in,
+            retransmitted_segments_out,
+            retransmitted_bytes_in,
+            retransmitted_bytes_out,
         } = *stats;
         let end_ns = if closed { if closed_ns != 0 { closed_ns } else { last_seen_ns } } else { now_ns };
         let mut closer = Closer::from_u8(closer);
@@ -147,7 +156,10 @@ impl Connection {
             resets_sent,
             resets_received,
             retransmits,
-            wire_retransmits_out,
+            retransmitted_segments_in,
+            retransmitted_segments_out,
+            retransmitted_bytes_in,
+            retransmitted_bytes_out,
             handshake_rtt_ms: (handshake_rtt_ns != 0).then(|| handshake_rtt_ns as f64 / 1e6),
             closer: closer.name(),
             close_reason: closed.then(|| CloseReason::of(stats).name()),
