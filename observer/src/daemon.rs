@@ -295,6 +295,8 @@ async fn pump(app: Arc<App>, events: aya::maps::RingBuf<aya::maps::MapData>) -> 
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    // Signals first: a SIGTERM while the programs load must still detach cleanly.
+    let shutdown = shutdown_signal()?;
     sys::require_root()?;
     sys::raise_memlock();
     sys::ensure_mounted("bpf", "/sys/fs/bpf")?;
@@ -337,7 +339,7 @@ pub async fn run(config: Config) -> Result<()> {
         })
     };
     log::info!("observing {} on http://{}", interfaces.join(", "), config.listen);
-    let served = axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown_signal()).await;
+    let served = axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown).await;
     pump_task.abort();
     payload_task.abort();
     trace_task.abort();
@@ -348,11 +350,16 @@ pub async fn run(config: Config) -> Result<()> {
     served.context("serving the API")
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: detaching"),
-        _ = term.recv() => log::info!("SIGTERM: detaching"),
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => log::info!("SIGINT: detaching"),
+            _ = term.recv() => log::info!("SIGTERM: detaching"),
+        }
+    })
 }

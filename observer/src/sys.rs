@@ -12,12 +12,28 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so map creation cannot fail there.
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so map creation cannot fail
+/// there. Later kernels charge memory cgroups instead, and a refusal does not matter.
 pub fn raise_memlock() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::warn!("could not lift RLIMIT_MEMLOCK ({}); map creation may fail on kernels before 5.11", io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        if kernel_before(5, 11) {
+            log::warn!("could not lift RLIMIT_MEMLOCK ({e}); creating the maps may fail on this kernel (before 5.11): raise it with `ulimit -l unlimited`");
+        } else {
+            log::debug!("could not lift RLIMIT_MEMLOCK ({e}); not needed from Linux 5.11");
+        }
+    }
+}
+
+/// Is the running kernel older than `major.minor`?
+pub fn kernel_before(major: u32, minor: u32) -> bool {
+    let release = kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) < (major, minor),
+        _ => false,
     }
 }
 
