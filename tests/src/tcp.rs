@@ -1,0 +1,125 @@
+//! Raw TCP endpoints inside a namespace, for scenarios curl cannot play: a client that sends half a
+//! request and aborts with a reset, a server that answers a connection with a reset, a connection
+//! held open while the test reads the kernel's own view of it (`ss -tin`).
+//!
+//! Sockets are created on a thread that joined the namespace ([`Netns::enter`]) and stay in that
+//! namespace whichever thread uses them afterwards.
+use std::{
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// How long connecting and each read or write may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects from `ns` to `server`; the stream has [`TIMEOUT`] as read and write timeout.
+pub fn connect(ns: &Netns, server: SocketAddr) -> io::Result<TcpStream> {
+    let s = ns.enter(move || TcpStream::connect_timeout(&server, TIMEOUT))??;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    Ok(s)
+}
+
+/// Listens on `addr` inside `ns`.
+pub fn listen(ns: &Netns, addr: SocketAddr) -> io::Result<TcpListener> {
+    ns.enter(move || TcpListener::bind(addr))?
+}
+
+/// Sets `SO_LINGER` to on with a zero timeout: closing the socket then sends a reset instead of a
+/// FIN and discards whatever was not sent.
+pub fn set_linger_zero(s: &impl AsRawFd) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket descriptor and a pointer to a live `linger` of the size given.
+    let rc = unsafe {
+        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Closes `s` with a reset (`SO_LINGER` 0): the abort of a client or server that gives up.
+pub fn abort(s: TcpStream) -> io::Result<()> {
+    set_linger_zero(&s)?;
+    drop(s);
+    Ok(())
+}
+
+/// Sends `request` (a complete HTTP/1.1 request) on `s` and reads one response framed by
+/// Content-Length: returns the status code, the head's length and the body's length. The
+/// connection stays open.
+pub fn http_exchange(s: &mut TcpStream, request: &str) -> io::Result<(u16, usize, usize)> {
+    s.write_all(request.as_bytes())?;
+    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad(format!("the connection ended inside the response head: {:?}", String::from_utf8_lossy(&buf))));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad(format!("bad status line in {head:?}")))?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-length")).map(|(_, v)| v.trim().to_owned()))
+        .ok_or_else(|| bad(format!("no Content-Length in {head:?}")))?
+        .parse()
+        .map_err(|_| bad(format!("bad Content-Length in {head:?}")))?;
+    let mut body = buf.len() - head_end;
+    while body < length {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad(format!("the connection ended after {body} of {length} body bytes")));
+        }
+        body += n;
+    }
+    if body != length {
+        return Err(bad(format!("{body} body bytes for a Content-Length of {length}")));
+    }
+    Ok((status, head_end, body))
+}
+
+/// The kernel's own view of one TCP socket, from `ss -tin` inside the namespace that holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// `ss`'s state column (`ESTAB`, `FIN-WAIT-2`, ...).
+    pub state: String,
+    /// `tcpi_total_retrans`: segments this socket retransmitted over its life (the `TOTAL` of
+    /// `retrans:X/TOTAL`; `ss` omits the field while it is 0).
+    pub total_retrans: u64,
+    /// The whole `ss` output, for messages.
+    pub raw: String,
+}
+
+/// `ss -tin` for the socket `local` → `remote` in `ns`: `None` when there is no such socket.
+pub fn socket_info(ns: &Netns, local: SocketAddr, remote: SocketAddr) -> Option<SocketInfo> {
+    let filter = format!("src {} and dst {}", ss_endpoint(local), ss_endpoint(remote));
+    let raw = ns.run("ss", ["-H", "-t", "-i", "-n", "state", "all", filter.as_str()]);
+    let mut tokens = raw.split_whitespace();
+    let state = tokens.next()?.to_owned();
+    let total_retrans = raw
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("retrans:"))
+        .map(|v| v.split_once('/').map_or(v, |(_, total)| total).parse().unwrap_or_else(|_| panic!("cannot parse retrans in `ss` output:\n{raw}")))
+        .unwrap_or(0);
+    Some(SocketInfo { state, total_retrans, raw })
+}
+
+/// An endpoint as `ss` filters take it (`[2001:db8::1]:80` for IPv6).
+fn ss_endpoint(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v4) => v4.to_string(),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    }
+}

@@ -1,0 +1,385 @@
+//! Connection lifecycle: how each TCP connection opens and ends, as the observer reports it per
+//! connection (role, `opened`/`closed`, `status`, `state`, `close_reason`, `closer`, socket-view
+//! resets and retransmissions next to the wire view) and in its lifecycle metrics, plus the
+//! filters of `GET /api/v1/connections` and the eviction accounting of a full kernel map.
+//!
+//! Ground truth: what each test itself did to the connections (raw sockets whose every step it
+//! controls: half a request then an `SO_LINGER` 0 abort, a server that answers with a reset, a
+//! connect to a port nobody listens on), what curl reports per transfer, the nginx access logs
+//! (which client port each request came from), the error the client's own socket got (refused,
+//! reset), and for retransmissions the kernel's own per-socket counter (`ss -tin`,
+//! `tcpi_total_retrans`). Metrics are compared as deltas around the traffic of one test, whose lab
+//! (namespaces, daemon) is its own.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{ErrorKind, Read, Write},
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use observer_tests::{
+    addr::{self, http_base, GW_CLIENT_IF, GW_UPSTREAM_IF},
+    curl,
+    observer::WAIT,
+    poll, root_or_skip, tcp, Connection, Lab, Nginx, Observer, Snapshot, Topology,
+};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Reading /metrics and the connection JSON
+// ---------------------------------------------------------------------------------------------
+
+/// Every sample of `/metrics`: (name, labels) → value.
+#[derive(Clone, Debug, Default)]
+struct Metrics {
+    samples: BTreeMap<(String, BTreeMap<String, String>), f64>,
+    raw: String,
+}
+
+impl Metrics {
+    fn parse(text: &str) -> Metrics {
+        let mut samples = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {line:?}"));
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in metrics line {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_owned(), BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                    let labels = body
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let (k, v) = p.split_once("=\"").unwrap_or_else(|| panic!("bad label {p:?} in {line:?}"));
+                            (k.to_owned(), v.trim_end_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name.to_owned(), labels)
+                }
+            };
+            samples.insert((name, labels), value);
+        }
+        Metrics { samples, raw: text.to_owned() }
+    }
+
+    /// The sample `name{labels}` with exactly these labels; 0 when absent (a counter not yet
+    /// incremented has no series).
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.samples.get(&(name.to_owned(), labels)).copied().unwrap_or(0.0)
+    }
+
+    /// The sum of every series of `name` whose labels include `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|((n, l), _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Every series of `name` with its value, for messages.
+    fn series(&self, name: &str) -> String {
+        self.raw.lines().filter(|l| l.starts_with(name)).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn metrics(o: &Observer) -> Metrics {
+    Metrics::parse(&o.metrics())
+}
+
+/// Polls `/metrics` until `done` holds (up to [`WAIT`]) and returns that scrape.
+fn wait_for_metrics(o: &Observer, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+    let mut last = Metrics::default();
+    poll(WAIT, Duration::from_millis(50), || {
+        last = metrics(o);
+        done(&last).then(|| last.clone())
+    })
+    .unwrap_or_else(|| panic!("waited {WAIT:?} for /metrics to show {what}; the last scrape had:\n{}\n{}", last.series("observer_connections"), last.series("observer_resets")))
+}
+
+const OPENED: &str = "observer_connections_opened_total";
+const CLOSED: &str = "observer_connections_closed_total";
+const RESETS: &str = "observer_resets_total";
+
+fn text<'a>(c: &'a Connection, field: &str) -> &'a str {
+    c.extra.get(field).and_then(Value::as_str).unwrap_or_else(|| panic!("{}: field {field} is not a string: {:?}", c.connection, c.extra.get(field)))
+}
+
+fn count(c: &Connection, field: &str) -> u64 {
+    c.extra.get(field).and_then(Value::as_u64).unwrap_or_else(|| panic!("{}: field {field} is not a count: {:?}", c.connection, c.extra.get(field)))
+}
+
+/// A time field: `Some(unix seconds)` or `None` for JSON null; panics if it is missing.
+fn time(c: &Connection, field: &str) -> Option<f64> {
+    match c.extra.get(field) {
+        Some(Value::Null) => None,
+        Some(v) => Some(v.as_f64().unwrap_or_else(|| panic!("{}: field {field} is not a time: {v}", c.connection))),
+        None => panic!("{}: no field {field}", c.connection),
+    }
+}
+
+/// The one entry of `snap` whose local and remote ends are these.
+fn entry<'a>(snap: &'a Snapshot, local: SocketAddr, remote: SocketAddr) -> &'a Connection {
+    let found: Vec<&Connection> = snap.connections.iter().filter(|c| c.local == local && c.remote == remote).collect();
+    assert_eq!(found.len(), 1, "exactly one entry for {local} {remote}:\n{}", snap.pretty());
+    found[0]
+}
+
+/// Asserts the close of a connection that opened: `status` closed, `state` closed, the reason,
+/// and `first_seen <= opened <= closed`.
+fn assert_closed_after_open(c: &Connection, reason: &str) {
+    assert_eq!((text(c, "status"), text(c, "state"), c.extra.get("close_reason").and_then(Value::as_str)), ("closed", "closed", Some(reason)), "{}: {c:#?}", c.connection);
+    let opened = time(c, "opened").unwrap_or_else(|| panic!("{}: opened is null for a connection that was established: {c:#?}", c.connection));
+    let closed = time(c, "closed").unwrap_or_else(|| panic!("{}: closed is null for a closed connection: {c:#?}", c.connection));
+    assert!(c.first_seen <= opened && opened <= closed, "{}: first_seen {} <= opened {opened} <= closed {closed}", c.connection, c.first_seen);
+}
+
+fn v4(ip: std::net::Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1, 6, 7: a normal open and close, IPv4 and IPv6, inbound and outbound
+// ---------------------------------------------------------------------------------------------
+
+/// `n` requests with `Connection: close` from the client to the proxy at `server`: each is one
+/// inbound connection (client → proxy) and one outbound one (proxy → upstream, since nginx
+/// proxies with HTTP/1.0). Every one must end "normal", with its open and close times, and the
+/// lifecycle counters must grow by exactly `n` per role.
+fn normal_open_and_close(lab: &Lab, server: IpAddr, client: IpAddr, family: &str) {
+    const PATHS: &[&str] = &["/ok", "/size/1000", "/status/404"];
+    let before = metrics(&lab.observer);
+    let urls: Vec<String> = PATHS.iter().map(|p| format!("{}{p}", http_base(server))).collect();
+    let transfers = curl(&lab.topo.client, &urls, &["--header", "Connection: close"]);
+    assert!(transfers.iter().all(|t| t.num_connects == 1), "one connection per transfer: {transfers:#?}");
+    let n = transfers.len() as f64;
+    let upstream = v4(addr::UPSTREAM_V4, 80);
+
+    // The closed counters move when the daemon finalises a connection (300 ms after its close),
+    // with the final counters: from then on the entry is what the test asserts.
+    let after = wait_for_metrics(&lab.observer, &format!("{n} inbound and {n} outbound connections closed"), |m| {
+        m.sum(CLOSED, &[("role", "inbound")]) - before.sum(CLOSED, &[("role", "inbound")]) >= n
+            && m.sum(CLOSED, &[("role", "outbound")]) - before.sum(CLOSED, &[("role", "outbound")]) >= n
+    });
+    let snap = lab.observer.connections();
+
+    for t in &transfers {
+        let c = entry(&snap, t.remote, t.local);
+        assert_eq!((c.family.as_str(), text(c, "role")), (family, "inbound"), "{c:#?}");
+        assert_eq!(c.local, SocketAddr::new(server, 80));
+        assert_eq!(c.remote.ip(), client);
+        assert_closed_after_open(c, "normal");
+        assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out, c.rst_in, c.rst_out), (1, 1, 1, 1, 0, 0), "SYN/FIN/RST in/out of {}", c.connection);
+        assert_eq!((count(c, "resets_sent"), count(c, "resets_received")), (0, 0), "{}", c.connection);
+        assert!(["local", "remote"].contains(&text(c, "closer")), "{}: a FIN went first, so the closer is known: {c:#?}", c.connection);
+    }
+
+    // The proxied connections: from the gateway's upstream side to the upstream server.
+    let log = lab.upstream.wait_for_requests(PATHS.len());
+    assert_eq!(log.entries.len(), PATHS.len(), "{}", log.raw);
+    let outbound = snap.with_remote(upstream);
+    assert_eq!(outbound.len(), PATHS.len(), "one outbound entry per proxied request:\n{}", snap.pretty());
+    let logged: BTreeSet<SocketAddr> = log.entries.iter().map(|e| e.remote()).collect();
+    let observed: BTreeSet<SocketAddr> = outbound.iter().map(|c| c.local).collect();
+    assert_eq!(observed, logged, "the outbound entries' local ends vs the clients the upstream logged:\n{}", log.raw);
+    for c in outbound {
+        assert_eq!((c.family.as_str(), text(c, "role")), ("ipv4", "outbound"), "{c:#?}");
+        assert_eq!(c.local.ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{}", c.connection);
+        assert_eq!(c.remote, upstream);
+        assert_closed_after_open(c, "normal");
+        assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out, c.rst_in, c.rst_out), (1, 1, 1, 1, 0, 0), "SYN/FIN/RST in/out of {}", c.connection);
+    }
+    assert_eq!(snap.connections.len(), 2 * PATHS.len(), "nothing else was tracked:\n{}", snap.pretty());
+
+    // Metrics: exactly n opened and n closed ("normal") per role, nothing else.
+    let delta = |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    for role in ["inbound", "outbound"] {
+        assert_eq!(delta(OPENED, &[("role", role), ("port", "80")]), n, "{OPENED}{{role={role},port=80}}:\n{}", after.series(OPENED));
+        assert_eq!(delta(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]), n, "{CLOSED}{{role={role},port=80,reason=normal}}:\n{}", after.series(CLOSED));
+        assert_eq!(after.get("observer_connections_active", &[("role", role)]), 0.0, "no connection is open:\n{}", after.series("observer_connections_active"));
+    }
+    assert_eq!(after.sum(OPENED, &[]) - before.sum(OPENED, &[]), 2.0 * n, "{}", after.series(OPENED));
+    assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), 2.0 * n, "{}", after.series(CLOSED));
+    assert_eq!(after.sum(RESETS, &[]) - before.sum(RESETS, &[]), 0.0, "{}", after.series(RESETS));
+}
+
+#[test]
+fn normal_close_is_counted_per_role_with_open_and_close_times() {
+    const TEST: &str = "normal_close_is_counted_per_role_with_open_and_close_times";
+    if root_or_skip(TEST) {
+        let lab = Lab::start(TEST);
+        normal_open_and_close(&lab, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4");
+    }
+}
+
+#[test]
+fn ipv6_normal_close_has_the_same_lifecycle() {
+    const TEST: &str = "ipv6_normal_close_has_the_same_lifecycle";
+    if root_or_skip(TEST) {
+        let lab = Lab::start(TEST);
+        normal_open_and_close(&lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), "ipv6");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2, 3: resets received and sent
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn client_abort_with_linger_zero_is_a_reset_received() {
+    const TEST: &str = "client_abort_with_linger_zero_is_a_reset_received";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = Lab::start(TEST);
+    let proxy = v4(addr::GATEWAY_CLIENT_SIDE_V4, 80);
+    let before = metrics(&lab.observer);
+
+    // Half a request (no blank line: nginx waits for the rest), then a reset.
+    let partial = "GET /ok HTTP/1.1\r\nHost: gateway\r\n";
+    let mut s = tcp::connect(&lab.topo.client, proxy).expect("connecting to the proxy");
+    let client_end = s.local_addr().expect("local address");
+    s.write_all(partial.as_bytes()).expect("sending half a request");
+    // The gateway has the bytes before the abort: the reset comes after data, not instead of it.
+    lab.observer.wait_for("the partial request at the gateway", WAIT, |snap| snap.with_remote(client_end).iter().any(|c| c.bytes_in == partial.len() as u64));
+    tcp::abort(s).expect("closing with SO_LINGER 0");
+
+    let after = wait_for_metrics(&lab.observer, "one inbound connection closed by a received reset", |m| {
+        m.get(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) - before.get(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) >= 1.0
+    });
+    let snap = lab.observer.connections();
+    let c = entry(&snap, proxy, client_end);
+    assert_eq!(text(c, "role"), "inbound");
+    assert_closed_after_open(c, "reset_received");
+    assert_eq!(text(c, "closer"), "remote", "the client aborted: {c:#?}");
+    assert_eq!((count(c, "resets_received"), count(c, "resets_sent")), (1, 0), "socket view of {}: {c:#?}", c.connection);
+    assert_eq!((c.rst_in, c.rst_out), (1, 0), "wire view of {}: {c:#?}", c.connection);
+    assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out), (1, 1, 0, 0), "{}", c.connection);
+    assert_eq!((c.bytes_in, c.bytes_out), (partial.len() as u64, 0), "{}", c.connection);
+    // An incomplete request is never proxied.
+    assert_eq!(snap.connections.len(), 1, "only the aborted connection:\n{}", snap.pretty());
+
+    let delta = |labels: &[(&str, &str)]| after.get(RESETS, labels) - before.get(RESETS, labels);
+    assert_eq!((delta(&[("direction", "received")]), delta(&[("direction", "sent")])), (1.0, 0.0), "{}", after.series(RESETS));
+    assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), 1.0, "{}", after.series(CLOSED));
+    assert_eq!(after.get(OPENED, &[("role", "inbound"), ("port", "80")]) - before.get(OPENED, &[("role", "inbound"), ("port", "80")]), 1.0, "{}", after.series(OPENED));
+}
+
+#[test]
+fn server_abort_with_linger_zero_is_a_reset_sent() {
+    const TEST: &str = "server_abort_with_linger_zero_is_a_reset_sent";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let topo = Topology::new(TEST);
+    let observer = Observer::start(&topo);
+    let server = v4(addr::GATEWAY_CLIENT_SIDE_V4, 8081);
+    let listener = tcp::listen(&topo.gateway, server).expect("listening in the gateway");
+    let before = metrics(&observer);
+
+    // The client says hello; the gateway's server reads it and aborts with a reset.
+    let mut client = tcp::connect(&topo.client, server).expect("connecting");
+    let client_end = client.local_addr().expect("local address");
+    client.write_all(b"hello\n").expect("sending");
+    let (mut accepted, peer) = listener.accept().expect("accepting");
+    assert_eq!(peer, client_end);
+    let mut hello = [0u8; 6];
+    accepted.read_exact(&mut hello).expect("reading the hello");
+    tcp::abort(accepted).expect("closing with SO_LINGER 0");
+    // Ground truth on the other end: the client's socket got a reset, not an end of stream.
+    let mut buf = [0u8; 16];
+    let got = client.read(&mut buf);
+    assert_eq!(got.as_ref().map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset), "the client's read after the server's abort: {got:?}");
+
+    let after = wait_for_metrics(&observer, "one inbound connection closed by a sent reset", |m| {
+        m.get(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) - before.get(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) >= 1.0
+    });
+    let snap = observer.connections();
+    let c = entry(&snap, server, client_end);
+    assert_eq!(text(c, "role"), "inbound");
+    assert_closed_after_open(c, "reset_sent");
+    assert_eq!(text(c, "closer"), "local", "the gateway aborted: {c:#?}");
+    assert_eq!((count(c, "resets_sent"), count(c, "resets_received")), (1, 0), "socket view of {}: {c:#?}", c.connection);
+    assert_eq!((c.rst_out, c.rst_in), (1, 0), "wire view of {}: {c:#?}", c.connection);
+    assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out), (1, 1, 0, 0), "{}", c.connection);
+    assert_eq!((c.bytes_in, c.bytes_out), (6, 0), "{}", c.connection);
+
+    let delta = |labels: &[(&str, &str)]| after.get(RESETS, labels) - before.get(RESETS, labels);
+    assert_eq!((delta(&[("direction", "sent")]), delta(&[("direction", "received")])), (1.0, 0.0), "{}", after.series(RESETS));
+    assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), 1.0, "{}", after.series(CLOSED));
+    drop(client);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4: refused connections, both roles
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn syn_to_a_port_without_listener_is_refused_inbound() {
+    const TEST: &str = "syn_to_a_port_without_listener_is_refused_inbound";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let topo = Topology::new(TEST);
+    let observer = Observer::start(&topo);
+    let closed_port = v4(addr::GATEWAY_CLIENT_SIDE_V4, 81);
+    let before = metrics(&observer);
+
+    let refused = tcp::connect(&topo.client, closed_port);
+    assert_eq!(refused.as_ref().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused), "connecting to {closed_port}: {refused:?}");
+
+    // No socket ever existed on the gateway: the daemon's sweep finds it once it is quiet.
+    let after = wait_for_metrics(&observer, "one refused inbound connection", |m| {
+        m.get(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) - before.get(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
+    });
+    let snap = observer.connections();
+    assert_eq!(snap.connections.len(), 1, "only the refused connection:\n{}", snap.pretty());
+    let c = &snap.connections[0];
+    assert_eq!((c.local, c.remote.ip()), (closed_port, IpAddr::from(addr::CLIENT_V4)), "{c:#?}");
+    assert_eq!(text(c, "role"), "inbound", "{c:#?}");
+    assert_eq!((text(c, "status"), c.extra.get("close_reason").and_then(Value::as_str)), ("closed", Some("refused")), "{c:#?}");
+    assert_eq!(time(c, "opened"), None, "it never opened: {c:#?}");
+    assert!(time(c, "closed").is_some(), "{c:#?}");
+    assert_eq!((c.syn_in, c.syn_out, c.rst_out, c.rst_in, c.fin_in, c.fin_out), (1, 0, 1, 0, 0, 0), "SYN in, RST out, nothing else: {c:#?}");
+    assert_eq!((c.bytes_in, c.bytes_out), (0, 0));
+
+    assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), 1.0, "{}", after.series(CLOSED));
+    assert_eq!(after.sum(OPENED, &[]) - before.sum(OPENED, &[]), 0.0, "a refused connection never opened:\n{}", after.series(OPENED));
+}
+
+#[test]
+fn connect_to_an_upstream_port_without_listener_is_refused_outbound() {
+    const TEST: &str = "connect_to_an_upstream_port_without_listener_is_refused_outbound";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let topo = Topology::new(TEST);
+    let observer = Observer::start(&topo);
+    let closed_port = v4(addr::UPSTREAM_V4, 81);
+    let before = metrics(&observer);
+
+    // From the gateway itself, as a proxy would connect to a dead backend.
+    let refused = tcp::connect(&topo.gateway, closed_port);
+    assert_eq!(refused.as_ref().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused), "connecting to {closed_port}: {refused:?}");
+
+    let after = wait_for_metrics(&observer, "one refused outbound connection", |m| {
+        m.get(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) - before.get(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
+    });
+    let snap = observer.connections();
+    let mine = snap.with_remote(closed_port);
+    assert_eq!(mine.len(), 1, "one entry for the refused connect:\n{}", snap.pretty());
+    let c = mine[0];
+    assert_eq!(c.local.ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{c:#?}");
+    assert_eq!(text(c, "role"), "outbound", "{c:#?}");
+    assert_eq!((text(c, "status"), text(c, "state"), c.extra.get("close_reason").and_then(Value::as_str)), ("closed", "closed", Some("refused")), "{c:#?}");
+    assert_eq!(time(c, "opened"), None, "it never opened: {c:#?}");
+    assert_eq!((count(c, "resets_received"), count(c, "resets_sent")), (1, 0), "socket view: {c:#?}");
+    assert_eq!((c.syn_out, c.syn_in, c.rst_in, c.rst_out, c.fin_in, c.fin_out), (1, 0, 1, 0, 0, 0), "SYN out, RST in, nothing else: {c:#?}");
+    assert_eq!(snap.connections.len(), 1, "nothing else was tracked:\n{}", snap.pretty());
+
+    let delta = |labels: &[(&str, &str)]| after.get(RESETS, labels) - before.get(RESETS, labels);
+    assert_eq!((delta(&[("direction", "received")]), delta(&[("direction", "sent")])), (1.0, 0.0), "{}", after.series(RESETS));
+    assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), 1.0, "{}", after.series(CLOSED));
+    assert_eq!(after.sum(OPENED, &[]) - before.sum(OPENED, &[]), 0.0, "{}", after.series(OPENED));
+}
