@@ -18,6 +18,7 @@ pub mod curl;
 pub mod netns;
 pub mod nginx;
 pub mod observer;
+pub mod operator;
 pub mod tcp;
 mod process;
 

@@ -241,3 +241,44 @@ impl AccessLog {
         self.entries.iter().map(|e| e.bytes_sent).sum()
     }
 }
+
+impl Nginx {
+    /// Like [`Nginx::proxy`], but with room for `worker_connections` connections (clients and
+    /// upstream connections together; [`Nginx::start`] allows 1024) and a file limit to match,
+    /// for tests that hold many client connections open at once.
+    pub fn proxy_with_worker_connections(topo: &Topology, worker_connections: u32) -> Nginx {
+        let locations = format!("        location / {{ proxy_pass {}:80; }}\n", http_base(addr::UPSTREAM_V4.into()));
+        let listen = vec![SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), 80), SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V6.into(), 80)];
+        let dir = topo.path("proxy");
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let d = dir.display();
+        let mut conf = String::new();
+        writeln!(conf, "user root;\nworker_processes 1;\ndaemon off;\nmaster_process on;").unwrap();
+        writeln!(conf, "worker_rlimit_nofile {};", worker_connections * 2 + 64).unwrap();
+        writeln!(conf, "pid {d}/nginx.pid;\nerror_log {d}/error.log info;").unwrap();
+        writeln!(conf, "events {{ worker_connections {worker_connections}; }}").unwrap();
+        writeln!(conf, "http {{").unwrap();
+        writeln!(conf, "    default_type application/octet-stream;").unwrap();
+        writeln!(conf, "    log_format observer '{LOG_FORMAT}';").unwrap();
+        writeln!(conf, "    access_log {d}/access.log observer;").unwrap();
+        for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+            writeln!(conf, "    {temp}_temp_path {d}/{temp};").unwrap();
+        }
+        writeln!(conf, "    keepalive_timeout 60s;\n    keepalive_requests 10000;").unwrap();
+        writeln!(conf, "    server {{").unwrap();
+        for a in &listen {
+            writeln!(conf, "        listen {a} backlog=4096;").unwrap();
+        }
+        writeln!(conf, "        location = /__ready {{ access_log off; return 200 \"ready\\n\"; }}").unwrap();
+        conf.push_str(&locations);
+        writeln!(conf, "    }}\n}}").unwrap();
+        let conf_path = dir.join("nginx.conf");
+        fs::write(&conf_path, conf).expect("writing nginx.conf");
+
+        let args: [OsString; 6] = ["-p".into(), dir.clone().into(), "-c".into(), conf_path.into(), "-e".into(), dir.join("error.log").into()];
+        let process = topo.gateway.spawn("nginx proxy", "nginx", args, &dir.join("nginx.out"));
+        let mut nginx = Nginx { name: "proxy".to_owned(), ns: topo.gateway.clone(), dir, listen, process };
+        nginx.wait_ready();
+        nginx
+    }
+}
