@@ -102,6 +102,15 @@ pub struct SocketInfo {
     pub raw: String,
 }
 
+impl SocketInfo {
+    /// A `name:value` field of the `ss -i` output (`bytes_retrans`, `bytes_acked`, `unacked`, ...),
+    /// as a number; `None` when `ss` did not print it (it omits most counters while they are 0).
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let prefix = format!("{name}:");
+        self.raw.split_whitespace().find_map(|t| t.strip_prefix(prefix.as_str())).map(|v| v.parse().unwrap_or_else(|_| panic!("cannot parse {name} in `ss` output:\n{}", self.raw)))
+    }
+}
+
 /// `ss -tin` for the socket `local` → `remote` in `ns`: `None` when there is no such socket.
 pub fn socket_info(ns: &Netns, local: SocketAddr, remote: SocketAddr) -> Option<SocketInfo> {
     let filter = format!("src {} and dst {}", ss_endpoint(local), ss_endpoint(remote));

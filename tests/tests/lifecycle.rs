@@ -383,3 +383,140 @@ fn connect_to_an_upstream_port_without_listener_is_refused_outbound() {
     assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), 1.0, "{}", after.series(CLOSED));
     assert_eq!(after.sum(OPENED, &[]) - before.sum(OPENED, &[]), 0.0, "{}", after.series(OPENED));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5: retransmissions, compared with the kernel's own per-socket counters
+// ---------------------------------------------------------------------------------------------
+//
+// How loss is made: this kernel has no netem (CONFIG_NET_SCH_NETEM is off) and the test machines
+// have neither nft, iptables nor ethtool, so the loss is made with iproute2 alone. The client's
+// address is removed for a moment while the gateway sends: the gateway's segments still leave it
+// and cross the link (the observer sees them go), and the client's stack drops them, as a lossy
+// network would. TCP retransmits on timeout until the address is back. The gateway's neighbour
+// entry for the client is made permanent first, so that no retransmission can fail inside the
+// gateway for want of ARP: the kernel's `total_retrans` counts a retransmission when it is
+// attempted, the observer (by design) only the ones that were sent, and with this set-up they
+// are the same.
+//
+// Ground truth is the kernel's own counters of that one socket, read with `ss -tin` in the
+// gateway while the connection is still open and idle (everything acknowledged): `retrans:X/TOTAL`
+// (tcpi_total_retrans, segments) and `bytes_retrans`.
+
+/// The body the gateway's server sends across the outage.
+const RETRANSMIT_BODY: usize = 1_000_000;
+
+/// What one retransmission scenario measured.
+struct Retransmitted {
+    /// The gateway socket's `ss -tin` once everything was acknowledged.
+    kernel: tcp::SocketInfo,
+    /// The observer's entry for the connection, read right after.
+    entry: Connection,
+    /// Growth of `observer_retransmits_total` during the scenario.
+    metric: f64,
+    /// Growth of the gateway namespace's `RetransSegs` (every socket, SYN-ACKs and failed
+    /// attempts included: an upper bound for the observer's total).
+    namespace: u64,
+}
+
+/// A connection to a server of the test's own in the gateway (so it is the gateway that sends,
+/// and so retransmits): the server writes [`RETRANSMIT_BODY`] while the client's address is gone,
+/// the address comes back, the client reads everything and the connection stays open while the
+/// counters are compared. `one_segment_per_skb` sets `gso_max_segs 1` on the gateway's
+/// client-side link before the connection exists, so TCP builds no multi-segment (GSO) packets.
+fn retransmissions(test: &str, one_segment_per_skb: bool) -> Retransmitted {
+    let topo = Topology::new(test);
+    if one_segment_per_skb {
+        topo.gateway.run("ip", ["link", "set", "dev", GW_CLIENT_IF, "gso_max_segs", "1"]);
+    }
+    let observer = Observer::start(&topo);
+    let server = v4(addr::GATEWAY_CLIENT_SIDE_V4, 8080);
+    let listener = tcp::listen(&topo.gateway, server).expect("listening in the gateway");
+    let mut client = tcp::connect(&topo.client, server).expect("connecting");
+    let client_end = client.local_addr().expect("local address");
+    let (accepted, _) = listener.accept().expect("accepting");
+    observer.wait_for("the connection, established", WAIT, |s| s.with_remote(client_end).iter().any(|c| c.extra.get("state").and_then(Value::as_str) == Some("established")));
+    let info = |what: &str| tcp::socket_info(&topo.gateway, server, client_end).unwrap_or_else(|| panic!("no gateway socket {server} {client_end} {what}"));
+    assert_eq!(info("before the outage").total_retrans, 0, "no retransmission before the outage");
+    let before = metrics(&observer);
+    let namespace_before = topo.gateway.tcp_retransmitted_segments();
+
+    let mac = topo.client.run("cat", [format!("/sys/class/net/{}/address", addr::CLIENT_IF)]);
+    topo.gateway.run("ip", ["neigh", "replace", &addr::CLIENT_V4.to_string(), "lladdr", mac.trim(), "dev", GW_CLIENT_IF, "nud", "permanent"]);
+    let client_prefix = format!("{}/24", addr::CLIENT_V4);
+    topo.client.run("ip", ["addr", "del", &client_prefix, "dev", addr::CLIENT_IF]);
+    let writer = std::thread::spawn(move || {
+        let mut accepted = accepted;
+        accepted.write_all(&vec![b'r'; RETRANSMIT_BODY]).map(|()| accepted)
+    });
+    let retransmitting = poll(Duration::from_secs(20), Duration::from_millis(20), || (info("during the outage").total_retrans >= 2).then_some(()));
+    let outage = info("during the outage");
+    topo.client.run("ip", ["addr", "add", &client_prefix, "dev", addr::CLIENT_IF]);
+    assert!(retransmitting.is_some(), "the gateway did not retransmit while its peer was unreachable:\n{}", outage.raw);
+
+    let mut body = vec![0u8; RETRANSMIT_BODY];
+    client.set_read_timeout(Some(Duration::from_secs(30))).expect("setting a read timeout");
+    client.read_exact(&mut body).expect("reading the whole body once the address is back");
+    assert!(body.iter().all(|&b| b == b'r'), "the body arrived intact");
+    let accepted = writer.join().expect("the writer thread").expect("writing the body");
+    // Both ends stay open. Once everything is acknowledged nothing more is retransmitted: the
+    // kernel's counts are final, and the observer's must equal them.
+    let kernel = poll(Duration::from_secs(20), Duration::from_millis(20), || {
+        let i = info("after the transfer");
+        (i.state == "ESTAB" && i.counter("unacked").is_none() && i.counter("bytes_acked") == Some(RETRANSMIT_BODY as u64)).then_some(i)
+    })
+    .unwrap_or_else(|| panic!("the gateway's socket never had everything acknowledged:\n{}", info("").raw));
+    let snap = observer.connections();
+    let entry = entry(&snap, server, client_end).clone();
+    let after = metrics(&observer);
+    let namespace = topo.gateway.tcp_retransmitted_segments() - namespace_before;
+    assert_eq!(info("at the end").total_retrans, kernel.total_retrans, "the kernel's count moved while the test read the observer's");
+    assert_eq!((text(&entry, "status"), text(&entry, "state")), ("open", "established"), "{entry:#?}");
+    drop((accepted, client));
+    Retransmitted { kernel, entry, metric: after.get("observer_retransmits_total", &[]) - before.get("observer_retransmits_total", &[]), namespace }
+}
+
+/// Asserts the observer's counts of `r` against the kernel's: the socket view (`retransmits`),
+/// the wire view (`retransmitted_segments_out`, `retransmitted_bytes_out`), the unaffected byte
+/// count, and the global counter.
+fn assert_retransmissions_exact(r: &Retransmitted) {
+    let (k, c) = (&r.kernel, &r.entry);
+    let total = k.total_retrans;
+    let bytes_retrans = k.counter("bytes_retrans").unwrap_or(0);
+    assert!(total >= 2, "{}", k.raw);
+    assert_eq!(count(c, "retransmits"), total, "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{c:#?}", k.raw);
+    assert_eq!(
+        (count(c, "retransmitted_segments_out"), count(c, "retransmitted_bytes_out")),
+        (total, bytes_retrans),
+        "the wire view (retransmitted segments and bytes out) vs the kernel's total_retrans and bytes_retrans:\n{}\n{c:#?}",
+        k.raw
+    );
+    assert_eq!((c.bytes_out, count(c, "retransmitted_segments_in")), (RETRANSMIT_BODY as u64, 0), "bytes_out counts the body once: {c:#?}");
+    assert!(
+        r.metric >= total as f64 && r.metric <= r.namespace as f64,
+        "observer_retransmits_total grew by {}: at least this socket's {total}, at most the namespace's RetransSegs growth {}",
+        r.metric,
+        r.namespace
+    );
+}
+
+#[test]
+fn retransmissions_equal_the_kernels_count_for_the_socket() {
+    const TEST: &str = "retransmissions_equal_the_kernels_count_for_the_socket";
+    if root_or_skip(TEST) {
+        // One segment per packet: see `retransmitted_gso_packets_count_every_segment` for why.
+        assert_retransmissions_exact(&retransmissions(TEST, true));
+    }
+}
+
+/// The same with the link's default GSO/TSO: TCP then builds packets of several segments, and a
+/// retransmitted packet can carry several segments (`total_retrans` grows by `tcp_skb_pcount`).
+/// The observer counts one per `tcp:tcp_retransmit_skb` event, i.e. per packet, and its wire view
+/// counts one retransmitted segment per packet too, while both are documented as segments.
+#[test]
+#[ignore = "observer bug: retransmits and retransmitted_segments_out count one per retransmitted GSO packet, not per segment (kernel total_retrans 13, observer 6-7)"]
+fn retransmitted_gso_packets_count_every_segment() {
+    const TEST: &str = "retransmitted_gso_packets_count_every_segment";
+    if root_or_skip(TEST) {
+        assert_retransmissions_exact(&retransmissions(TEST, false));
+    }
+}
