@@ -1,5 +1,5 @@
 //! The `CONNS` entry of a connection, shared by the tc and socket programs, and its events.
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP};
 use observer_common::{
     conn::{ConnEvent, ConnEventKind, ConnKey, ConnStats},
     global::Counter,
@@ -9,6 +9,9 @@ use crate::{
     maps::{CONNS, EVENTS},
     util::count,
 };
+
+/// Bytes waiting in the events ring buffer beyond which the daemon is woken at once.
+pub const WAKE_BACKLOG: u64 = 64 * 1024;
 
 /// The entry for `key`, created (zeroed, first seen `now`) if there is none.
 #[inline(always)]
@@ -59,7 +62,9 @@ pub fn emit(kind: ConnEventKind, detail: u32, key: &ConnKey, stats: *const ConnS
                 (*ev).key = *key;
                 (*ev).stats = *stats;
             }
-            entry.submit(0);
+            // As for payload: the daemon drains on a short timer; wake it only for a backlog.
+            let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
+            entry.submit(wake);
         }
         None => count(Counter::EventsLost),
     }

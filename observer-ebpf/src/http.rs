@@ -1,7 +1,7 @@
 //! HTTP fast path in the tc programs: forward the payload the daemon needs for framing, skip
 //! what it has said lies inside a message body. No parsing here: the daemon frames each stream
 //! exactly, in sequence order (see `observer_common::http`).
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP}, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use observer_common::{
     conn::ConnKey,
     global::Counter,
@@ -15,6 +15,8 @@ use crate::{
 };
 
 const HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
+/// Bytes waiting in the payload ring buffer beyond which the daemon is woken at once.
+const WAKE_BACKLOG: u64 = 4 * crate::conn::WAKE_BACKLOG;
 
 /// One TCP segment, as far as HTTP framing cares.
 pub struct Seg {
@@ -45,12 +47,12 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, seg: &Seg, now: u64) {
     let hints = HTTP_HINTS.get_ptr(key);
     if hints.is_none() && seg.first_byte && remaining >= START_LEN {
         // The first bytes of a new connection tell HTTP from everything else (TLS, binary
-        // protocols): anything else is never forwarded again.
+        // protocols): anything else is marked and never forwarded again. HTTP needs no entry
+        // (only the first segment is classified), which spares an insert per connection.
         let Ok(b) = ctx.load::<[u8; START_LEN]>(off) else { return };
-        let verdict = if classify(&b, START_LEN) == Start::Neither { HINT_NOT_HTTP } else { 0 };
-        let h = HttpHints { flags: verdict, ..HttpHints::default() };
-        let _ = HTTP_HINTS.insert(key, &h, BPF_NOEXIST as u64);
-        if verdict == HINT_NOT_HTTP {
+        if classify(&b, START_LEN) == Start::Neither {
+            let h = HttpHints { flags: HINT_NOT_HTTP, ..HttpHints::default() };
+            let _ = HTTP_HINTS.insert(key, &h, BPF_NOEXIST as u64);
             count(Counter::NotHttp);
             return;
         }
@@ -127,7 +129,10 @@ fn send(record: *const u8, len: usize) {
     }
     // SAFETY: `record` points at the per-CPU scratch record, at least `len` bytes long.
     let bytes = unsafe { core::slice::from_raw_parts(record, len) };
-    match PAYLOAD.output::<[u8]>(bytes, 0) {
+    // Waking the daemon for every record costs more than the record: it drains the ring on a
+    // short timer, and is woken only when a backlog builds up.
+    let wake = if PAYLOAD.query(BPF_RB_AVAIL_DATA as u64) > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
+    match PAYLOAD.output::<[u8]>(bytes, wake) {
         Ok(()) => count(Counter::PayloadSent),
         Err(_) => count(Counter::PayloadLost),
     }

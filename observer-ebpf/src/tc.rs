@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    conn::{ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6, SEQ_IN_KNOWN, SEQ_OUT_KNOWN},
+    conn::{ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6, SEQ_IN_KNOWN, SEQ_OUT_KNOWN},
     global::Counter,
     http::{seq_before, DIR_IN, DIR_OUT},
     packet::{self, Ipv6Next},
@@ -244,6 +244,16 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             }
         }
         s.last_seen_ns = now;
+    }
+    // A reset on a connection that never had a socket here (a SYN to a port nobody listens on)
+    // ends it: no socket tracepoint will say so, so this program does.
+    // SAFETY: as above.
+    unsafe {
+        let s = &mut *stats;
+        if f & packet::TCP_RST != 0 && s.state == 0 && s.closed_ns == 0 {
+            s.closed_ns = now;
+            conn::emit(ConnEventKind::Closed, 0, &key, stats, now);
+        }
     }
     trace::record(
         ctx,

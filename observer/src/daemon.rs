@@ -26,8 +26,12 @@ const QUIET_NS: u64 = 1_000_000_000;
 /// A closed connection is archived this long after its CLOSE, so that the resets and final ACKs
 /// the stack sends right after the state change are in its counters.
 const CLOSE_GRACE: Duration = Duration::from_millis(300);
-/// How often the whole kernel map is swept for connections no event reported closed.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the payload and event ring buffers are drained when the kernel has not woken us:
+/// the bound on how stale the daemon's view can be.
+const PAYLOAD_POLL: Duration = Duration::from_millis(10);
+/// How often the whole kernel map is swept for connections no event reported closed (lost
+/// events; FIN-only closes without a socket here). Each sweep reads every entry: not too often.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything `observer run` is configured with.
 #[derive(Clone, Debug)]
@@ -165,7 +169,7 @@ impl App {
         let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns));
         let http = http.map(|(conn, outcomes)| {
             self.metrics.http(&key, conn.role(), &outcomes);
-            conn
+            conn.into_record()
         });
         self.history.lock().expect("history lock poisoned").archive(key, stats, http, monotonic_ns());
         self.metrics.connection_closed(&key, &stats);
@@ -215,33 +219,45 @@ impl App {
 /// Frames HTTP from the payload records the kernel forwards, as they come.
 #[expect(deprecated, reason = "the RingBuf owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
 async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+    let mut fd = tokio::io::unix::AsyncFd::with_interest(payload, tokio::io::Interest::READABLE).context("watching the payload ring buffer")?;
+    // The kernel wakes us only for a backlog (waking per record costs more than the record), so
+    // the ring is also drained on a short timer: freshness stays within PAYLOAD_POLL.
+    let mut tick = tokio::time::interval(PAYLOAD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            g = fd.readable_mut() => {
+                let mut g = g.context("waiting for payload")?;
+                drain_payload(&app, g.get_inner_mut());
+                g.clear_ready();
+            }
+            _ = tick.tick() => drain_payload(&app, fd.get_mut()),
+        }
+    }
+}
+
+/// Frames every payload record waiting in the ring.
+fn drain_payload(app: &App, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
     use observer_common::http::PayloadHeader;
     const HDR: usize = std::mem::size_of::<PayloadHeader>();
-    let mut fd = tokio::io::unix::AsyncFd::with_interest(payload, tokio::io::Interest::READABLE).context("watching the payload ring buffer")?;
-    loop {
-        let mut guard = fd.readable_mut().await.context("waiting for payload")?;
-        let ring = guard.get_inner_mut();
-        let mut http = app.http.lock().expect("http lock poisoned");
-        while let Some(item) = ring.next() {
-            if item.len() < HDR {
-                continue;
-            }
-            // SAFETY: the kernel wrote a PayloadHeader there; read_unaligned copes with alignment.
-            let h = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadHeader>()) };
-            let data = &item[HDR..(HDR + h.len as usize).min(item.len())];
-            let update = http.on_record(h.key, h.dir, h.seq, h.flags, data, h.ts_ns);
-            app.metrics.http(&h.key, update.role, &update.outcomes);
-            for o in &update.outcomes {
-                app.trace.publish(&h.key, || outcome_line(&h.key, o, h.ts_ns));
-            }
-            if let Some(hints) = update.hints {
-                if let Err(e) = app.maps.lock().expect("maps lock poisoned").http_hints.insert(h.key, hints, 0) {
-                    log::debug!("HTTP hint for {}: {e}", h.key);
-                }
+    let mut http = app.http.lock().expect("http lock poisoned");
+    while let Some(item) = ring.next() {
+        if item.len() < HDR {
+            continue;
+        }
+        // SAFETY: the kernel wrote a PayloadHeader there; read_unaligned copes with alignment.
+        let h = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadHeader>()) };
+        let data = &item[HDR..(HDR + h.len as usize).min(item.len())];
+        let update = http.on_record(h.key, h.dir, h.seq, h.flags, data, h.ts_ns);
+        app.metrics.http(&h.key, update.role, &update.outcomes);
+        for o in &update.outcomes {
+            app.trace.publish(&h.key, || outcome_line(&h.key, o, h.ts_ns));
+        }
+        if let Some(hints) = update.hints {
+            if let Err(e) = app.maps.lock().expect("maps lock poisoned").http_hints.insert(h.key, hints, 0) {
+                log::debug!("HTTP hint for {}: {e}", h.key);
             }
         }
-        drop(http);
-        guard.clear_ready();
     }
 }
 
@@ -276,21 +292,31 @@ async fn trace_pump(app: Arc<App>, ring: aya::maps::RingBuf<aya::maps::MapData>)
     }
 }
 
-/// Reads lifecycle events from the kernel as they come.
+/// Reads lifecycle events from the kernel: woken for a backlog, otherwise on a short timer.
 #[expect(deprecated, reason = "the RingBuf owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
 async fn pump(app: Arc<App>, events: aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
     let mut fd = tokio::io::unix::AsyncFd::with_interest(events, tokio::io::Interest::READABLE).context("watching the event ring buffer")?;
+    let mut tick = tokio::time::interval(PAYLOAD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await.context("waiting for events")?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() >= std::mem::size_of::<ConnEvent>() {
-                // SAFETY: the kernel wrote a ConnEvent there; read_unaligned copes with alignment.
-                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
-                app.handle(ev);
+        tokio::select! {
+            g = fd.readable_mut() => {
+                let mut g = g.context("waiting for events")?;
+                drain_events(&app, g.get_inner_mut());
+                g.clear_ready();
             }
+            _ = tick.tick() => drain_events(&app, fd.get_mut()),
         }
-        guard.clear_ready();
+    }
+}
+
+fn drain_events(app: &Arc<App>, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<ConnEvent>() {
+            // SAFETY: the kernel wrote a ConnEvent there; read_unaligned copes with alignment.
+            let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ConnEvent>()) };
+            app.handle(ev);
+        }
     }
 }
 

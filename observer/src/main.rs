@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_connections: u32,
         /// Size of the kernel's lifecycle event ring buffer in KiB (a power of two, at least 4).
-        #[arg(long, default_value_t = 256, value_name = "KIB", value_parser = parse_ring_kib)]
+        #[arg(long, default_value_t = 2048, value_name = "KIB", value_parser = parse_ring_kib)]
         events_kib: u32,
         /// How long closed connections stay in the table, in seconds.
         #[arg(long, default_value_t = 900, value_name = "SECONDS")]

@@ -10,7 +10,7 @@ use observer_common::conn::{tcp_state, CloseReason, Closer, ConnKey, ConnStats, 
 use serde::Serialize;
 
 use crate::{
-    http::{HttpConn, HttpView},
+    http::{HttpRecord, HttpView},
     sys::{ktime_to_unix_seconds, monotonic_ns},
 };
 
@@ -189,7 +189,7 @@ pub struct History {
 pub struct Closed {
     pub key: ConnKey,
     pub stats: ConnStats,
-    pub http: Option<HttpConn>,
+    pub http: Option<HttpRecord>,
 }
 
 impl History {
@@ -202,7 +202,7 @@ impl History {
     }
 
     /// Keeps (or refreshes, with later counters) a closed connection.
-    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, http: Option<HttpConn>, now_ns: u64) {
+    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, http: Option<HttpRecord>, now_ns: u64) {
         let id = (key, stats.first_seen_ns);
         if self.by_id.insert(id, Closed { key, stats, http }).is_none() {
             self.order.push_back((now_ns, id));

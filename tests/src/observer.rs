@@ -162,6 +162,11 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// The daemon's process id (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Starts the daemon on the gateway's two interfaces and waits until `/healthz` answers.
     pub fn start(topo: &Topology) -> Observer {
         Observer::start_with(topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], &[])

@@ -35,6 +35,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks (needs root): throughput with and without the observer through a real nginx,
+    /// per-program kernel run time, daemon memory, exactness under load. Release build.
+    Bench,
     /// Set up, build, and run the whole test suite: unit, property and end-to-end tests (needs root).
     Test {
         /// Extra arguments for `cargo test`, after `--`.
@@ -62,6 +65,16 @@ fn run(task: Task) -> Result<()> {
             let bin = workspace_root().join("target/release/observer");
             let mut cmd = Command::new(&bin);
             cmd.arg("run").args(&args);
+            status(&mut cmd)
+        }
+        Task::Bench => {
+            setup(false)?;
+            cargo(&["build", "--release", "--package", "observer"])?;
+            let bin = workspace_root().join("target/release/observer");
+            let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args(["test", "--release", "--package", "observer-tests", "--test", "bench", "--", "--ignored", "--nocapture", "--test-threads", "1"])
+                .env("OBSERVER_BIN", bin)
+                .current_dir(workspace_root());
             status(&mut cmd)
         }
         Task::Test { args } => {

@@ -133,6 +133,56 @@ struct Direction {
     framer: Framer,
 }
 
+fn window<'a>(seconds: impl Iterator<Item = &'a (u64, Counts)>, now_ns: u64, secs: u64) -> Counts {
+    let now = now_ns / 1_000_000_000;
+    let mut c = Counts::default();
+    for (s, counts) in seconds {
+        if s + secs > now {
+            c.add(counts);
+        }
+    }
+    c
+}
+
+#[expect(clippy::too_many_arguments, reason = "one view from the parts of a live or an archived connection")]
+fn make_view<'a>(
+    lifetime: &Counts,
+    seconds: impl Iterator<Item = &'a (u64, Counts)> + Clone,
+    last_status: Option<u16>,
+    in_flight: usize,
+    framing_lost: u64,
+    in_sync: bool,
+    recent: impl Iterator<Item = &'a Exchange>,
+    now_ns: u64,
+    to_unix: &dyn Fn(u64) -> f64,
+) -> HttpView {
+    HttpView {
+        lifetime: (*lifetime).into(),
+        last_10s: window(seconds.clone(), now_ns, 10).into(),
+        last_60s: window(seconds, now_ns, 60).into(),
+        last_status,
+        in_flight,
+        framing_lost,
+        in_sync,
+        recent: recent.map(|e| Exchange { time: to_unix(e.ts_ns), ..e.clone() }).collect(),
+    }
+}
+
+/// A closed connection's HTTP summary, as history keeps it (compact: no buffers).
+pub struct HttpRecord {
+    lifetime: Counts,
+    seconds: Vec<(u64, Counts)>,
+    last_status: Option<u16>,
+    framing_lost: u64,
+    recent: Vec<Exchange>,
+}
+
+impl HttpRecord {
+    pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
+        make_view(&self.lifetime, self.seconds.iter(), self.last_status, 0, self.framing_lost, true, self.recent.iter(), now_ns, to_unix)
+    }
+}
+
 /// HTTP state of one connection.
 pub struct HttpConn {
     role: Role,
@@ -192,27 +242,20 @@ impl HttpConn {
         &mut self.seconds[idx].1
     }
 
-    fn window(&self, now_ns: u64, secs: u64) -> Counts {
-        let now = now_ns / 1_000_000_000;
-        let mut c = Counts::default();
-        for (s, counts) in &self.seconds {
-            if s + secs > now {
-                c.add(counts);
-            }
-        }
-        c
+    pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
+        let in_sync = self.dirs.iter().all(|d| d.stream.is_synced() && !d.framer.is_broken());
+        make_view(&self.lifetime, self.seconds.iter(), self.last_status, self.pending.len(), self.framing_lost, in_sync, self.recent.iter(), now_ns, to_unix)
     }
 
-    pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
-        HttpView {
-            lifetime: self.lifetime.into(),
-            last_10s: self.window(now_ns, 10).into(),
-            last_60s: self.window(now_ns, 60).into(),
+    /// What history keeps of the connection once it has closed: counts and recent exchanges,
+    /// without the framing state and buffers.
+    pub fn into_record(self) -> HttpRecord {
+        HttpRecord {
+            lifetime: self.lifetime,
+            seconds: self.seconds.into_iter().collect(),
             last_status: self.last_status,
-            in_flight: self.pending.len(),
             framing_lost: self.framing_lost,
-            in_sync: self.dirs.iter().all(|d| d.stream.is_synced() && !d.framer.is_broken()),
-            recent: self.recent.iter().map(|e| Exchange { time: to_unix(e.ts_ns), ..e.clone() }).collect(),
+            recent: self.recent.into_iter().collect(),
         }
     }
 
