@@ -15,12 +15,14 @@
 //! message, except under `CI=true`, where a missing privilege is an error.
 
 pub mod curl;
+pub mod http_view;
 pub mod netns;
 pub mod nginx;
 pub mod observer;
 pub mod operator;
 pub mod tcp;
 mod process;
+pub mod scripted;
 
 use std::{
     io::Write as _,
