@@ -147,7 +147,7 @@ pub fn classify(b: &[u8; START_LEN], len: usize) -> Start {
         return Start::Neither;
     }
     let t = b[n & (START_LEN - 1)];
-    let target_ok = t == b'/' || t == b'*' || (t >= b'a' && t <= b'z') || (t >= b'A' && t <= b'Z') || is_digit(t) || t == b'[';
+    let target_ok = t == b'/' || t == b'*' || t.is_ascii_alphanumeric() || t == b'[';
     if target_ok { Start::Request(method) } else { Start::Neither }
 }
 

@@ -1,5 +1,6 @@
 //! The thin loader layer: load the embedded kernel programs, attach them, and hand out the maps.
 //! The only module that talks to aya directly.
+#![expect(clippy::result_large_err, reason = "BpfError is built once, at start-up, on the way to an exit")]
 use std::io;
 
 use aya::{

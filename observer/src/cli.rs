@@ -245,7 +245,8 @@ pub fn timeline_line(v: &Value, client_is_remote: Option<bool>, with_connection:
             }
             l
         }
-        "request" => format!("{} {} {}", if client_is_remote == Some(false) { "→" } else { "→" }, s(v, "method"), s(v, "target")),
+        // Requests always travel from the client toward the server.
+        "request" => format!("→ {} {}", s(v, "method"), s(v, "target")),
         "response" => match v.get("latency_ms").and_then(Value::as_f64) {
             Some(ms) => format!("← {} after {ms:.1} ms", u(v, &["status"])),
             None => format!("← {}", u(v, &["status"])),
