@@ -11,6 +11,7 @@ pub const ABSENT: u16 = 0xffff;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpLayout {
     pub skaddr: u16,
+    pub skbaddr: u16,
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
@@ -28,12 +29,32 @@ pub struct TpLayout {
     pub sockaddr_form: u16,
     /// 1 when the daemon found this tracepoint and filled the offsets in.
     pub present: u16,
+    pub _pad: u16,
+}
+
+/// Where a retransmitted skb says how many segments it carries: `TCP_SKB_CB(skb)->tcp_gso_segs`,
+/// i.e. `skb->cb` + the field's offset in `struct tcp_skb_cb` (from the kernel's BTF). With it,
+/// retransmissions count segments, as the kernel's own `total_retrans` does; without it
+/// (`enabled` 0), one per retransmitted skb.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbSegs {
+    pub enabled: u32,
+    /// Offset of `tcp_gso_segs` from the start of the skb.
+    pub offset: u32,
+}
+
+impl SkbSegs {
+    pub const fn disabled() -> Self {
+        Self { enabled: 0, offset: 0 }
+    }
 }
 
 impl TpLayout {
     pub const fn absent() -> Self {
         Self {
             skaddr: ABSENT,
+            skbaddr: ABSENT,
             sport: ABSENT,
             dport: ABSENT,
             family: ABSENT,
@@ -47,6 +68,7 @@ impl TpLayout {
             err: ABSENT,
             sockaddr_form: 0,
             present: 0,
+            _pad: 0,
         }
     }
 }
@@ -77,4 +99,5 @@ mod user {
     // SAFETY: #[repr(C)] integers only, no implicit padding.
     unsafe impl aya::Pod for TpLayout {}
     unsafe impl aya::Pod for NetnsFilter {}
+    unsafe impl aya::Pod for SkbSegs {}
 }

@@ -9,7 +9,7 @@ use observer_common::{
     conn::{ConnKey, ConnStats},
     global::COUNTERS,
     http::{HttpHints, PayloadEvent},
-    tracepoint::{NetnsFilter, TpLayout},
+    tracepoint::{NetnsFilter, SkbSegs, TpLayout},
 };
 
 /// Exact counters per connection, keyed by the canonical four-tuple. LRU: when full, the least
@@ -34,6 +34,9 @@ pub static LAYOUT_RETRANSMIT: Global<TpLayout> = Global::new(TpLayout::absent())
 pub static LAYOUT_SEND_RESET: Global<TpLayout> = Global::new(TpLayout::absent());
 #[unsafe(no_mangle)]
 pub static LAYOUT_RECEIVE_RESET: Global<TpLayout> = Global::new(TpLayout::absent());
+/// Where a retransmitted skb keeps its segment count.
+#[unsafe(no_mangle)]
+pub static RETRANSMIT_SEGS: Global<SkbSegs> = Global::new(SkbSegs::disabled());
 /// Which network namespace the socket tracepoints report (the daemon's).
 #[unsafe(no_mangle)]
 pub static NETNS_FILTER: Global<NetnsFilter> = Global::new(NetnsFilter::disabled());

@@ -18,7 +18,7 @@ use observer_common::{
 
 use crate::{
     conn,
-    maps::{LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT, LAYOUT_SEND_RESET, LAYOUT_SET_STATE, NETNS_FILTER},
+    maps::{LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT, LAYOUT_SEND_RESET, LAYOUT_SET_STATE, NETNS_FILTER, RETRANSMIT_SEGS},
     util::{add, count},
 };
 
@@ -185,9 +185,25 @@ fn retransmit(ctx: &TracePointContext) -> Option<()> {
     }
     let k = key(ctx, &l)?;
     let p = conn::get_or_create(&k, unsafe { bpf_ktime_get_ns() })?;
+    // A GSO skb retransmits several segments at once: count them as the kernel's total_retrans.
+    let mut segs = 1u64;
+    let g = RETRANSMIT_SEGS.load();
+    if g.enabled == 1 {
+        if let Some(skb) = field::<u64>(ctx, l.skbaddr) {
+            // SAFETY: a probe read of kernel memory; failure keeps the count at 1.
+            if let Ok(n) = unsafe { bpf_probe_read_kernel((skb + g.offset as u64) as *const u16) } {
+                if n > 1 {
+                    segs = n as u64;
+                }
+            }
+        }
+    }
     // SAFETY: non-null map value pointer.
-    unsafe { add(&mut (*p).retransmits, 1) };
-    count(Counter::Retransmits);
+    unsafe { add(&mut (*p).retransmits, segs) };
+    if let Some(c) = crate::maps::GLOBAL.get_ptr_mut(Counter::Retransmits as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += segs };
+    }
     Some(())
 }
 

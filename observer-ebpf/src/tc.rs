@@ -199,7 +199,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
                 add(&mut s.packets_in, segs);
                 add(&mut s.bytes_in, new_bytes);
                 if retransmit {
-                    add(&mut s.retransmitted_segments_in, 1);
+                    add(&mut s.retransmitted_segments_in, segs);
                     add(&mut s.retransmitted_bytes_in, resent_bytes);
                 }
                 if f & packet::TCP_SYN != 0 {
@@ -224,7 +224,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
                 add(&mut s.packets_out, segs);
                 add(&mut s.bytes_out, new_bytes);
                 if retransmit {
-                    add(&mut s.retransmitted_segments_out, 1);
+                    add(&mut s.retransmitted_segments_out, segs);
                     add(&mut s.retransmitted_bytes_out, resent_bytes);
                 }
                 if f & packet::TCP_SYN != 0 {

@@ -12,7 +12,7 @@ use aya::{
 use observer_common::{
     conn::{ConnKey, ConnStats},
     http::HttpHints,
-    tracepoint::{NetnsFilter, TpLayout},
+    tracepoint::{NetnsFilter, SkbSegs, TpLayout},
 };
 use thiserror::Error;
 
@@ -134,6 +134,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     let layouts: Vec<Result<TpLayout, crate::tracefs::TracepointError>> =
         TRACEPOINTS.iter().map(|(_, category, name, _)| crate::tracefs::read_layout(category, name)).collect();
     let netns = netns_filter();
+    let skb_segs = skb_segs();
     let ports_only: u32 = u32::from(!http_ports.is_empty());
     let mut loader = EbpfLoader::new();
     loader
@@ -142,6 +143,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
         .map_max_entries("PAYLOAD", sizes.payload_bytes)
         .map_max_entries("HTTP_HINTS", sizes.connections)
         .override_global("NETNS_FILTER", &netns, true)
+        .override_global("RETRANSMIT_SEGS", &skb_segs, true)
         .override_global("HTTP_PORTS_ONLY", &ports_only, true);
     for ((_, _, _, global), layout) in TRACEPOINTS.iter().zip(&layouts) {
         if let Ok(layout) = layout {
@@ -266,6 +268,20 @@ pub fn program_stats(ids: &[(&'static str, u32)]) -> Vec<ProgramStats> {
             })
         })
         .collect()
+}
+
+/// Where a retransmitted skb's segment count is (`skb->cb` as `struct tcp_skb_cb`), from BTF.
+fn skb_segs() -> SkbSegs {
+    let found = (|| -> anyhow::Result<SkbSegs> {
+        let btf = crate::btf::Btf::from_sys_fs()?;
+        let cb = btf.offset_of("sk_buff", &["cb"])?;
+        let segs = btf.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?;
+        Ok(SkbSegs { enabled: 1, offset: cb + segs })
+    })();
+    found.unwrap_or_else(|e| {
+        log::warn!("retransmissions will count skbs, not segments ({e:#})");
+        SkbSegs::disabled()
+    })
 }
 
 /// Socket tracepoints fire for every network namespace: keep to ours, found through the

@@ -37,6 +37,7 @@ pub fn layout(fields: &[Field]) -> Option<TpLayout> {
     let off = |name: &str| find(name).map_or(ABSENT, |f| f.offset);
     let mut l = TpLayout::absent();
     l.skaddr = off("skaddr");
+    l.skbaddr = off("skbaddr");
     l.sport = off("sport");
     l.dport = off("dport");
     l.family = off("family");

@@ -510,10 +510,9 @@ fn retransmissions_equal_the_kernels_count_for_the_socket() {
 
 /// The same with the link's default GSO/TSO: TCP then builds packets of several segments, and a
 /// retransmitted packet can carry several segments (`total_retrans` grows by `tcp_skb_pcount`).
-/// The observer counts one per `tcp:tcp_retransmit_skb` event, i.e. per packet, and its wire view
-/// counts one retransmitted segment per packet too, while both are documented as segments.
+/// The observer reads that count from the retransmitted skb (offsets from BTF) and its wire view
+/// counts the packet's GSO segments, so both still equal the kernel's per-socket count.
 #[test]
-#[ignore = "observer bug: retransmits and retransmitted_segments_out count one per retransmitted GSO packet, not per segment (kernel total_retrans 13, observer 6-7)"]
 fn retransmitted_gso_packets_count_every_segment() {
     const TEST: &str = "retransmitted_gso_packets_count_every_segment";
     if root_or_skip(TEST) {
