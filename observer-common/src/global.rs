@@ -32,10 +32,14 @@ pub enum Counter {
     NotHttp = 12,
     /// Trace records dropped because the trace ring buffer was full.
     TraceLost = 13,
+    /// Gauges, not counters (the daemon takes the largest over CPUs): bytes waiting in the
+    /// payload / events ring buffer when a program last wrote to it.
+    PayloadBacklog = 14,
+    EventsBacklog = 15,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 14;
+pub const COUNTERS: u32 = 16;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -53,6 +57,8 @@ impl Counter {
         Counter::PayloadSent,
         Counter::NotHttp,
         Counter::TraceLost,
+        Counter::PayloadBacklog,
+        Counter::EventsBacklog,
     ];
 
     /// The name used in metrics and the API.
@@ -72,6 +78,8 @@ impl Counter {
             Counter::PayloadSent => "payload_sent",
             Counter::NotHttp => "not_http_connections",
             Counter::TraceLost => "trace_lost",
+            Counter::PayloadBacklog => "payload_backlog_bytes",
+            Counter::EventsBacklog => "events_backlog_bytes",
         }
     }
 }

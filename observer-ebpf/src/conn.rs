@@ -7,7 +7,7 @@ use observer_common::{
 
 use crate::{
     maps::{CONNS, EVENTS},
-    util::count,
+    util::{count, gauge},
 };
 
 /// Bytes waiting in the events ring buffer beyond which the daemon is woken at once.
@@ -63,7 +63,9 @@ pub fn emit(kind: ConnEventKind, detail: u32, key: &ConnKey, stats: *const ConnS
                 (*ev).stats = *stats;
             }
             // As for payload: the daemon drains on a short timer; wake it only for a backlog.
-            let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
+            let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+            gauge(Counter::EventsBacklog, backlog);
+            let wake = if backlog > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
             entry.submit(wake);
         }
         None => count(Counter::EventsLost),

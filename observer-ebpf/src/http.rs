@@ -11,7 +11,7 @@ use observer_common::{
 
 use crate::{
     maps::{HTTP_HINTS, HTTP_PORTS, HTTP_PORTS_ONLY, PAYLOAD, SCRATCH},
-    util::count,
+    util::{count, gauge},
 };
 
 const HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
@@ -131,7 +131,9 @@ fn send(record: *const u8, len: usize) {
     let bytes = unsafe { core::slice::from_raw_parts(record, len) };
     // Waking the daemon for every record costs more than the record: it drains the ring on a
     // short timer, and is woken only when a backlog builds up.
-    let wake = if PAYLOAD.query(BPF_RB_AVAIL_DATA as u64) > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
+    let backlog = PAYLOAD.query(BPF_RB_AVAIL_DATA as u64);
+    gauge(Counter::PayloadBacklog, backlog);
+    let wake = if backlog > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
     match PAYLOAD.output::<[u8]>(bytes, wake) {
         Ok(()) => count(Counter::PayloadSent),
         Err(_) => count(Counter::PayloadLost),

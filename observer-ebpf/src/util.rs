@@ -21,3 +21,12 @@ pub fn count(c: Counter) {
         unsafe { *p += 1 };
     }
 }
+
+/// Sets a per-CPU gauge slot of `GLOBAL`.
+#[inline(always)]
+pub fn gauge(c: Counter, v: u64) {
+    if let Some(p) = GLOBAL.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *p = v };
+    }
+}

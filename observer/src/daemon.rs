@@ -97,6 +97,7 @@ impl App {
     pub fn kernel_counters(&self) -> KernelCounters {
         let maps = self.maps.lock().expect("maps lock poisoned");
         let sum = |c: Counter| maps.global.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0);
+        let max = |c: Counter| maps.global.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0)).unwrap_or(0);
         KernelCounters {
             packets_seen: sum(Counter::PacketsSeen),
             not_tcp: sum(Counter::NotTcp),
@@ -111,6 +112,9 @@ impl App {
             payload_skipped: sum(Counter::PayloadSkipped),
             payload_sent: sum(Counter::PayloadSent),
             not_http: sum(Counter::NotHttp),
+            trace_lost: sum(Counter::TraceLost),
+            payload_backlog: max(Counter::PayloadBacklog),
+            events_backlog: max(Counter::EventsBacklog),
         }
     }
 
@@ -351,6 +355,8 @@ pub async fn run(config: Config) -> Result<()> {
         started: Instant::now(),
         config: config.clone(),
     });
+    app.metrics.ring_size.with_label_values(&["events"]).set(i64::from(config.map_sizes.events_bytes));
+    app.metrics.ring_size.with_label_values(&["payload"]).set(i64::from(config.map_sizes.payload_bytes));
     let pump_task = tokio::spawn(pump(app.clone(), events));
     let payload_task = tokio::spawn(payload_pump(app.clone(), payload));
     let trace_task = tokio::spawn(trace_pump(app.clone(), trace_ring));

@@ -29,6 +29,9 @@ pub struct KernelCounters {
     pub payload_skipped: u64,
     pub payload_sent: u64,
     pub not_http: u64,
+    pub trace_lost: u64,
+    pub payload_backlog: u64,
+    pub events_backlog: u64,
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -66,6 +69,9 @@ pub struct Metrics {
     payload_lost: IntCounter,
     not_http: IntCounter,
     program_runs: IntCounterVec,
+    trace_lost: IntCounter,
+    ring_backlog: IntGaugeVec,
+    pub ring_size: IntGaugeVec,
     program_run_seconds: CounterVec,
     program_verified: IntGaugeVec,
     top_error_ratio: GaugeVec,
@@ -139,6 +145,9 @@ impl Metrics {
             http_framing_lost: counter("observer_http_framing_lost_total", "Times HTTP framing of a connection lost its place (bytes the daemon never got) and resynchronised at the next message."),
             payload_lost: counter("observer_payload_records_lost_total", "HTTP payload records dropped because the payload ring buffer was full."),
             not_http: counter("observer_not_http_connections_total", "Connections whose first bytes were not HTTP/1.x (TLS, binary protocols): never parsed."),
+            trace_lost: counter("observer_trace_records_lost_total", "Trace records dropped because the trace ring buffer was full."),
+            ring_backlog: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_backlog_bytes", "Bytes waiting in a ring buffer when a kernel program last wrote to it (fill; compare with observer_ringbuf_size_bytes)."), &["ring"]).expect("valid")),
+            ring_size: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_size_bytes", "Size of each ring buffer."), &["ring"]).expect("valid")),
             program_runs: counter_vec("observer_program_runs_total", "Runs of each kernel program (counted while sysctl kernel.bpf_stats_enabled=1).", &["program"]),
             program_run_seconds: reg(&r, CounterVec::new(Opts::new("observer_program_run_seconds_total", "Time spent in each kernel program (counted while sysctl kernel.bpf_stats_enabled=1)."), &["program"]).expect("valid")),
             program_verified: reg(&r, IntGaugeVec::new(Opts::new("observer_program_verified_instructions", "Instructions the verifier processed to accept each kernel program."), &["program"]).expect("valid")),
@@ -235,7 +244,26 @@ impl Metrics {
 
     /// Brings the counters up to the kernel's values and renders the text exposition format.
     pub fn render(&self, k: &KernelCounters, t: &TableGauges) -> String {
-        let KernelCounters { packets_seen, not_tcp, parse_failures, conn_insert_failures, conn_inserts, events_lost, resets_sent, resets_received, retransmits, payload_lost, payload_skipped: _, payload_sent: _, not_http } = *k;
+        let KernelCounters {
+            packets_seen,
+            not_tcp,
+            parse_failures,
+            conn_insert_failures,
+            conn_inserts,
+            events_lost,
+            resets_sent,
+            resets_received,
+            retransmits,
+            payload_lost,
+            payload_skipped: _,
+            payload_sent: _,
+            not_http,
+            trace_lost,
+            payload_backlog,
+            events_backlog,
+        } = *k;
+        self.ring_backlog.with_label_values(&["payload"]).set(payload_backlog as i64);
+        self.ring_backlog.with_label_values(&["events"]).set(events_backlog as i64);
         let evictions = conn_inserts.saturating_sub(t.kernel_entries);
         for (c, v) in [
             (&self.packets_seen, packets_seen),
@@ -247,6 +275,7 @@ impl Metrics {
             (&self.retransmits, retransmits),
             (&self.payload_lost, payload_lost),
             (&self.not_http, not_http),
+            (&self.trace_lost, trace_lost),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {
