@@ -511,7 +511,8 @@ impl Tmux {
     /// Starts `command` (run by a shell) in a new `width`x`height` session. The pane stays after
     /// the command exits, so that its exit status can be read.
     pub fn start(command: &str, width: u16, height: u16) -> Tmux {
-        let tmux = Tmux { socket: unique("obs-tmux"), session: "top".into() };
+        let name = unique("obs-tmux");
+        let tmux = Tmux { socket: name.clone(), session: name };
         let (w, h) = (width.to_string(), height.to_string());
         let out = tmux.run(&["new-session", "-d", "-s", &tmux.session, "-x", &w, "-y", &h, command, ";", "set-option", "-w", "-t", &tmux.session, "remain-on-exit", "on"]);
         if !out.0 {
@@ -556,13 +557,17 @@ impl Tmux {
         assert!(ok, "tmux send-keys: {text}");
     }
 
-    /// `Some(exit status)` once the pane's command has exited, `None` while it runs.
-    pub fn exit_status(&self) -> Option<i32> {
-        let (ok, text) = self.run(&["display-message", "-p", "-t", &self.session, "#{pane_dead} #{pane_dead_status}"]);
+    /// `Some(Ok(exit status))` once the pane's command has exited, `Some(Err(signal))` if a
+    /// signal ended it, `None` while it runs.
+    pub fn exit_status(&self) -> Option<Result<i32, String>> {
+        let (ok, text) = self.run(&["display-message", "-p", "-t", &self.session, "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}"]);
         assert!(ok, "tmux display-message: {text}");
-        let mut f = text.split_whitespace();
-        match f.next() {
-            Some("1") => Some(f.next().and_then(|s| s.parse().ok()).unwrap_or(-1)),
+        let f: Vec<&str> = text.trim().split('|').collect();
+        match f[..] {
+            // The pane is dead when its terminal closes; the status follows once tmux has reaped
+            // the process: until then both are empty.
+            ["1", "", ""] => None,
+            ["1", status, signal] => Some(status.parse().map_err(|_| format!("status {status:?}, signal {signal:?}"))),
             _ => None,
         }
     }
@@ -645,4 +650,35 @@ pub fn bpf_value_u64(entry: &Value) -> u64 {
         .rev()
         .map(|b| u64::from_str_radix(b.as_str().expect("a hex byte").trim_start_matches("0x"), 16).expect("hex"))
         .fold(0, |acc, b| (acc << 8) | b)
+}
+
+/// The bytes of a map key or value as bpftool prints them without BTF (`["0x02", ...]`).
+fn bpf_bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a byte array: {v}"))
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().expect("a hex byte").trim_start_matches("0x"), 16).expect("hex"))
+        .collect()
+}
+
+/// The keys of the daemon's `CONNS` map (id `id`) as `(local, remote)` endpoints, decoded from
+/// `observer_common::conn::ConnKey` (`family: u16, local_port: u16, remote_port: u16, _pad: u16,
+/// local_addr: [u8; 16], remote_addr: [u8; 16]`, host byte order, IPv4 in the first 4 bytes).
+pub fn bpf_conn_keys(ns: &Netns, id: u32) -> Vec<(SocketAddr, SocketAddr)> {
+    bpf_map_dump(ns, id)
+        .iter()
+        .map(|e| {
+            let k = bpf_bytes(&e["key"]);
+            assert_eq!(k.len(), 40, "a ConnKey is 40 bytes: {e}");
+            let u16_at = |i: usize| u16::from_ne_bytes([k[i], k[i + 1]]);
+            let ip = |at: usize| -> std::net::IpAddr {
+                match u16_at(0) as i32 {
+                    libc::AF_INET => std::net::Ipv4Addr::new(k[at], k[at + 1], k[at + 2], k[at + 3]).into(),
+                    libc::AF_INET6 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&k[at..at + 16]).expect("16 bytes")).into(),
+                    f => panic!("family {f} in {e}"),
+                }
+            };
+            (SocketAddr::new(ip(8), u16_at(2)), SocketAddr::new(ip(24), u16_at(4)))
+        })
+        .collect()
 }
