@@ -34,6 +34,8 @@ pub static LAYOUT_RETRANSMIT: Global<TpLayout> = Global::new(TpLayout::absent())
 pub static LAYOUT_SEND_RESET: Global<TpLayout> = Global::new(TpLayout::absent());
 #[unsafe(no_mangle)]
 pub static LAYOUT_RECEIVE_RESET: Global<TpLayout> = Global::new(TpLayout::absent());
+#[unsafe(no_mangle)]
+pub static LAYOUT_RETRANSMIT_SYNACK: Global<TpLayout> = Global::new(TpLayout::absent());
 /// Where a retransmitted skb keeps its segment count.
 #[unsafe(no_mangle)]
 pub static RETRANSMIT_SEGS: Global<SkbSegs> = Global::new(SkbSegs::disabled());

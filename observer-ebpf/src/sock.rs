@@ -18,7 +18,7 @@ use observer_common::{
 
 use crate::{
     conn,
-    maps::{LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT, LAYOUT_SEND_RESET, LAYOUT_SET_STATE, NETNS_FILTER, RETRANSMIT_SEGS},
+    maps::{LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT, LAYOUT_RETRANSMIT_SYNACK, LAYOUT_SEND_RESET, LAYOUT_SET_STATE, NETNS_FILTER, RETRANSMIT_SEGS},
     util::{add, count},
 };
 
@@ -30,7 +30,14 @@ pub fn observer_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn observer_tcp_retransmit(ctx: TracePointContext) -> u32 {
-    let _ = retransmit(&ctx);
+    let _ = retransmit(&ctx, &LAYOUT_RETRANSMIT.load());
+    0
+}
+
+/// SYN-ACKs a listener sends again: the connection's socket starts with them in total_retrans.
+#[tracepoint]
+pub fn observer_tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    let _ = retransmit(&ctx, &LAYOUT_RETRANSMIT_SYNACK.load());
     0
 }
 
@@ -174,16 +181,15 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
 }
 
 #[inline(always)]
-fn retransmit(ctx: &TracePointContext) -> Option<()> {
-    let l = LAYOUT_RETRANSMIT.load();
-    if l.present == 0 || !ours(ctx, &l) {
+fn retransmit(ctx: &TracePointContext, l: &TpLayout) -> Option<()> {
+    if l.present == 0 || !ours(ctx, l) {
         return None;
     }
     // Since 6.13 the record carries the result: a failed retransmission sent nothing.
     if l.err != ABSENT && field::<i32>(ctx, l.err)? != 0 {
         return None;
     }
-    let k = key(ctx, &l)?;
+    let k = key(ctx, l)?;
     let p = conn::get_or_create(&k, unsafe { bpf_ktime_get_ns() })?;
     // A GSO skb retransmits several segments at once: count them as the kernel's total_retrans.
     let mut segs = 1u64;

@@ -37,6 +37,7 @@ fn error(code: StatusCode, message: String) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    app.sync().await;
     let body = app.render_metrics();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
@@ -50,6 +51,7 @@ async fn connections(State(app): State<Arc<App>>, params: Result<QueryParams<Has
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    app.sync().await;
     let connections = query.apply(app.connections());
     Json(json!({ "count": connections.len(), "connections": connections })).into_response()
 }
@@ -63,6 +65,7 @@ async fn connection(State(app): State<Arc<App>>, connection: Result<Path<String>
         Ok(k) => k,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    app.sync().await;
     match app.connection(&key) {
         Some(c) => Json(c).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no connection {key} is tracked (open, or closed within the retention time)")),
@@ -94,6 +97,7 @@ async fn trace(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<S
 }
 
 async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
+    app.sync().await;
     let k = app.kernel_counters();
     let t = app.table_gauges();
     Json(json!({

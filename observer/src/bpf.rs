@@ -23,11 +23,12 @@ pub const TC_INGRESS: &str = "observer_tc_ingress";
 pub const TC_EGRESS: &str = "observer_tc_egress";
 
 /// The socket tracepoints: (program, category, tracepoint, global holding its record layout).
-const TRACEPOINTS: [(&str, &str, &str, &str); 4] = [
+const TRACEPOINTS: [(&str, &str, &str, &str); 5] = [
     ("observer_sock_set_state", "sock", "inet_sock_set_state", "LAYOUT_SET_STATE"),
     ("observer_tcp_retransmit", "tcp", "tcp_retransmit_skb", "LAYOUT_RETRANSMIT"),
     ("observer_tcp_send_reset", "tcp", "tcp_send_reset", "LAYOUT_SEND_RESET"),
     ("observer_tcp_receive_reset", "tcp", "tcp_receive_reset", "LAYOUT_RECEIVE_RESET"),
+    ("observer_tcp_retransmit_synack", "tcp", "tcp_retransmit_synack", "LAYOUT_RETRANSMIT_SYNACK"),
 ];
 
 #[derive(Debug, Error)]

@@ -49,7 +49,14 @@ pub struct Config {
 }
 
 /// What the API handlers and the pump share.
+/// A request to a ring-buffer pump: drain now, then answer.
+type DrainRequest = tokio::sync::oneshot::Sender<()>;
+
 pub struct App {
+    /// Ask the event and payload pumps to drain before an answer, so that what the API says is
+    /// consistent with the kernel's maps at that moment (a connection shown closed has its HTTP
+    /// records framed).
+    drain: [tokio::sync::mpsc::Sender<DrainRequest>; 2],
     maps: Mutex<Maps>,
     history: Mutex<History>,
     http: Mutex<HttpTable>,
@@ -68,6 +75,17 @@ impl App {
     fn kernel_entries(&self) -> Vec<(ConnKey, ConnStats)> {
         let maps = self.maps.lock().expect("maps lock poisoned");
         maps.conns.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Drains both ring buffers (events first: a close is then seen with its last records).
+    /// Bounded: a stuck pump costs an answer 100 ms of freshness, never the answer.
+    pub async fn sync(&self) {
+        for tx in &self.drain {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if tx.send(done).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_millis(100), wait).await;
+            }
+        }
     }
 
     /// The daemon's own API connections (the CLI, scrapers): not what an operator looks for.
@@ -222,7 +240,7 @@ impl App {
 
 /// Frames HTTP from the payload records the kernel forwards, as they come.
 #[expect(deprecated, reason = "the RingBuf owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
-async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapData>, mut drain: tokio::sync::mpsc::Receiver<DrainRequest>) -> Result<()> {
     let mut fd = tokio::io::unix::AsyncFd::with_interest(payload, tokio::io::Interest::READABLE).context("watching the payload ring buffer")?;
     // The kernel wakes us only for a backlog (waking per record costs more than the record), so
     // the ring is also drained on a short timer: freshness stays within PAYLOAD_POLL.
@@ -236,6 +254,10 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
                 g.clear_ready();
             }
             _ = tick.tick() => drain_payload(&app, fd.get_mut()),
+            Some(done) = drain.recv() => {
+                drain_payload(&app, fd.get_mut());
+                let _ = done.send(());
+            }
         }
     }
 }
@@ -274,6 +296,7 @@ fn outcome_line(key: &ConnKey, o: &Outcome, ts_ns: u64) -> serde_json::Value {
         Outcome::Response { status, latency_ns } => serde_json::json!({"type": "response", "time": time, "connection": c, "status": status, "latency_ms": latency_ns.map(|l| l as f64 / 1e6)}),
         Outcome::NoResponse(n) => serde_json::json!({"type": "no_response", "time": time, "connection": c, "requests": n}),
         Outcome::FramingLost => serde_json::json!({"type": "framing_lost", "time": time, "connection": c}),
+        Outcome::NotHttp => serde_json::json!({"type": "not_http", "time": time, "connection": c}),
     }
 }
 
@@ -298,7 +321,7 @@ async fn trace_pump(app: Arc<App>, ring: aya::maps::RingBuf<aya::maps::MapData>)
 
 /// Reads lifecycle events from the kernel: woken for a backlog, otherwise on a short timer.
 #[expect(deprecated, reason = "the RingBuf owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
-async fn pump(app: Arc<App>, events: aya::maps::RingBuf<aya::maps::MapData>) -> Result<()> {
+async fn pump(app: Arc<App>, events: aya::maps::RingBuf<aya::maps::MapData>, mut drain: tokio::sync::mpsc::Receiver<DrainRequest>) -> Result<()> {
     let mut fd = tokio::io::unix::AsyncFd::with_interest(events, tokio::io::Interest::READABLE).context("watching the event ring buffer")?;
     let mut tick = tokio::time::interval(PAYLOAD_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,6 +333,10 @@ async fn pump(app: Arc<App>, events: aya::maps::RingBuf<aya::maps::MapData>) -> 
                 g.clear_ready();
             }
             _ = tick.tick() => drain_events(&app, fd.get_mut()),
+            Some(done) = drain.recv() => {
+                drain_events(&app, fd.get_mut());
+                let _ = done.send(());
+            }
         }
     }
 }
@@ -342,7 +369,10 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
     let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports)?;
+    let (events_drain, events_drain_rx) = tokio::sync::mpsc::channel(64);
+    let (payload_drain, payload_drain_rx) = tokio::sync::mpsc::channel(64);
     let app = Arc::new(App {
+        drain: [events_drain, payload_drain],
         maps: Mutex::new(maps),
         history: Mutex::new(History::new(config.closed_retention, config.closed_max)),
         http: Mutex::new(HttpTable::new(config.map_sizes.connections as usize)),
@@ -357,8 +387,8 @@ pub async fn run(config: Config) -> Result<()> {
     });
     app.metrics.ring_size.with_label_values(&["events"]).set(i64::from(config.map_sizes.events_bytes));
     app.metrics.ring_size.with_label_values(&["payload"]).set(i64::from(config.map_sizes.payload_bytes));
-    let pump_task = tokio::spawn(pump(app.clone(), events));
-    let payload_task = tokio::spawn(payload_pump(app.clone(), payload));
+    let pump_task = tokio::spawn(pump(app.clone(), events, events_drain_rx));
+    let payload_task = tokio::spawn(payload_pump(app.clone(), payload, payload_drain_rx));
     let trace_task = tokio::spawn(trace_pump(app.clone(), trace_ring));
     let sweeper = {
         let app = app.clone();

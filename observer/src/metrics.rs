@@ -67,7 +67,7 @@ pub struct Metrics {
     http_latency: HistogramVec,
     http_framing_lost: IntCounter,
     payload_lost: IntCounter,
-    not_http: IntCounter,
+    not_http: IntCounterVec,
     program_runs: IntCounterVec,
     trace_lost: IntCounter,
     ring_backlog: IntGaugeVec,
@@ -144,7 +144,7 @@ impl Metrics {
             ).expect("valid")),
             http_framing_lost: counter("observer_http_framing_lost_total", "Times HTTP framing of a connection lost its place (bytes the daemon never got) and resynchronised at the next message."),
             payload_lost: counter("observer_payload_records_lost_total", "HTTP payload records dropped because the payload ring buffer was full."),
-            not_http: counter("observer_not_http_connections_total", "Connections whose first bytes were not HTTP/1.x (TLS, binary protocols): never parsed."),
+            not_http: counter_vec("observer_not_http_connections_total", "Connections found not to be HTTP/1.x (TLS, binary protocols), never parsed: by the kernel from their first bytes, or by the daemon when those were too few to tell.", &["detected_by"]),
             trace_lost: counter("observer_trace_records_lost_total", "Trace records dropped because the trace ring buffer was full."),
             ring_backlog: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_backlog_bytes", "Bytes waiting in a ring buffer when a kernel program last wrote to it (fill; compare with observer_ringbuf_size_bytes)."), &["ring"]).expect("valid")),
             ring_size: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_size_bytes", "Size of each ring buffer."), &["ring"]).expect("valid")),
@@ -198,6 +198,7 @@ impl Metrics {
                 }
                 Outcome::NoResponse(n) => self.http_unanswered.with_label_values(&[role.name(), &port]).inc_by(*n),
                 Outcome::FramingLost => self.http_framing_lost.inc(),
+                Outcome::NotHttp => self.not_http.with_label_values(&["daemon"]).inc(),
             }
         }
     }
@@ -274,7 +275,7 @@ impl Metrics {
             (&self.events_lost, events_lost),
             (&self.retransmits, retransmits),
             (&self.payload_lost, payload_lost),
-            (&self.not_http, not_http),
+            (&self.not_http.with_label_values(&["kernel"]), not_http),
             (&self.trace_lost, trace_lost),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),

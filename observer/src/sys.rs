@@ -90,10 +90,15 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Converts a kernel timestamp (`bpf_ktime_get_ns`) to seconds since the Unix epoch.
+/// The offset is taken once, so a given kernel time always converts to the same Unix time
+/// (answers about a closed connection do not move between requests).
 pub fn ktime_to_unix_seconds(ktime_ns: u64) -> f64 {
-    let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    let ago = monotonic_ns().saturating_sub(ktime_ns) as f64 / 1e9;
-    now_unix - ago
+    static BOOT_UNIX_NS: std::sync::OnceLock<i128> = std::sync::OnceLock::new();
+    let boot = *BOOT_UNIX_NS.get_or_init(|| {
+        let now_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+        now_unix - monotonic_ns() as i128
+    });
+    (boot + ktime_ns as i128) as f64 / 1e9
 }
 
 /// The running kernel's release, e.g. `6.18.44`.

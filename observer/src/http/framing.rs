@@ -17,12 +17,16 @@ pub enum BodyMode {
     UntilClose,
     /// The connection stops being HTTP (101 Switching Protocols, a successful CONNECT).
     Tunnel,
+    /// A request that asks to leave HTTP (CONNECT, Upgrade): what follows it is not framed until
+    /// the response says whether the connection switched ([`Framer::tunnel`]) or not ([`Framer::resume`]).
+    Hold,
 }
 
 /// A parsed message head.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Head {
-    Request { method: String, target: String, body: BodyMode },
+    /// `upgrade`: CONNECT, or an `Upgrade` header: the connection may stop being HTTP.
+    Request { method: String, target: String, body: BodyMode, upgrade: bool },
     /// `body` is what the headers say; the connection adjusts it for HEAD/CONNECT/1xx/204/304.
     Response { status: u16, body: BodyMode },
 }
@@ -49,6 +53,7 @@ enum State {
     Trailers,
     UntilClose,
     Tunnel,
+    Held,
     Broken,
 }
 
@@ -130,6 +135,19 @@ impl Framer {
         }
     }
 
+    /// The connection switched protocols: nothing more to frame in this direction.
+    pub fn tunnel(&mut self) {
+        self.state = State::Tunnel;
+        self.buf.clear();
+    }
+
+    /// An upgrade was refused: framing goes on after the held request.
+    pub fn resume(&mut self) {
+        if self.state == State::Held {
+            self.state = State::Idle;
+        }
+    }
+
     /// The connection closed: a message delimited by the close is complete.
     pub fn closed(&mut self) {
         if self.state == State::UntilClose {
@@ -143,7 +161,7 @@ impl Framer {
         let mut found = Vec::new();
         while !data.is_empty() {
             match self.state {
-                State::Broken | State::Tunnel | State::UntilClose => return found,
+                State::Broken | State::Tunnel | State::UntilClose | State::Held => return found,
                 State::Idle => {
                     // RFC 9112 section 2.2: ignore empty lines before a request line.
                     if !self.is_response && (data[0] == b'\r' || data[0] == b'\n') {
@@ -179,6 +197,7 @@ impl Framer {
                                 BodyMode::Chunked => State::ChunkSize,
                                 BodyMode::UntilClose => State::UntilClose,
                                 BodyMode::Tunnel => State::Tunnel,
+                                BodyMode::Hold => State::Held,
                             };
                         }
                         Err(e) => {
@@ -263,7 +282,8 @@ impl Framer {
                     let target: String = r.path.unwrap_or("").chars().take(256).collect();
                     // A request without Content-Length or chunked coding has no body.
                     let body = body_from_headers(r.headers)?.unwrap_or(BodyMode::None);
-                    Ok(Some((Head::Request { method, target, body }, len)))
+                    let upgrade = method == "CONNECT" || r.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+                    Ok(Some((Head::Request { method, target, body, upgrade }, len)))
                 }
                 Err(e) => Err(format!("expected a request line and headers: {e}")),
             }

@@ -13,7 +13,7 @@ use observer_common::{
 };
 use serde::Serialize;
 
-use framing::{response_body, Found, Framer, Head};
+use framing::{response_body, BodyMode, Found, Framer, Head};
 use stream::Stream;
 
 /// Bodies at least this long are skipped in the kernel (no copy) instead of forwarded.
@@ -43,6 +43,8 @@ pub enum Outcome {
     NoResponse(u64),
     /// Framing lost its place in a stream and starts again at the next message.
     FramingLost,
+    /// The daemon found the connection is not HTTP/1.x (the kernel's first look could not tell).
+    NotHttp,
 }
 
 /// Counts over a window or a lifetime.
@@ -198,6 +200,9 @@ pub struct HttpConn {
     recent: VecDeque<Exchange>,
     messages: u64,
     not_http: bool,
+    /// Switched protocols (101, CONNECT): no longer framed, no longer forwarded by the kernel.
+    tunneled: bool,
+    counted_not_http: bool,
     hints: HttpHints,
     pub last_activity_ns: u64,
 }
@@ -220,6 +225,8 @@ impl HttpConn {
             recent: VecDeque::new(),
             messages: 0,
             not_http: false,
+            tunneled: false,
+            counted_not_http: false,
             hints: HttpHints::default(),
             last_activity_ns: 0,
         }
@@ -296,6 +303,15 @@ impl HttpConn {
                 self.last_status = Some(status);
                 // An interim (1xx) response does not answer the request; 101 does (and ends HTTP).
                 let answered = if status >= 200 || status == 101 { self.pending.pop_front() } else { None };
+                let request_dir = if dir == DIR_IN { DIR_OUT } else { DIR_IN };
+                let switched = status == 101 || ((200..300).contains(&status) && answered.as_ref().is_some_and(|p| p.method == "CONNECT"));
+                if switched {
+                    // Both directions now carry another protocol.
+                    self.tunneled = true;
+                    self.dirs[request_dir as usize].framer.tunnel();
+                } else if status >= 200 {
+                    self.dirs[request_dir as usize].framer.resume();
+                }
                 let latency_ns = answered.as_ref().map(|p| ts_ns.saturating_sub(p.ts_ns));
                 let front = answered.as_ref().or(self.pending.front());
                 self.recent.push_back(Exchange {
@@ -331,6 +347,9 @@ impl HttpConn {
         let found = {
             let d = &mut self.dirs[dir as usize];
             d.framer.feed(data, ts_ns, &mut |h| match h {
+                // What follows an upgrade request waits for its response (its body, if any, is
+                // not framed: upgrade requests with bodies are too rare to frame exactly).
+                Head::Request { upgrade: true, .. } => BodyMode::Hold,
                 Head::Request { body, .. } => *body,
                 Head::Response { status, body } => {
                     let method = methods.get(answered).map(String::as_str);
@@ -347,7 +366,7 @@ impl HttpConn {
                 Found::Broken(why) => {
                     if self.messages == 0 {
                         self.not_http = true;
-                        log::debug!("not HTTP/1.x: {why}");
+                        log::debug!("not HTTP/1.x (direction {dir}, {} bytes: {:?}): {why}", data.len(), &data[..data.len().min(8)]);
                     } else {
                         self.framing_lost += 1;
                         out.push(Outcome::FramingLost);
@@ -404,8 +423,9 @@ impl HttpTable {
         }
         let conn = self.conns.entry(key).or_insert_with(HttpConn::new);
         conn.last_activity_ns = ts_ns;
+        log::trace!("{key}: record dir {dir} seq {seq} flags {flags:#x} len {}", data.len());
         let mut update = Update::default();
-        if conn.not_http || dir > DIR_OUT {
+        if conn.not_http || conn.tunneled || dir > DIR_OUT {
             return update;
         }
         if flags & SEG_SYN != 0 {
@@ -447,8 +467,12 @@ impl HttpTable {
                 }
             }
         }
-        if conn.not_http {
+        if conn.not_http || conn.tunneled {
             conn.hints.flags = HINT_NOT_HTTP;
+        }
+        if conn.not_http && !conn.counted_not_http {
+            conn.counted_not_http = true;
+            out.push(Outcome::NotHttp);
         }
         if conn.role == Role::Unknown {
             if let Some(r) = conn.request_dir {
@@ -643,6 +667,44 @@ mod tests {
         c.send(C, b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n");
         c.send(S, &resp(404, ""));
         assert_eq!(c.statuses(), vec![200, 404]);
+    }
+
+    #[test]
+    fn short_garbage_first_segments_are_not_http_once() {
+        for pieces in [vec![&b"\x16\x03\x01\x00\xc8"[..], b"\x01\x00\x00\xc4\x03\x03 and more bytes"], vec![&b"GE"[..], b"\x00\x01\x02 binary \xff"]] {
+            let mut c = Conn::new();
+            let mut found = 0;
+            for p in pieces {
+                for dir in [C, S] {
+                    found += c.send(dir, p).outcomes.iter().filter(|o| **o == Outcome::NotHttp).count();
+                }
+            }
+            assert_eq!(found, 1);
+        }
+    }
+
+    #[test]
+    fn an_upgrade_switches_both_directions_off() {
+        let mut c = Conn::new();
+        c.send(C, b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        let u = c.send(S, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+        assert_eq!(u.hints.map(|h| h.flags), Some(HINT_NOT_HTTP), "the kernel stops forwarding");
+        c.send(C, b"\x81\x85 frames, not requests");
+        c.send(S, b"HTTP/1.1 200 looks like a status line");
+        assert_eq!(c.statuses(), vec![101]);
+        let (_, out) = c.t.close(&c.key, 99).unwrap();
+        assert!(out.is_empty(), "nothing unanswered: {out:?}");
+    }
+
+    #[test]
+    fn a_refused_upgrade_goes_on_as_http() {
+        let mut c = Conn::new();
+        c.send(C, b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n");
+        c.send(S, &resp(400, "no"));
+        c.send(C, b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n");
+        c.send(S, &resp(200, ""));
+        assert_eq!(c.statuses(), vec![400, 200]);
+        assert_eq!(c.counts().requests, 2);
     }
 
     #[test]
