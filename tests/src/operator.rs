@@ -551,6 +551,11 @@ impl Tmux {
         .unwrap_or_else(|| panic!("waited {timeout:?} for the screen to show {what}; it shows:\n{last}"))
     }
 
+    /// The pane's state as tmux reports it, for messages: dead, exit status, signal, pid, command.
+    pub fn pane_state(&self) -> String {
+        self.run(&["display-message", "-p", "-t", &self.session, "dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal} pid=#{pane_pid} command=#{pane_current_command}"]).1
+    }
+
     /// Types `keys` (literally) into the pane.
     pub fn send_keys(&self, keys: &str) {
         let (ok, text) = self.run(&["send-keys", "-t", &self.session, "-l", keys]);
