@@ -187,12 +187,30 @@ impl Peer {
         Ok(Some(req))
     }
 
-    /// Writes `bytes` (a response, or an interim one, starting with its status line `status`)
-    /// and records that `status` answered `req`.
+    /// Records that `status` answered `req` and writes `bytes` (a response, or an interim one,
+    /// starting with its status line `status`). Recorded first, so that a client that has read
+    /// the response finds it recorded.
     pub fn respond(&mut self, req: &Request, status: u16, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
         self.served.lock().unwrap_or_else(|p| p.into_inner()).push(Served { peer: self.peer, method: req.method.clone(), target: req.target.clone(), status });
-        Ok(())
+        self.stream.write_all(bytes)
+    }
+
+    /// Records several responses and writes them in one write (pipelined answers sharing
+    /// segments): `(request, status, bytes)`.
+    pub fn respond_all(&mut self, responses: &[(Request, u16, Vec<u8>)]) -> io::Result<()> {
+        let all: Vec<u8> = responses.iter().flat_map(|(_, _, b)| b.iter().copied()).collect();
+        {
+            let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+            for (req, status, _) in responses {
+                served.push(Served { peer: self.peer, method: req.method.clone(), target: req.target.clone(), status: *status });
+            }
+        }
+        self.stream.write_all(&all)
+    }
+
+    /// Whether a whole request head has been received and not read yet.
+    pub fn has_request(&self) -> bool {
+        find(&self.buf, b"\r\n\r\n").is_some()
     }
 
     /// Waits up to `d` for the client to close its side. `true` if it did (what it sent meanwhile
@@ -348,6 +366,16 @@ impl<R: Read> ResponseReader<R> {
 
     /// Reads one response (interim or final); `head` says the request was HEAD.
     pub fn read(&mut self, head: bool) -> io::Result<Response> {
+        let r = self.read_head()?;
+        if head || r.status < 200 || r.status == 204 || r.status == 304 {
+            return Ok(r);
+        }
+        self.read_body(r)
+    }
+
+    /// Reads a response's status line and header fields, and no body (e.g. the answer to a
+    /// CONNECT).
+    pub fn read_head(&mut self) -> io::Result<Response> {
         let status_line = self.line()?;
         let status = status_line
             .strip_prefix("HTTP/1.")
@@ -355,10 +383,10 @@ impl<R: Read> ResponseReader<R> {
             .and_then(|c| c.parse::<u16>().ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
         let headers = self.fields()?;
-        let mut r = Response { status, headers, body: Vec::new(), trailers: Vec::new() };
-        if head || status < 200 || status == 204 || status == 304 {
-            return Ok(r);
-        }
+        Ok(Response { status, headers, body: Vec::new(), trailers: Vec::new() })
+    }
+
+    fn read_body(&mut self, mut r: Response) -> io::Result<Response> {
         if r.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
             loop {
                 let size_line = self.line()?;

@@ -26,8 +26,8 @@ use observer_tests::{
     http_view::{field, http_of, settled, HttpView, Metrics, Window},
     nginx::LogEntry,
     observer::WAIT,
-    root_or_skip,
-    scripted::{self, close_with_reset, connect, curl_each, data_segments_out, CurlOp, CurlRun, Peer, ResponseReader, ScriptedServer, Served},
+    poll, root_or_skip,
+    scripted::{self, close_with_reset, connect, curl_each, data_segments_out, CurlOp, CurlRun, Peer, Request, ResponseReader, ScriptedServer, Served},
     Connection, Nginx, Observer, Snapshot, Topology,
 };
 
@@ -39,6 +39,9 @@ const GATEWAY_SCRIPTED_PORT: u16 = 8082;
 const PROXY_SECOND_PORT: u16 = 8080;
 /// Port of a raw echo server in the gateway namespace.
 const ECHO_PORT: u16 = 7000;
+
+/// The payload ring of the daemon in these tests, KiB.
+const PAYLOAD_KIB: u32 = 64 * 1024;
 
 /// Body sizes the upstream serves at `/size/<n>` from the start; tests add larger ones.
 const SIZES: &[u64] = &[0, 1, 100, 1_000, 10_000, 100_000, 1_000_000];
@@ -71,8 +74,17 @@ impl HttpLab {
     }
 
     /// Starts everything, the observer last (with `observer_args`), so that nothing before the
-    /// test's own traffic is counted.
+    /// test's own traffic is counted. Unless `observer_args` say otherwise, the payload ring
+    /// holds [`PAYLOAD_KIB`]: these tests are about framing, and a debug build of the daemon
+    /// drains a smaller ring too slowly for multi-megabyte bodies at veth speed (what then
+    /// happens is tested on its own: [`payload_lost_to_a_full_ring_is_reported_on_its_connection`]).
     fn start_with(test: &str, observer_args: &[&str]) -> HttpLab {
+        let ring = PAYLOAD_KIB.to_string();
+        let mut args: Vec<&str> = observer_args.to_vec();
+        if !args.contains(&"--payload-kib") {
+            args.extend(["--payload-kib", ring.as_str()]);
+        }
+        let observer_args = &args[..];
         let topo = Topology::new(test);
         let dir = topo.path("upstream");
         let www = dir.join("www");
@@ -100,6 +112,8 @@ impl HttpLab {
         writeln!(locations, "        client_max_body_size 64m;").unwrap();
         writeln!(locations, "        location / {{ proxy_pass {up}:80; }}").unwrap();
         writeln!(locations, "        location /scripted/ {{ proxy_pass {up}:{UPSTREAM_SCRIPTED_PORT}; proxy_http_version 1.1; proxy_read_timeout 60s; }}").unwrap();
+        writeln!(locations, "        location /v6/ {{ proxy_pass {}:80/; }}", http_base(addr::UPSTREAM_V6.into())).unwrap();
+        writeln!(locations, "        location /limited/ {{ client_max_body_size 1k; proxy_pass {up}:80/; }}").unwrap();
         let listen = vec![
             SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), 80),
             SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V6.into(), 80),
@@ -119,6 +133,13 @@ impl HttpLab {
         fs::write(self.upstream.dir.join("www/size").join(n.to_string()), body).expect("writing an upstream file");
     }
 
+    /// The ETag the upstream gives its file at `path` (nginx: hex mtime, hex size).
+    fn etag(&self, path: &str) -> String {
+        let meta = fs::metadata(self.upstream.dir.join("www").join(path.trim_start_matches('/'))).expect("an upstream file");
+        let mtime = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        format!("\"{mtime:x}-{:x}\"", meta.len())
+    }
+
     /// Makes the upstream serve `/fake/<name>` with `body`.
     fn add_fake(&self, name: &str, body: &[u8]) {
         fs::write(self.upstream.dir.join("www/fake").join(name), body).expect("writing an upstream file");
@@ -136,11 +157,27 @@ impl HttpLab {
     }
 
     fn wait_settled_for(&self, what: &str, timeout: Duration, n: usize, requests: u64, answers: u64, select: impl Fn(&Connection) -> bool) -> Snapshot {
-        self.observer.wait_for(&format!("{what}: {n} settled entries with {requests} requests and {answers} responses or unanswered requests"), timeout, |s| {
+        let done = |s: &Snapshot| {
             let picked: Vec<&Connection> = s.connections.iter().filter(|c| select(c)).collect();
             let views: Vec<Option<HttpView>> = picked.iter().map(|c| http_of(c)).collect();
             let (req, ans) = views.iter().flatten().fold((0, 0), |(r, a), h| (r + h.lifetime.requests, a + h.lifetime.responses() + h.lifetime.no_response));
             picked.len() >= n && picked.iter().all(|c| settled(c)) && req >= requests && ans >= answers
+        };
+        let mut last = None;
+        let found = poll(timeout, Duration::from_millis(50), || {
+            let s = self.observer.connections();
+            let ok = done(&s);
+            last = Some(s);
+            ok.then(|| last.clone().expect("just set"))
+        });
+        found.unwrap_or_else(|| {
+            let m = self.metrics();
+            let losses: Vec<String> = ["observer_payload_records_lost_total", "observer_events_lost_total", "observer_http_framing_lost_total"].iter().map(|n| format!("{n} {}", m.value(n, &[]))).collect();
+            panic!(
+                "waited {timeout:?} for {what}: {n} settled entries with {requests} requests and {answers} responses or unanswered requests.\nThe daemon's loss counters: {}\nIts last answer of /api/v1/connections:\n{}",
+                losses.join(", "),
+                last.map(|s| s.pretty()).unwrap_or_default()
+            )
         })
     }
 }
@@ -152,61 +189,129 @@ impl HttpLab {
 ///   looking like a status line);
 /// - `/until-close/<code>/<len>`: a response without length whose body ends when the server
 ///   closes;
+/// - `/status/<code>`: a short body (none for 204; a Content-Length but no body for 304);
+/// - `/bighead/<code>/<n>`: about `n` bytes of header fields, then a short body;
 /// - `/continue/<code>`: `100 Continue` when the request expects it, then reads the body and
 ///   answers `code`;
+/// - `/upgrade`: `101 Switching Protocols`, then echoes whatever comes, until the client closes;
+/// - `CONNECT` (any target): 200, then echoes whatever comes, until the client closes;
 /// - anything else: 404.
 ///
-/// Keeps the connection for the next request unless the request said otherwise.
+/// Answers to HEAD carry the head only. Keeps the connection for the next request unless the
+/// request said otherwise.
 fn script(p: &mut Peer) -> io::Result<()> {
+    serve(p, false)
+}
+
+/// [`script`], except that requests already received together (pipelined) are answered with one
+/// write: their responses share segments.
+fn batch_script(p: &mut Peer) -> io::Result<()> {
+    serve(p, true)
+}
+
+fn parts(req: &Request) -> Vec<String> {
+    let path = req.target.strip_prefix("/scripted").unwrap_or(&req.target);
+    path.split('/').skip(1).map(str::to_owned).collect()
+}
+
+fn num(s: &str) -> io::Result<u64> {
+    s.parse::<u64>().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} is not a number")))
+}
+
+fn serve(p: &mut Peer, batch: bool) -> io::Result<()> {
     while let Some(mut req) = p.read_head()? {
-        let path = req.target.strip_prefix("/scripted").unwrap_or(&req.target).to_owned();
-        let parts: Vec<&str> = path.split('/').skip(1).collect();
-        let num = |s: &str| s.parse::<u64>().map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} in {path} is not a number")));
-        let keep = req.keep_alive();
-        let connection = if keep { "" } else { "Connection: close\r\n" };
-        let fixed = |code: u64, body: &str| format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection}\r\n{body}", body.len()).into_bytes();
-        if let ["continue", code] = parts[..] {
+        let parts = parts(&req);
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        if let ["continue", _] = parts[..] {
             if req.header("expect").is_some_and(|e| e.eq_ignore_ascii_case("100-continue")) {
                 p.respond(&req, 100, b"HTTP/1.1 100 Continue\r\n\r\n")?;
             }
-            p.read_body(&mut req)?;
-            let code = num(code)?;
-            p.respond(&req, code as u16, &fixed(code, &format!("got {} bytes\n", req.body.len())))?;
-        } else {
-            p.read_body(&mut req)?;
-            match parts[..] {
-                ["delay", ms] => {
-                    if p.closed_within(Duration::from_millis(num(ms)?))? {
-                        return Ok(());
-                    }
-                    p.respond(&req, 200, &fixed(200, "delayed\n"))?;
-                }
-                ["chunked", code, pieces, len] => {
-                    let (code, pieces, len) = (num(code)?, num(pieces)?, num(len)? as usize);
-                    let mut r = format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Pieces, X-Fake\r\n{connection}\r\n").into_bytes();
-                    for i in 0..pieces {
-                        r.extend(format!("{len:x};piece={i};note=\"a;b\"\r\n").into_bytes());
-                        r.extend(fake_heads(len));
-                        r.extend_from_slice(b"\r\n");
-                    }
-                    r.extend(format!("0;last=yes\r\nX-Pieces: {pieces}\r\nX-Fake: HTTP/1.1 200 OK\r\n\r\n").into_bytes());
-                    p.respond(&req, code as u16, &r)?;
-                }
-                ["until-close", code, len] => {
-                    let (code, len) = (num(code)?, num(len)? as usize);
-                    let mut r = format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n").into_bytes();
-                    r.extend(fake_heads(len));
-                    p.respond(&req, code as u16, &r)?;
+        }
+        p.read_body(&mut req)?;
+        match parts[..] {
+            ["delay", ms] => {
+                if p.closed_within(Duration::from_millis(num(ms)?))? {
                     return Ok(());
                 }
-                _ => p.respond(&req, 404, &fixed(404, "no such script\n"))?,
             }
+            ["upgrade"] => {
+                p.respond(&req, 101, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: scripted\r\nConnection: Upgrade\r\n\r\n")?;
+                return echo(p);
+            }
+            _ if req.method == "CONNECT" => {
+                p.respond(&req, 200, b"HTTP/1.1 200 Connection Established\r\n\r\n")?;
+                return echo(p);
+            }
+            _ => {}
         }
-        if !keep {
+        let mut answers = vec![response(&req)?];
+        let mut requests = vec![req];
+        while batch && p.has_request() {
+            let mut next = p.read_head()?.expect("a whole head is buffered");
+            p.read_body(&mut next)?;
+            answers.push(response(&next)?);
+            requests.push(next);
+        }
+        let close = requests.iter().zip(&answers).any(|(r, a)| !r.keep_alive() || a.2);
+        let all: Vec<(Request, u16, Vec<u8>)> = requests.into_iter().zip(answers).map(|(r, (s, b, _))| (r, s, b)).collect();
+        p.respond_all(&all)?;
+        if close {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// The response to `req`: status, bytes, and whether the connection closes after it.
+fn response(req: &Request) -> io::Result<(u16, Vec<u8>, bool)> {
+    let parts = parts(req);
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let connection = if req.keep_alive() { "" } else { "Connection: close\r\n" };
+    let fixed = |code: u64, extra: &str, body: &str| format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}{connection}\r\n{body}", body.len()).into_bytes();
+    let (status, mut bytes, close) = match parts[..] {
+        ["continue", code] => (num(code)?, fixed(num(code)?, "", &format!("got {} bytes\n", req.body.len())), false),
+        ["delay", _] => (200, fixed(200, "", "delayed\n"), false),
+        ["status", code] => {
+            let code = num(code)?;
+            let bytes = match code {
+                204 => format!("HTTP/1.1 204 Scripted\r\n{connection}\r\n").into_bytes(),
+                304 => format!("HTTP/1.1 304 Scripted\r\nContent-Length: 42\r\nETag: \"x\"\r\n{connection}\r\n").into_bytes(),
+                _ => fixed(code, "", &format!("status {code}\n")),
+            };
+            (code, bytes, false)
+        }
+        ["chunked", code, pieces, len] => {
+            let (code, pieces, len) = (num(code)?, num(pieces)?, num(len)? as usize);
+            let mut r = format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Pieces, X-Fake\r\n{connection}\r\n").into_bytes();
+            for i in 0..pieces {
+                r.extend(format!("{len:x};piece={i};note=\"a;b\"\r\n").into_bytes());
+                r.extend(fake_heads(len));
+                r.extend_from_slice(b"\r\n");
+            }
+            r.extend(format!("0;last=yes\r\nX-Pieces: {pieces}\r\nX-Fake: HTTP/1.1 200 OK\r\n\r\n").into_bytes());
+            (code, r, false)
+        }
+        ["until-close", code, len] => {
+            let (code, len) = (num(code)?, num(len)? as usize);
+            let mut r = format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n").into_bytes();
+            r.extend(fake_heads(len));
+            (code, r, true)
+        }
+        ["bighead", code, n] => {
+            let (code, n) = (num(code)?, num(n)? as usize);
+            let mut extra = String::new();
+            for i in 0..n.div_ceil(1000) {
+                writeln!(extra, "X-Pad-{i}: {}\r", "HTTP/1.1 200 OK ".repeat(60)).unwrap();
+            }
+            (code, fixed(code, &extra, "big head\n"), false)
+        }
+        _ => (404, fixed(404, "", "no such script\n"), false),
+    };
+    if req.method == "HEAD" {
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+        bytes.truncate(end);
+    }
+    Ok((status as u16, bytes, close))
 }
 
 /// A raw echo server: sends back whatever it receives, until the client closes.
@@ -292,9 +397,15 @@ fn assert_http(lab: &HttpLab, c: &Connection, expected: &Window) -> HttpView {
     h
 }
 
+/// Whether a status answers its request: a final status, or 101 (the connection stops being
+/// HTTP). Other 1xx are interim.
+fn answers(status: u16) -> bool {
+    status >= 200 || status == 101
+}
+
 /// Asserts `recent` (the last 32 status lines, oldest first): statuses, methods and targets in
-/// order, times within the connection's life and never going back, and a latency for each final
-/// response (none for interim ones).
+/// order, times within the connection's life and never going back, and a latency for each
+/// response that answers its request (none for interim ones).
 fn assert_recent(c: &Connection, h: &HttpView, expected: &[(u16, &str, &str)]) {
     let tail = &expected[expected.len().saturating_sub(32)..];
     let got: Vec<(u16, String, String)> = h.recent.iter().map(|e| (e.status, e.method.clone().unwrap_or_default(), e.target.clone().unwrap_or_default())).collect();
@@ -302,19 +413,21 @@ fn assert_recent(c: &Connection, h: &HttpView, expected: &[(u16, &str, &str)]) {
     assert_eq!(got, want, "recent exchanges of {} (status, method, target)", c.connection);
     for (i, e) in h.recent.iter().enumerate() {
         assert!(e.time >= c.first_seen - 0.01 && e.time <= c.last_seen + 0.01, "recent[{i}].time {} outside {}..{} of {}", e.time, c.first_seen, c.last_seen, c.connection);
+        // Responses of one segment share a kernel timestamp; its conversion to Unix time varies
+        // by a rounding step (0.24 us at today's Unix times) from one entry to the next.
         if i > 0 {
-            assert!(e.time >= h.recent[i - 1].time, "recent times go back at {i} on {}: {:?}", c.connection, h.recent);
+            assert!(e.time >= h.recent[i - 1].time - 1e-6, "recent times go back at {i} on {}: {:?}", c.connection, h.recent);
         }
         match e.latency_ms {
-            Some(l) => assert!(e.status >= 200 && l >= 0.0, "recent[{i}] of {}: latency {l} ms for status {}", c.connection, e.status),
-            None => assert!(e.status < 200, "recent[{i}] of {}: a final response without latency", c.connection),
+            Some(l) => assert!(answers(e.status) && l >= 0.0, "recent[{i}] of {}: latency {l} ms for status {}", c.connection, e.status),
+            None => assert!(!answers(e.status), "recent[{i}] of {}: a final response without latency", c.connection),
         }
     }
 }
 
 /// Asserts the HTTP metrics of one `role` and service `port`: `requests` requests, one response
 /// per status line in `statuses` (by class and code), `unanswered` unanswered requests, and one
-/// latency observation per final response, by class.
+/// latency observation per response that answers its request, by class.
 fn assert_metrics(m: &Metrics, role: &str, port: u16, requests: u64, statuses: &[u16], unanswered: u64) {
     let port = port.to_string();
     let (role, port) = (role, port.as_str());
@@ -334,7 +447,7 @@ fn assert_metrics(m: &Metrics, role: &str, port: u16, requests: u64, statuses: &
     assert_eq!(m.count("observer_http_requests_unanswered_total", &l), unanswered, "observer_http_requests_unanswered_total{{role={role},port={port}}}");
     for class in 1..=5u16 {
         let c = format!("{class}xx");
-        let finals = if class == 1 { 0 } else { statuses.iter().filter(|s| **s / 100 == class).count() as u64 };
+        let finals = statuses.iter().filter(|s| **s / 100 == class && answers(**s)).count() as u64;
         let labels = [("role", role), ("port", port), ("class", c.as_str())];
         assert_eq!(m.count("observer_http_response_latency_seconds_count", &labels), finals, "observer_http_response_latency_seconds_count{labels:?}");
     }
@@ -346,11 +459,12 @@ fn request_of(e: &LogEntry) -> (String, String) {
     (f.next().unwrap_or("").to_owned(), f.next().unwrap_or("").to_owned())
 }
 
-/// The upstream's log lines, one per proxied request; asserts there are `n`, all from the gateway.
-fn upstream_log(lab: &HttpLab, n: usize) -> Vec<LogEntry> {
+/// The upstream's log lines, one per proxied request; asserts there are `n`, all from the
+/// gateway's address `gateway`.
+fn upstream_log(lab: &HttpLab, n: usize, gateway: IpAddr) -> Vec<LogEntry> {
     let log = lab.upstream.wait_for_requests(n);
     assert_eq!(log.entries.len(), n, "one upstream request per proxied request:\n{}", log.raw);
-    assert!(log.entries.iter().all(|e| e.remote_addr == IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4)), "{}", log.raw);
+    assert!(log.entries.iter().all(|e| e.remote_addr == gateway), "all from {gateway}:\n{}", log.raw);
     log.entries
 }
 
@@ -358,9 +472,14 @@ fn upstream_log(lab: &HttpLab, n: usize) -> Vec<LogEntry> {
 /// request, each with exactly one request and the status the upstream logged for that gateway
 /// source port, and its request line. Returns the upstream's log lines in order.
 fn assert_outbound_nginx(lab: &HttpLab, n: usize) -> Vec<LogEntry> {
-    let entries = upstream_log(lab, n);
-    let snap = lab.wait_settled("the proxied connections to the upstream", n, n as u64, n as u64, |c| c.remote == upstream_http());
-    let conns = pick(&snap, |c| c.remote == upstream_http());
+    assert_outbound_nginx_at(lab, n, upstream_http(), addr::GATEWAY_UPSTREAM_SIDE_V4.into())
+}
+
+/// [`assert_outbound_nginx`] for the upstream at `upstream`, reached from the gateway's `gateway`.
+fn assert_outbound_nginx_at(lab: &HttpLab, n: usize, upstream: SocketAddr, gateway: IpAddr) -> Vec<LogEntry> {
+    let entries = upstream_log(lab, n, gateway);
+    let snap = lab.wait_settled("the proxied connections to the upstream", n, n as u64, n as u64, |c| c.remote == upstream);
+    let conns = pick(&snap, |c| c.remote == upstream);
     assert_eq!(conns.len(), n, "one outbound entry per proxied request (HTTP/1.0, close):\n{}", snap.pretty());
     for e in &entries {
         let c = conns.iter().find(|c| c.local.port() == e.remote_port).unwrap_or_else(|| panic!("no outbound entry from gateway port {} (upstream log {e:?}):\n{}", e.remote_port, snap.pretty()));
@@ -422,23 +541,37 @@ const MIX: &[(&str, u16)] = &[
     ("/status/503", 503),
     ("/size/1000000", 200),
     ("/size/10000", 200),
+    ("/size/1000", 304),
     ("/status/200", 200),
     ("/size/100", 200),
 ];
 
+/// curl operations for [`MIX`] on the proxy at `server`, paths prefixed with `prefix`; the 304 is
+/// asked for with the file's ETag.
+fn mix_ops(lab: &HttpLab, server: IpAddr, prefix: &str) -> Vec<CurlOp> {
+    MIX.iter()
+        .map(|(p, code)| {
+            let op = CurlOp::get(url(server, &format!("{prefix}{p}")));
+            if *code == 304 { op.with(&["--header", &format!("If-None-Match: {}", lab.etag(p))]) } else { op }
+        })
+        .collect()
+}
+
 /// The keep-alive mix over one connection to the proxy at `server`: the inbound entry's counts,
 /// last status and recent exchanges equal what curl got and what the proxy logged; every
-/// proxied request's outbound entry equals the upstream's log; the metrics agree.
-fn keepalive_mix(lab: &HttpLab, server: IpAddr, family: &str) {
+/// proxied request's outbound entry equals the upstream's log; the metrics agree. With `ipv6`,
+/// the proxy reaches the upstream over IPv6 too.
+fn keepalive_mix(lab: &HttpLab, server: IpAddr, family: &str, ipv6: bool) {
     lab.add_size(5_000_000);
-    let ops: Vec<CurlOp> = MIX.iter().map(|(p, _)| CurlOp::get(url(server, p))).collect();
+    let prefix = if ipv6 { "/v6" } else { "" };
+    let ops = mix_ops(lab, server, prefix);
     let run = curl_ok(lab, &ops);
     let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
     assert_eq!(codes, MIX.iter().map(|(_, c)| *c).collect::<Vec<_>>(), "the lab answers the mix as designed");
     assert_eq!(run.status_lines, codes, "no interim responses in the mix");
     let client_end = one_connection(&run);
-    for (t, (p, _)) in run.transfers.iter().zip(MIX) {
-        if let Some(n) = p.strip_prefix("/size/") {
+    for (t, (p, code)) in run.transfers.iter().zip(MIX) {
+        if let (Some(n), 200) = (p.strip_prefix("/size/"), code) {
             assert_eq!(t.size_download, n.parse::<u64>().unwrap(), "body of {p}");
         }
     }
@@ -451,11 +584,16 @@ fn keepalive_mix(lab: &HttpLab, server: IpAddr, family: &str) {
     assert_eq!((c.family.as_str(), field(c, "role")), (family, "inbound"));
     let h = assert_http(lab, c, &Window::expected(n, &codes, 0));
     assert_eq!(h.last_status, Some(*codes.last().unwrap()), "last_status");
-    let want: Vec<(u16, &str, &str)> = MIX.iter().map(|(p, s)| (*s, "GET", *p)).collect();
+    let targets: Vec<String> = MIX.iter().map(|(p, _)| format!("{prefix}{p}")).collect();
+    let want: Vec<(u16, &str, &str)> = MIX.iter().zip(&targets).map(|((_, s), t)| (*s, "GET", t.as_str())).collect();
     assert_recent(c, &h, &want);
 
     // nginx proxies the requests one after another: the upstream saw them in the client's order.
-    let upstream = assert_outbound_nginx(lab, MIX.len());
+    let upstream = if ipv6 {
+        assert_outbound_nginx_at(lab, MIX.len(), SocketAddr::new(addr::UPSTREAM_V6.into(), 80), addr::GATEWAY_UPSTREAM_SIDE_V6.into())
+    } else {
+        assert_outbound_nginx(lab, MIX.len())
+    };
     assert_eq!(upstream.iter().map(|e| e.status).collect::<Vec<_>>(), codes, "statuses in the upstream's log");
     assert_eq!(upstream.iter().map(|e| request_of(e).1).collect::<Vec<_>>(), MIX.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>());
 
@@ -469,7 +607,7 @@ fn keepalive_mix_counts_every_status_class_exactly() {
     const TEST: &str = "keepalive_mix_counts_every_status_class_exactly";
     if root_or_skip(TEST) {
         let lab = HttpLab::start(TEST);
-        keepalive_mix(&lab, proxy_v4(), "ipv4");
+        keepalive_mix(&lab, proxy_v4(), "ipv4", false);
     }
 }
 
@@ -478,7 +616,7 @@ fn keepalive_mix_over_ipv6_counts_every_status_class_exactly() {
     const TEST: &str = "keepalive_mix_over_ipv6_counts_every_status_class_exactly";
     if root_or_skip(TEST) {
         let lab = HttpLab::start(TEST);
-        keepalive_mix(&lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), "ipv6");
+        keepalive_mix(&lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), "ipv6", true);
     }
 }
 
@@ -525,7 +663,7 @@ fn status_lines_inside_bodies_are_not_responses() {
     for (name, n) in files {
         lab.add_fake(name, &fake_heads(n));
     }
-    // Request bodies full of request lines too.
+    // Request bodies full of request lines too, one of them chunked.
     let small_post = lab.topo.path("post-small");
     let large_post = lab.topo.path("post-large");
     fs::write(&small_post, fake_heads(5_000)).unwrap();
@@ -538,6 +676,7 @@ fn status_lines_inside_bodies_are_not_responses() {
         CurlOp::get(url(proxy_v4(), "/ok")).with(&["--data-binary", &small_arg, "--header", "Expect:"]),
         CurlOp::get(url(proxy_v4(), "/fake/large")),
         CurlOp::get(url(proxy_v4(), "/ok")).with(&["--data-binary", &large_arg, "--header", "Expect:"]),
+        CurlOp::get(url(proxy_v4(), "/ok")).with(&["--data-binary", &large_arg, "--header", "Expect:", "--header", "Transfer-Encoding: chunked"]),
         CurlOp::head(url(proxy_v4(), "/fake/huge")),
         CurlOp::get(url(proxy_v4(), "/fake/huge")),
         CurlOp::get(url(proxy_v4(), "/fake/starts")),
@@ -548,7 +687,8 @@ fn status_lines_inside_bodies_are_not_responses() {
     assert_eq!(codes, vec![200; ops.len()]);
     assert_eq!(run.status_lines, codes, "curl itself saw one status line per request");
     let sizes: Vec<u64> = run.transfers.iter().map(|t| t.size_download).collect();
-    assert_eq!(sizes, vec![3_000, 12_345, 3, 300_000, 3, 0, 2_000_000, 3_000], "bodies as curl received them");
+    assert_eq!(sizes, vec![3_000, 12_345, 3, 300_000, 3, 3, 0, 2_000_000, 3_000], "bodies as curl received them");
+    assert!(run.stderr.contains("> Transfer-Encoding: chunked"), "curl sent a chunked request body:\n{}", run.stderr);
     assert_proxy_log(&lab, client_end, &codes);
 
     let n = ops.len() as u64;
@@ -988,7 +1128,7 @@ fn connections_that_are_not_http_are_never_counted_and_disturb_nothing() {
     let echo_server = ScriptedServer::start(&lab.topo.gateway, SocketAddr::new(proxy_v4(), ECHO_PORT), echo);
     // The HTTP exchange runs while the other connections come and go.
     let client = lab.topo.client.clone();
-    let ops: Vec<CurlOp> = MIX.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
+    let ops = mix_ops(&lab, proxy_v4(), "");
     let http = std::thread::spawn(move || curl_each(&client, &ops, Duration::from_secs(30)));
 
     let garbage: Vec<u8> = b"\x00\x01\x02\x03 not HTTP at all \xff\xfe\r\n\r\n".iter().copied().cycle().take(300).collect();
@@ -1127,4 +1267,394 @@ fn retransmitted_segments_are_counted_once() {
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, n, &codes, 0);
     assert_eq!(m.count("observer_http_framing_lost_total", &[]), 0, "framing never lost its place");
+}
+
+/// Starts a scripted server running `script` on the gateway's client side, port
+/// [`GATEWAY_SCRIPTED_PORT`]: reached by the client without nginx.
+fn gateway_server(lab: &HttpLab, script: fn(&mut Peer) -> io::Result<()>) -> ScriptedServer {
+    ScriptedServer::start(&lab.topo.gateway, SocketAddr::new(proxy_v4(), GATEWAY_SCRIPTED_PORT), script)
+}
+
+/// The status lines a scripted server wrote on the connection from `client_end`, and its
+/// `(status, method, target)` list for [`assert_recent`].
+fn served_to(server: &ScriptedServer, client_end: SocketAddr) -> Vec<Served> {
+    server.served().into_iter().filter(|s| s.peer == client_end).collect()
+}
+
+fn recent_of(served: &[Served]) -> Vec<(u16, &str, &str)> {
+    served.iter().map(|s| (s.status, s.method.as_str(), s.target.as_str())).collect()
+}
+
+#[test]
+fn pipelined_responses_sharing_segments_are_counted_each_in_order() {
+    const TEST: &str = "pipelined_responses_sharing_segments_are_counted_each_in_order";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start(TEST);
+    let server = gateway_server(&lab, batch_script);
+    // Every kind of response framing, answered together in one write.
+    let requests: &[(&str, &str, &str)] = &[
+        ("GET", "/status/200", ""),
+        ("HEAD", "/chunked/200/3/10", ""),
+        ("GET", "/status/304", ""),
+        ("GET", "/chunked/404/2/5", ""),
+        ("HEAD", "/status/200", ""),
+        ("GET", "/status/204", ""),
+        ("POST", "/status/201", "x=1&y=GET / HTTP/1.1"),
+        ("GET", "/bighead/200/3000", ""),
+        ("GET", "/chunked/500/0/0", ""),
+        ("GET", "/status/503", ""),
+        ("GET", "/until-close/200/100", ""),
+    ];
+    let mut all = Vec::new();
+    for (m, t, body) in requests {
+        let length = if body.is_empty() { String::new() } else { format!("Content-Length: {}\r\n", body.len()) };
+        all.extend(format!("{m} {t} HTTP/1.1\r\nHost: x\r\n{length}\r\n{body}").into_bytes());
+    }
+    let mut s = connect(&lab.topo.client, server.addr);
+    let client_end = s.local_addr().unwrap();
+    s.write_all(&all).unwrap();
+    assert_eq!(data_segments_out(&s), 1, "the requests left in one segment ({} bytes)", all.len());
+    let mut reader = ResponseReader::new(s.try_clone().unwrap());
+    let mut statuses = Vec::new();
+    for (m, t, _) in requests {
+        let exchange = reader.read_exchange(*m == "HEAD").unwrap_or_else(|e| panic!("the response to {m} {t}: {e}"));
+        statuses.extend(exchange.iter().map(|r| r.status));
+    }
+    assert_eq!(statuses, vec![200, 200, 304, 404, 200, 204, 201, 200, 500, 503, 200], "what the raw client received");
+    drop(reader);
+    drop(s);
+    let served = served_to(&server, client_end);
+    assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), statuses, "what the server wrote");
+
+    let n = requests.len() as u64;
+    let snap = lab.wait_settled("the pipelined connection", 1, n, n, |c| c.remote == client_end);
+    let c = entry_of(&snap, client_end);
+    let h = assert_http(&lab, c, &Window::expected(n, &statuses, 0));
+    assert_eq!(h.last_status, Some(200));
+    assert_recent(c, &h, &recent_of(&served));
+    assert_metrics(&lab.metrics(), "inbound", GATEWAY_SCRIPTED_PORT, n, &statuses, 0);
+}
+
+/// One request and response, then `switch` (a request whose answer ends HTTP on the connection:
+/// expected `status`), then bytes of another protocol that look like HTTP in both directions
+/// (echoed by the server): only the two exchanges count, and nothing is left unanswered.
+fn tunnel_after(test: &str, switch: &[u8], status: u16) {
+    let lab = HttpLab::start(test);
+    let server = gateway_server(&lab, script);
+    let mut s = connect(&lab.topo.client, server.addr);
+    let client_end = s.local_addr().unwrap();
+    let mut reader = ResponseReader::new(s.try_clone().unwrap());
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(reader.read(false).unwrap().status, 200);
+    s.write_all(switch).unwrap();
+    let r = reader.read_head().unwrap();
+    assert_eq!(r.status, status);
+    for later in [&client_hello()[..], b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", b"POST / HTTP/1.1\r\n\r\n"] {
+        s.write_all(later).unwrap();
+        let mut back = vec![0u8; later.len()];
+        reader.inner.read_exact(&mut back).unwrap();
+        assert_eq!(back, later);
+    }
+    assert!(reader.buffered().is_empty());
+    drop(reader);
+    assert!(scripted::finish(s).unwrap().is_empty());
+    let served = served_to(&server, client_end);
+    assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), vec![200, status]);
+
+    let snap = lab.wait_settled("the switched connection", 1, 2, 2, |c| c.remote == client_end);
+    let c = entry_of(&snap, client_end);
+    let h = assert_http(&lab, c, &Window::expected(2, &[200, status], 0));
+    assert_eq!(h.last_status, Some(status));
+    assert_recent(c, &h, &recent_of(&served));
+    assert_metrics(&lab.metrics(), "inbound", GATEWAY_SCRIPTED_PORT, 2, &[200, status], 0);
+}
+
+#[test]
+#[ignore = "observer bug: after 101 Switching Protocols the client's bytes are still parsed as HTTP requests, and count as unanswered at close"]
+fn an_upgraded_connection_stops_being_counted_after_101() {
+    const TEST: &str = "an_upgraded_connection_stops_being_counted_after_101";
+    if root_or_skip(TEST) {
+        tunnel_after(TEST, b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: scripted\r\n\r\n", 101);
+    }
+}
+
+#[test]
+#[ignore = "observer bug: after a CONNECT's 2xx the client's tunnelled bytes are still parsed as HTTP requests, and count as unanswered at close"]
+fn a_connect_tunnel_stops_being_counted_after_its_2xx() {
+    const TEST: &str = "a_connect_tunnel_stops_being_counted_after_its_2xx";
+    if root_or_skip(TEST) {
+        tunnel_after(TEST, b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", 200);
+    }
+}
+
+#[test]
+fn heads_spanning_many_segments_are_counted_once() {
+    const TEST: &str = "heads_spanning_many_segments_are_counted_once";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start(TEST);
+    // Request heads of about 21 KB through nginx (each field under its 8 KB line limit), their
+    // values made of status lines.
+    let big: Vec<String> = (0..3).map(|i| format!("X-Big-{i}: {}", "HTTP/1.1 200 OK ".repeat(430))).collect();
+    let with_big = |op: CurlOp| op.with(&["--header", &big[0], "--header", &big[1], "--header", &big[2]]);
+    let ops = vec![
+        with_big(CurlOp::get(url(proxy_v4(), "/ok"))),
+        CurlOp::get(url(proxy_v4(), "/status/404")),
+        with_big(CurlOp::get(url(proxy_v4(), "/size/100000"))),
+        with_big(CurlOp::head(url(proxy_v4(), "/status/503"))),
+    ];
+    let run = curl_ok(&lab, &ops);
+    let client_end = one_connection(&run);
+    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
+    assert_eq!(codes, vec![200, 404, 200, 503]);
+    assert!(run.transfers[0].size_request > 20_000, "a big request head: {:?}", run.transfers[0]);
+    assert_proxy_log(&lab, client_end, &codes);
+    let n = ops.len() as u64;
+    let snap = lab.wait_settled("the client's connection", 1, n, n, |c| c.remote == client_end);
+    let c = entry_of(&snap, client_end);
+    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
+    assert_recent(c, &h, &[(200, "GET", "/ok"), (404, "GET", "/status/404"), (200, "GET", "/size/100000"), (503, "HEAD", "/status/503")]);
+    assert_outbound_nginx(&lab, ops.len());
+
+    // Response heads of up to 20 KB from a scripted server, on one keep-alive connection.
+    let server = gateway_server(&lab, script);
+    let ops = vec![
+        CurlOp::get(url_port(proxy_v4(), GATEWAY_SCRIPTED_PORT, "/bighead/200/20000")),
+        CurlOp::head(url_port(proxy_v4(), GATEWAY_SCRIPTED_PORT, "/bighead/404/9000")),
+        with_big(CurlOp::get(url_port(proxy_v4(), GATEWAY_SCRIPTED_PORT, "/bighead/500/20000"))),
+        CurlOp::get(url_port(proxy_v4(), GATEWAY_SCRIPTED_PORT, "/status/200")),
+    ];
+    let direct = curl_ok(&lab, &ops);
+    let direct_end = one_connection(&direct);
+    assert!(direct.transfers[0].size_header > 19_000, "a big response head: {:?}", direct.transfers[0]);
+    let served = served_to(&server, direct_end);
+    let direct_codes: Vec<u16> = served.iter().map(|s| s.status).collect();
+    assert_eq!(direct.status_lines, direct_codes);
+    let snap = lab.wait_settled("the connection to the scripted server", 1, 4, 4, |c| c.remote == direct_end);
+    let c = entry_of(&snap, direct_end);
+    let h = assert_http(&lab, c, &Window::expected(4, &direct_codes, 0));
+    assert_recent(c, &h, &recent_of(&served));
+
+    let m = lab.metrics();
+    assert_metrics(&m, "inbound", 80, n, &codes, 0);
+    assert_metrics(&m, "inbound", GATEWAY_SCRIPTED_PORT, 4, &direct_codes, 0);
+}
+
+#[test]
+fn requests_sent_before_a_half_close_are_answered_and_counted() {
+    const TEST: &str = "requests_sent_before_a_half_close_are_answered_and_counted";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start(TEST);
+    let server = gateway_server(&lab, script);
+    let mut s = connect(&lab.topo.client, server.addr);
+    let client_end = s.local_addr().unwrap();
+    s.write_all(b"GET /chunked/200/2/10 HTTP/1.1\r\nHost: x\r\n\r\nGET /status/404 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // The client's FIN follows its requests at once; the server answers both, then closes.
+    let rest = scripted::finish(s).unwrap();
+    let mut reader = ResponseReader::new(&rest[..]);
+    let statuses = vec![reader.read(false).unwrap().status, reader.read(false).unwrap().status];
+    assert_eq!(statuses, vec![200, 404]);
+    assert!(reader.buffered().is_empty());
+    let served = served_to(&server, client_end);
+    assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), statuses);
+
+    let snap = lab.wait_settled("the half-closed connection", 1, 2, 2, |c| c.remote == client_end);
+    let c = entry_of(&snap, client_end);
+    assert_eq!((c.fin_in, c.fin_out), (1, 1), "{c:?}");
+    let h = assert_http(&lab, c, &Window::expected(2, &statuses, 0));
+    assert_recent(c, &h, &recent_of(&served));
+    assert_metrics(&lab.metrics(), "inbound", GATEWAY_SCRIPTED_PORT, 2, &statuses, 0);
+}
+
+#[test]
+fn an_error_sent_before_the_request_body_ends_is_counted() {
+    const TEST: &str = "an_error_sent_before_the_request_body_ends_is_counted";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start(TEST);
+    let body = lab.topo.path("post-body");
+    fs::write(&body, fake_heads(300_000)).unwrap();
+    let body_arg = format!("@{}", body.display());
+    // /limited/ accepts bodies up to 1 KB: nginx answers 413 as soon as it has the head (and
+    // closes), while the body is still coming or, with Expect, instead of 100 Continue.
+    let ops = vec![
+        CurlOp::get(url(proxy_v4(), "/ok")),
+        CurlOp::get(url(proxy_v4(), "/limited/ok")).with(&["--data-binary", &body_arg, "--header", "Expect:"]),
+        CurlOp::get(url(proxy_v4(), "/status/404")),
+        CurlOp::get(url(proxy_v4(), "/limited/ok")).with(&["--data-binary", &body_arg, "--header", "Expect: 100-continue"]),
+        CurlOp::get(url(proxy_v4(), "/ok")),
+    ];
+    let run = curl_ok(&lab, &ops);
+    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
+    assert_eq!(codes, vec![200, 413, 404, 413, 200]);
+    assert_eq!(run.status_lines, codes, "no 100 Continue:\n{}", run.stderr);
+    // Group the transfers by connection, as curl reports them.
+    let mut by_conn: Vec<(SocketAddr, Vec<(u16, &str, &str)>)> = Vec::new();
+    for (t, o) in run.transfers.iter().zip(&ops) {
+        let target = o.url.strip_prefix(&http_base(proxy_v4())).unwrap();
+        match by_conn.iter_mut().find(|(end, _)| *end == t.local) {
+            Some((_, v)) => v.push((t.http_code, o.method(), target)),
+            None => by_conn.push((t.local, vec![(t.http_code, o.method(), target)])),
+        }
+    }
+    assert_eq!(by_conn.iter().map(|(_, v)| v.len()).collect::<Vec<_>>(), vec![2, 2, 1], "nginx closes after each 413: {:#?}", run.transfers);
+    for (end, exchanges) in &by_conn {
+        let statuses: Vec<u16> = exchanges.iter().map(|e| e.0).collect();
+        assert_proxy_log(&lab, *end, &statuses);
+        let k = statuses.len() as u64;
+        let snap = lab.wait_settled("a client connection", 1, k, k, |c| c.remote == *end);
+        let c = entry_of(&snap, *end);
+        let h = assert_http(&lab, c, &Window::expected(k, &statuses, 0));
+        assert_recent(c, &h, exchanges);
+    }
+    assert_outbound_nginx(&lab, 3);
+    assert_metrics(&lab.metrics(), "inbound", 80, ops.len() as u64, &codes, 0);
+}
+
+/// Connections to an echo server whose first segment is shorter than the kernel's 16-byte look
+/// (so the daemon decides they are not HTTP); later bytes look like HTTP in both directions.
+/// Returns the client ends.
+fn short_garbage(lab: &HttpLab, echo_server: &ScriptedServer) -> Vec<SocketAddr> {
+    let mut ends = Vec::new();
+    // The second starts like a method and goes wrong after.
+    for pieces in [vec![client_hello()[..5].to_vec(), client_hello()[5..].to_vec()], vec![b"GE".to_vec(), b"\x00\x01\x02 binary \xff".to_vec()]] {
+        let mut s = connect(&lab.topo.client, echo_server.addr);
+        ends.push(s.local_addr().unwrap());
+        for p in pieces.iter().map(|p| p.as_slice()).chain([&b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]) {
+            s.write_all(p).unwrap();
+            let mut back = vec![0u8; p.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, p);
+        }
+        assert_eq!(data_segments_out(&s), 4, "each piece in its own segment");
+        assert!(scripted::finish(s).unwrap().is_empty());
+    }
+    let snap = lab.observer.wait_for("the echo connections, closed", WAIT, |s| ends.iter().all(|e| s.with_remote(*e).first().is_some_and(|c| settled(c))));
+    for e in &ends {
+        let c = entry_of(&snap, *e);
+        if let Some(h) = http_of(c) {
+            assert!(h.lifetime.is_zero() && h.last_status.is_none() && h.recent.is_empty(), "{} is not HTTP, yet: {h:?}", c.connection);
+        }
+    }
+    ends
+}
+
+#[test]
+fn garbage_in_a_short_first_segment_is_never_counted_as_http() {
+    const TEST: &str = "garbage_in_a_short_first_segment_is_never_counted_as_http";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start(TEST);
+    let echo_server = ScriptedServer::start(&lab.topo.gateway, SocketAddr::new(proxy_v4(), ECHO_PORT), echo);
+    short_garbage(&lab, &echo_server);
+    assert_metrics(&lab.metrics(), "inbound", ECHO_PORT, 0, &[], 0);
+}
+
+#[test]
+#[ignore = "observer bug: observer_not_http_connections_total counts only the kernel's verdicts (first segment >= 16 bytes), not connections the daemon finds are not HTTP"]
+fn garbage_in_a_short_first_segment_counts_as_a_not_http_connection() {
+    const TEST: &str = "garbage_in_a_short_first_segment_counts_as_a_not_http_connection";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start(TEST);
+    let echo_server = ScriptedServer::start(&lab.topo.gateway, SocketAddr::new(proxy_v4(), ECHO_PORT), echo);
+    let ends = short_garbage(&lab, &echo_server);
+    assert_eq!(lab.metrics().count("observer_not_http_connections_total", &[]), ends.len() as u64, "connections whose first bytes were not HTTP/1.x");
+}
+
+/// A keep-alive sequence through the proxy: each of `big` bodies followed by small exchanges of
+/// every class. Returns the operations and their expected statuses.
+fn big_then_small(big: &[u64]) -> Vec<(String, u16)> {
+    let mut paths = Vec::new();
+    for b in big {
+        paths.push((format!("/size/{b}"), 200));
+        for (p, code) in [("/ok", 200), ("/status/404", 404), ("/status/503", 503), ("/redirect", 301), ("/size/100", 200), ("/status/204", 204)] {
+            paths.push((p.to_owned(), code));
+        }
+    }
+    paths
+}
+
+#[test]
+#[ignore = "observer bug: with the default 4 MiB payload ring, multi-megabyte bodies overflow it before the skip hint lands, and the exchanges after are silently not counted (framing_lost 0, in_sync true)"]
+fn multi_megabyte_bodies_leave_later_exchanges_counted_with_the_default_ring() {
+    const TEST: &str = "multi_megabyte_bodies_leave_later_exchanges_counted_with_the_default_ring";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start_with(TEST, &["--payload-kib", "4096"]);
+    lab.add_size(5_000_000);
+    lab.add_size(10_000_000);
+    let seq = big_then_small(&[10_000_000, 5_000_000, 10_000_000]);
+    let ops: Vec<CurlOp> = seq.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
+    let run = curl_ok(&lab, &ops);
+    let client_end = one_connection(&run);
+    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
+    assert_eq!(codes, seq.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+    assert_proxy_log(&lab, client_end, &codes);
+    let n = ops.len() as u64;
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
+    let c = entry_of(&snap, client_end);
+    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
+    let want: Vec<(u16, &str, &str)> = seq.iter().map(|(p, s)| (*s, "GET", p.as_str())).collect();
+    assert_recent(c, &h, &want);
+    assert_outbound_nginx(&lab, ops.len());
+    let m = lab.metrics();
+    assert_metrics(&m, "inbound", 80, n, &codes, 0);
+    assert_metrics(&m, "outbound", 80, n, &codes, 0);
+}
+
+#[test]
+#[ignore = "observer bug: payload records lost to a full ring leave a gap that is still open at close: the exchanges behind it are dropped silently (framing_lost 0, in_sync true)"]
+fn payload_lost_to_a_full_ring_is_reported_on_its_connection() {
+    const TEST: &str = "payload_lost_to_a_full_ring_is_reported_on_its_connection";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    // A ring of 64 KiB cannot hold a megabyte body's records before the daemon drains it.
+    let lab = HttpLab::start_with(TEST, &["--payload-kib", "64"]);
+    let seq = big_then_small(&[1_000_000, 1_000_000, 1_000_000]);
+    let ops: Vec<CurlOp> = seq.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
+    let run = curl_ok(&lab, &ops);
+    let client_end = one_connection(&run);
+    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
+    assert_eq!(codes, seq.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+    assert_proxy_log(&lab, client_end, &codes);
+    let upstream = upstream_log(&lab, ops.len(), addr::GATEWAY_UPSTREAM_SIDE_V4.into());
+
+    // Everything has closed: wait for the entries (their counts may fall short).
+    let n = ops.len();
+    let snap = lab.observer.wait_for("every connection of the test, settled", WAIT, |s| {
+        s.with_remote(client_end).first().is_some_and(|c| settled(c)) && pick(s, |c| c.remote == upstream_http() && settled(c)).len() >= n
+    });
+    let m = lab.metrics();
+    let lost = m.count("observer_payload_records_lost_total", &[]);
+    assert!(lost > 0, "the ring lost no record: the scenario did not happen");
+    // Each connection either has exactly its ground truth, or says that its framing lost its
+    // place. (A connection whose every record was lost has no http object: nothing to say.)
+    let mut short = Vec::new();
+    let mut check = |c: &Connection, expected: Window| {
+        let Some(h) = http_of(c) else { return };
+        if h.lifetime != expected {
+            short.push(format!("{}: counted {:?} of {:?}, framing_lost {}, in_sync {}", c.connection, h.lifetime, expected, h.framing_lost, h.in_sync));
+            assert!(h.framing_lost > 0 || !h.in_sync, "{} misses exchanges yet says its framing never lost its place: {h:?}\nground truth {expected:?}; {lost} payload records lost", c.connection);
+        }
+    };
+    check(entry_of(&snap, client_end), Window::expected(n as u64, &codes, 0));
+    for e in &upstream {
+        if let Some(c) = pick(&snap, |c| c.remote == upstream_http() && c.local.port() == e.remote_port).first() {
+            check(c, Window::expected(1, &[e.status], 0));
+        }
+    }
+    if !short.is_empty() {
+        assert!(m.count("observer_http_framing_lost_total", &[]) > 0, "connections fell short, yet observer_http_framing_lost_total is 0:\n{}", short.join("\n"));
+    }
 }
