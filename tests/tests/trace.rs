@@ -307,6 +307,9 @@ fn the_kernel_trace_filter_exists_only_while_someone_traces() {
     wait_state((0, 0), "every subscriber left");
     curl(&lab.topo.client, &[url("/ok")], &[]);
     assert_eq!(state(), (0, 0));
+    // The only trace counter the kernel keeps is for records lost (a full ring): none here.
+    let s = lab.observer.status();
+    assert_eq!(s["kernel_counters"]["trace_lost"], 0, "{s:#}");
 }
 
 #[test]
