@@ -310,8 +310,17 @@ fn netns_filter() -> NetnsFilter {
 }
 
 fn classify_load_error(e: EbpfError) -> BpfError {
+    let kernel = crate::sys::kernel_release();
     match e {
-        EbpfError::BtfError(_) => BpfError::MissingFeature { feature: "BTF support for BPF programs", since: "5.2", kernel: crate::sys::kernel_release() },
+        EbpfError::BtfError(_) => BpfError::MissingFeature { feature: "BTF support for BPF programs", since: "5.2", kernel },
+        // A map type the kernel does not know is refused with EINVAL at creation.
+        EbpfError::MapError(aya::maps::MapError::CreateError { ref name, ref io_error }) if io_error.raw_os_error() == Some(libc::EINVAL) => {
+            match name.as_str() {
+                "EVENTS" | "PAYLOAD" | "TRACE" | "AYA_LOGS" => BpfError::MissingFeature { feature: "BPF ring buffers (BPF_MAP_TYPE_RINGBUF)", since: "5.8", kernel },
+                "CONNS" | "HTTP_HINTS" => BpfError::MissingFeature { feature: "LRU hash maps (BPF_MAP_TYPE_LRU_HASH)", since: "4.10", kernel },
+                _ => BpfError::Load(e),
+            }
+        }
         other => BpfError::Load(other),
     }
 }

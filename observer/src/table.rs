@@ -30,6 +30,16 @@ pub fn is_closed(s: &ConnStats, now_ns: u64, quiet_ns: u64) -> bool {
     no_socket && idle && (s.rst_in + s.rst_out > 0 || (s.fin_in > 0 && s.fin_out > 0))
 }
 
+/// One step in a connection's life.
+#[derive(Clone, Debug, Serialize)]
+pub struct LifecycleEvent {
+    pub event: &'static str,
+    /// Unix time, seconds.
+    pub time: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'static str>,
+}
+
 /// One connection as the API and CLI show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Connection {
@@ -81,6 +91,9 @@ pub struct Connection {
     /// From the first packet to the close (closed) or to now (open).
     pub duration_seconds: f64,
     pub idle_seconds: f64,
+    /// The connection's life as events, oldest first: first packet, established, closed (with
+    /// the reason). Resets and retransmissions are counted above; live detail is `observer trace`.
+    pub lifecycle: Vec<LifecycleEvent>,
     /// HTTP/1.x exchanges, when the connection carries HTTP.
     pub http: Option<HttpView>,
     #[serde(skip)]
@@ -169,6 +182,16 @@ impl Connection {
             closed: closed.then(|| ktime_to_unix_seconds(end_ns)),
             duration_seconds: end_ns.saturating_sub(first_seen_ns) as f64 / 1e9,
             idle_seconds: now_ns.saturating_sub(last_seen_ns) as f64 / 1e9,
+            lifecycle: {
+                let mut l = vec![LifecycleEvent { event: "first_seen", time: ktime_to_unix_seconds(first_seen_ns), detail: Some(Role::from_u8(role).name()) }];
+                if opened_ns != 0 {
+                    l.push(LifecycleEvent { event: "opened", time: ktime_to_unix_seconds(opened_ns), detail: None });
+                }
+                if closed {
+                    l.push(LifecycleEvent { event: "closed", time: ktime_to_unix_seconds(end_ns), detail: Some(CloseReason::of(stats).name()) });
+                }
+                l
+            },
             http: None,
             incarnation: (*key, first_seen_ns),
         }
