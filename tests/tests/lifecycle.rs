@@ -564,7 +564,10 @@ fn handshake_retransmissions(test: &str, inbound: bool) {
     assert_eq!(c.syn_out, 1 + total, "every {} the gateway sent is on the wire once: {c:#?}", if inbound { "SYN-ACK" } else { "SYN" });
     assert!(c.syn_in >= 1, "{c:#?}");
     let metric = after.get("observer_retransmits_total", &[]) - before.get("observer_retransmits_total", &[]);
-    assert_eq!((metric, namespace), (total as f64, total), "observer_retransmits_total growth and the namespace's RetransSegs growth vs this socket's total_retrans");
+    // Every socket of the gateway counts in both totals (on a starved machine the daemon's own
+    // API connection on loopback may retransmit too): at least this socket's, and the same.
+    assert!(metric >= total as f64, "observer_retransmits_total grew by {metric}, less than this socket's total_retrans {total}");
+    assert_eq!(metric, namespace as f64, "observer_retransmits_total growth vs the gateway namespace's RetransSegs growth");
     drop((connected, accepted));
 }
 
@@ -768,18 +771,38 @@ fn kernel_inserts(o: &Observer) -> u64 {
 /// map keeps taking new connections: one made afterwards and held open is listed as open, which
 /// only the kernel's map can say (closed connections the map evicted are still listed from the
 /// daemon's history).
+///
+/// One thing besides the test's connections can insert an entry: a TCP retransmission in the
+/// gateway, which the socket tracepoints count on whatever socket it happens, also the daemon's
+/// own API connection on loopback (hidden from the API, but an entry in the map) and an evicted
+/// connection. On an idle machine there is none; on a starved one a loopback segment is sometimes
+/// retransmitted. So, like `Lab::run_exact`, a failed attempt during which the gateway
+/// retransmitted is repeated on a fresh lab; a failure without retransmissions fails the test.
 #[test]
 fn a_full_connection_map_evicts_and_counts_every_eviction() {
     const TEST: &str = "a_full_connection_map_evicts_and_counts_every_eviction";
     if !root_or_skip(TEST) {
         return;
     }
+    for attempt in 1..=observer_tests::EXACT_ATTEMPTS {
+        let topo = Topology::new(TEST);
+        let upstream = Nginx::upstream(&topo);
+        let proxy = Nginx::proxy(&topo);
+        let observer = Observer::start_with(&topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], &["--max-connections", &MAP_SIZE.to_string()]);
+        let lab = Lab { observer, proxy, upstream, topo };
+        let before = lab.topo.gateway.tcp_retransmitted_segments();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| full_map_evicts(&lab)));
+        let Err(panic) = result else { return };
+        let retransmitted = lab.topo.gateway.tcp_retransmitted_segments() - before;
+        if retransmitted == 0 || attempt == observer_tests::EXACT_ATTEMPTS {
+            std::panic::resume_unwind(panic);
+        }
+        eprintln!("{TEST}: attempt {attempt} failed (above) while the gateway retransmitted {retransmitted} segments: repeating it on a fresh lab");
+    }
+}
+
+fn full_map_evicts(lab: &Lab) {
     const REQUESTS: usize = 12;
-    let topo = Topology::new(TEST);
-    let upstream = Nginx::upstream(&topo);
-    let proxy = Nginx::proxy(&topo);
-    let observer = Observer::start_with(&topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], &["--max-connections", &MAP_SIZE.to_string()]);
-    let lab = Lab { observer, proxy, upstream, topo };
     let o = &lab.observer;
     assert_eq!(o.status()["config"]["max_connections"].as_u64(), Some(MAP_SIZE));
     let tracked = |m: &Metrics| m.get("observer_connections_tracked", &[]);
@@ -798,7 +821,7 @@ fn a_full_connection_map_evicts_and_counts_every_eviction() {
     let m1b = metrics(o);
     assert_eq!((tracked(&m1b), evictions(&m1b)), (tracked(&m1), evictions(&m1)), "the map changed while the test read it");
 
-    assert_eq!(inserts1 - inserts0, created, "one new entry per connection the test made");
+    assert_eq!(inserts1 - inserts0, created, "one new entry per connection the test made:\n{}", o.connections().pretty());
     assert!(tracked(&m1) <= MAP_SIZE as f64, "observer_connections_tracked {} in a map of {MAP_SIZE}", tracked(&m1));
     assert_eq!(
         evictions(&m1) - evictions(&m0),
@@ -831,7 +854,7 @@ fn a_full_connection_map_evicts_and_counts_every_eviction() {
     assert_eq!((text(c, "status"), text(c, "state"), text(c, "role")), ("open", "established", "inbound"), "the newest connection, from the kernel's map: {c:#?}");
     let u = entry(&snap, newest_upstream, v4(addr::UPSTREAM_V4, 80));
     assert_closed_after_open(u, "normal");
-    assert_eq!(kernel_inserts(o) - inserts1, 2, "two more entries");
+    assert_eq!(kernel_inserts(o) - inserts1, 2, "two more entries:\n{}", o.connections().pretty());
     assert!(tracked(&m2) <= MAP_SIZE as f64);
     assert_eq!(evictions(&m2) - evictions(&m1), 2.0 - (tracked(&m2) - tracked(&m1)), "evictions for the last two connections");
     drop(open);
