@@ -275,9 +275,11 @@ pub fn tcp_info(s: &TcpStream) -> libc::tcp_info {
     }
 }
 
-/// Data segments this socket has sent (`tcpi_data_segs_out`, retransmissions included).
+/// Data segments this socket has sent, each once: `tcpi_data_segs_out` less the retransmitted
+/// ones (`tcpi_total_retrans`), so that a tail loss probe on a loaded machine does not count.
 pub fn data_segments_out(s: &TcpStream) -> u32 {
-    tcp_info(s).tcpi_data_segs_out
+    let i = tcp_info(s);
+    i.tcpi_data_segs_out - i.tcpi_total_retrans
 }
 
 /// Closes `s` with a reset (SO_LINGER with a zero timeout): what an aborting client does.

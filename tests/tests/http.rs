@@ -2,9 +2,12 @@
 //! unanswered requests, failed, error ratio, last status, recent exchanges in order, latency) and
 //! the HTTP metrics are exact, on both sides of the proxy, whatever the traffic looks like:
 //! keep-alive mixes of every status class and of bodies from 0 B to 10 MB, `Connection: close`,
-//! bodies full of fake status lines, chunked bodies with extensions and trailers, `100 Continue`,
-//! HEAD, pipelining, request lines split across segments, clients that abort, slow upstreams,
-//! IPv6, connections that are not HTTP, `--http-port`, and lost and retransmitted segments.
+//! bodies (and header fields) full of fake message heads, chunked bodies with extensions and
+//! trailers, chunked request bodies, `100 Continue`, HEAD, 204 and 304, pipelined requests and
+//! responses sharing segments, request lines split across segments, half-closes, errors sent
+//! before the request body ends, clients that abort, slow upstreams, 101 and CONNECT tunnels,
+//! IPv4 and IPv6, connections that are not HTTP, `--http-port`, retransmitted segments, and
+//! payload the kernel's ring buffer could not hold.
 //!
 //! Ground truth: what the test's clients sent and received (curl's `--write-out` and the status
 //! lines of its `--verbose` output; raw clients' own response framing), what the scripted servers
@@ -25,7 +28,6 @@ use observer_tests::{
     addr::{self, http_base, GW_CLIENT_IF, GW_UPSTREAM_IF},
     http_view::{field, http_of, settled, HttpView, Metrics, Window},
     nginx::LogEntry,
-    observer::WAIT,
     poll, root_or_skip,
     scripted::{self, close_with_reset, connect, curl_each, data_segments_out, CurlOp, CurlRun, Peer, Request, ResponseReader, ScriptedServer, Served},
     Connection, Nginx, Observer, Snapshot, Topology,
@@ -39,6 +41,10 @@ const GATEWAY_SCRIPTED_PORT: u16 = 8082;
 const PROXY_SECOND_PORT: u16 = 8080;
 /// Port of a raw echo server in the gateway namespace.
 const ECHO_PORT: u16 = 7000;
+
+/// How long a test waits for connections to settle in the daemon's view: a debug build on a
+/// loaded machine may lag; success returns at once.
+const SETTLE: Duration = Duration::from_secs(30);
 
 /// The payload ring of the daemon in these tests, KiB.
 const PAYLOAD_KIB: u32 = 64 * 1024;
@@ -153,7 +159,7 @@ impl HttpLab {
     /// together they show at least `requests` requests and `answers` responses plus unanswered
     /// requests: everything the daemon must have processed. Returns the snapshot.
     fn wait_settled(&self, what: &str, n: usize, requests: u64, answers: u64, select: impl Fn(&Connection) -> bool) -> Snapshot {
-        self.wait_settled_for(what, WAIT, n, requests, answers, select)
+        self.wait_settled_for(what, SETTLE, n, requests, answers, select)
     }
 
     fn wait_settled_for(&self, what: &str, timeout: Duration, n: usize, requests: u64, answers: u64, select: impl Fn(&Connection) -> bool) -> Snapshot {
@@ -229,11 +235,7 @@ fn serve(p: &mut Peer, batch: bool) -> io::Result<()> {
         }
         p.read_body(&mut req)?;
         match parts[..] {
-            ["delay", ms] => {
-                if p.closed_within(Duration::from_millis(num(ms)?))? {
-                    return Ok(());
-                }
-            }
+            ["delay", ms] if p.closed_within(Duration::from_millis(num(ms)?))? => return Ok(()),
             ["upgrade"] => {
                 p.respond(&req, 101, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: scripted\r\nConnection: Upgrade\r\n\r\n")?;
                 return echo(p);
@@ -916,7 +918,7 @@ fn pipelined_requests_in_one_write_are_counted_once_each_in_order() {
 
     // While the connection is still open: everything answered, nothing in flight.
     let n = requests.len() as u64;
-    let snap = lab.observer.wait_for("the open pipelined connection with every response counted", WAIT, |s| {
+    let snap = lab.observer.wait_for("the open pipelined connection with every response counted", SETTLE, |s| {
         s.with_remote(client_end).first().and_then(|c| http_of(c)).is_some_and(|h| h.lifetime.requests >= n && h.lifetime.responses() >= n)
     });
     let c = entry_of(&snap, client_end);
@@ -1176,7 +1178,7 @@ fn connections_that_are_not_http_are_never_counted_and_disturb_nothing() {
     let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = MIX.iter().map(|(p, s)| (*s, "GET", *p)).collect();
     assert_recent(c, &h, &want);
-    let snap = lab.observer.wait_for("the other connections, closed", WAIT, |s| others.iter().all(|o| s.with_remote(*o).first().is_some_and(|c| settled(c))));
+    let snap = lab.observer.wait_for("the other connections, closed", SETTLE, |s| others.iter().all(|o| s.with_remote(*o).first().is_some_and(|c| settled(c))));
     for o in &others {
         let c = entry_of(&snap, *o);
         if let Some(h) = http_of(c) {
@@ -1217,7 +1219,7 @@ fn http_port_restricts_parsing_to_the_listed_ports() {
     let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = paths.iter().zip(&codes).map(|(p, s)| (*s, "GET", *p)).collect();
     assert_recent(c, &h, &want);
-    let snap = lab.observer.wait_for("the connection to port 8080, closed", WAIT, |s| s.with_remote(end_8080).first().is_some_and(|c| settled(c)));
+    let snap = lab.observer.wait_for("the connection to port 8080, closed", SETTLE, |s| s.with_remote(end_8080).first().is_some_and(|c| settled(c)));
     let c = entry_of(&snap, end_8080);
     assert_eq!(c.local.port(), PROXY_SECOND_PORT);
     if let Some(h) = http_of(c) {
@@ -1495,7 +1497,8 @@ fn an_error_sent_before_the_request_body_ends_is_counted() {
     assert_eq!(codes, vec![200, 413, 404, 413, 200]);
     assert_eq!(run.status_lines, codes, "no 100 Continue:\n{}", run.stderr);
     // Group the transfers by connection, as curl reports them.
-    let mut by_conn: Vec<(SocketAddr, Vec<(u16, &str, &str)>)> = Vec::new();
+    type Exchanges<'a> = Vec<(u16, &'a str, &'a str)>;
+    let mut by_conn: Vec<(SocketAddr, Exchanges)> = Vec::new();
     for (t, o) in run.transfers.iter().zip(&ops) {
         let target = o.url.strip_prefix(&http_base(proxy_v4())).unwrap();
         match by_conn.iter_mut().find(|(end, _)| *end == t.local) {
@@ -1535,7 +1538,7 @@ fn short_garbage(lab: &HttpLab, echo_server: &ScriptedServer) -> Vec<SocketAddr>
         assert_eq!(data_segments_out(&s), 4, "each piece in its own segment");
         assert!(scripted::finish(s).unwrap().is_empty());
     }
-    let snap = lab.observer.wait_for("the echo connections, closed", WAIT, |s| ends.iter().all(|e| s.with_remote(*e).first().is_some_and(|c| settled(c))));
+    let snap = lab.observer.wait_for("the echo connections, closed", SETTLE, |s| ends.iter().all(|e| s.with_remote(*e).first().is_some_and(|c| settled(c))));
     for e in &ends {
         let c = entry_of(&snap, *e);
         if let Some(h) = http_of(c) {
@@ -1632,7 +1635,7 @@ fn payload_lost_to_a_full_ring_is_reported_on_its_connection() {
 
     // Everything has closed: wait for the entries (their counts may fall short).
     let n = ops.len();
-    let snap = lab.observer.wait_for("every connection of the test, settled", WAIT, |s| {
+    let snap = lab.observer.wait_for("every connection of the test, settled", SETTLE, |s| {
         s.with_remote(client_end).first().is_some_and(|c| settled(c)) && pick(s, |c| c.remote == upstream_http() && settled(c)).len() >= n
     });
     let m = lab.metrics();
