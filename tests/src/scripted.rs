@@ -473,9 +473,9 @@ impl CurlOp {
 pub struct CurlRun {
     /// One per operation (`http_code` 0 for a transfer that got no response).
     pub transfers: Vec<Transfer>,
-    /// Per operation: seconds from the start of the transfer until the request was about to be
-    /// sent (`%{time_pretransfer}`) and until the first response byte arrived
-    /// (`%{time_starttransfer}`).
+    /// Per operation: seconds from the start of the transfer until its connection was
+    /// established (`%{time_connect}`: before the request was sent; about 0 on a reused
+    /// connection) and until the first response byte arrived (`%{time_starttransfer}`).
     pub times: Vec<(f64, f64)>,
     /// Every status line curl received, interim ones included, in order (from `--verbose`).
     pub status_lines: Vec<u16>,
@@ -483,7 +483,7 @@ pub struct CurlRun {
     pub stderr: String,
 }
 
-const WRITE_OUT: &str = "%{http_code} %{size_request} %{size_header} %{size_download} %{num_connects} %{local_ip} %{local_port} %{remote_ip} %{remote_port} %{time_pretransfer} %{time_starttransfer}\\n";
+const WRITE_OUT: &str = "%{http_code} %{size_request} %{size_header} %{size_download} %{num_connects} %{local_ip} %{local_port} %{remote_ip} %{remote_port} %{time_connect} %{time_starttransfer}\\n";
 
 /// Runs one curl in `ns` performing `ops` in order (`--next` between them: one connection cache,
 /// so a keep-alive connection is reused across operations), bodies discarded, each transfer
