@@ -188,7 +188,13 @@ impl App {
             return;
         }
         // Requests still unanswered when the connection ended are failures.
-        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns));
+        // Where each direction's data ended, by the kernel's count (the FIN takes one number).
+        let end = |known: u32, seq_end: u32, fins: u64| (stats.syn_seen & known != 0).then(|| seq_end.wrapping_sub(u32::from(fins > 0)));
+        let ends = [
+            end(observer_common::conn::SEQ_IN_KNOWN, stats.seq_end_in, stats.fin_in),
+            end(observer_common::conn::SEQ_OUT_KNOWN, stats.seq_end_out, stats.fin_out),
+        ];
+        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), ends);
         let http = http.map(|(conn, outcomes)| {
             self.metrics.http(&key, conn.role(), &outcomes);
             conn.into_record()
@@ -246,6 +252,7 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
     // the ring is also drained on a short timer: freshness stays within PAYLOAD_POLL.
     let mut tick = tokio::time::interval(PAYLOAD_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             g = fd.readable_mut() => {
@@ -253,7 +260,17 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
                 drain_payload(&app, g.get_inner_mut());
                 g.clear_ready();
             }
-            _ = tick.tick() => drain_payload(&app, fd.get_mut()),
+            _ = tick.tick() => {
+                drain_payload(&app, fd.get_mut());
+                ticks += 1;
+                if ticks % 100 == 0 {
+                    // About once a second: gaps followed by silence.
+                    let changed = app.http.lock().expect("http lock poisoned").expire_gaps(monotonic_ns());
+                    for (key, role, outcomes) in changed {
+                        app.metrics.http(&key, role, &outcomes);
+                    }
+                }
+            }
             Some(done) = drain.recv() => {
                 drain_payload(&app, fd.get_mut());
                 let _ = done.send(());

@@ -1063,11 +1063,12 @@ fn latency_spans_the_upstream_delay() {
     let h = assert_http(&lab, c, &Window::expected(3, &[200, 200, 200], 0));
     assert_recent(c, &h, &[(200, "GET", paths[0]), (200, "GET", paths[1]), (200, "GET", paths[2])]);
     let inbound: Vec<f64> = h.recent.iter().map(|e| e.latency_ms.unwrap()).collect();
-    // The gateway sees the request after curl sent it (after its connection was established) and
-    // the response before curl gets it.
+    // The gateway sees the request after curl sent it and the response before curl gets it. On a
+    // reused connection curl takes its "connected" time when it picks the connection, which can
+    // fall just after it handed the request to the kernel: allow it 2 ms of slack.
     for (i, ((connected, start), l)) in run.times.iter().zip(&inbound).enumerate() {
         let client_ms = (start - connected) * 1e3;
-        assert!(*l <= client_ms, "exchange {i}: the observer's latency {l} ms exceeds what curl measured, {client_ms} ms");
+        assert!(*l <= client_ms + 2.0, "exchange {i}: the observer's latency {l} ms exceeds what curl measured, {client_ms} ms");
     }
     // And the upstream delayed its answer by DELAY_MS after reading the request.
     let snap = lab.wait_settled("the delayed upstream connections", 2, 2, 2, |c| c.remote == upstream_scripted());

@@ -82,7 +82,8 @@ fn run(task: Task) -> Result<()> {
             cargo(&["build", "--package", "observer"])?;
             let bin = workspace_root().join("target/debug/observer");
             let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.args(["test", "--workspace"]).args(&args).env("OBSERVER_BIN", bin).current_dir(workspace_root());
+            // Every test binary runs even when one fails: one report of everything that is wrong.
+            cmd.args(["test", "--workspace", "--no-fail-fast"]).args(&args).env("OBSERVER_BIN", bin).current_dir(workspace_root());
             status(&mut cmd)
         }
     }

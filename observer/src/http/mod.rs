@@ -172,6 +172,7 @@ fn make_view<'a>(
 
 /// A closed connection's HTTP summary, as history keeps it (compact: no buffers).
 pub struct HttpRecord {
+    in_sync: bool,
     lifetime: Counts,
     seconds: Vec<(u64, Counts)>,
     last_status: Option<u16>,
@@ -181,7 +182,7 @@ pub struct HttpRecord {
 
 impl HttpRecord {
     pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
-        make_view(&self.lifetime, self.seconds.iter(), self.last_status, 0, self.framing_lost, true, self.recent.iter(), now_ns, to_unix)
+        make_view(&self.lifetime, self.seconds.iter(), self.last_status, 0, self.framing_lost, self.in_sync, self.recent.iter(), now_ns, to_unix)
     }
 }
 
@@ -200,6 +201,8 @@ pub struct HttpConn {
     recent: VecDeque<Exchange>,
     messages: u64,
     not_http: bool,
+    /// Bytes of this connection never reached framing (found at close).
+    lost_at_close: bool,
     /// Switched protocols (101, CONNECT): no longer framed, no longer forwarded by the kernel.
     tunneled: bool,
     counted_not_http: bool,
@@ -225,6 +228,7 @@ impl HttpConn {
             recent: VecDeque::new(),
             messages: 0,
             not_http: false,
+            lost_at_close: false,
             tunneled: false,
             counted_not_http: false,
             hints: HttpHints::default(),
@@ -258,6 +262,7 @@ impl HttpConn {
     /// without the framing state and buffers.
     pub fn into_record(self) -> HttpRecord {
         HttpRecord {
+            in_sync: !self.lost_at_close && self.dirs.iter().all(|d| !d.framer.is_broken()),
             lifetime: self.lifetime,
             seconds: self.seconds.into_iter().collect(),
             last_status: self.last_status,
@@ -272,18 +277,65 @@ impl HttpConn {
     }
 
     /// The connection ended: requests still waiting never get a response.
-    fn close(&mut self, ts_ns: u64) -> Vec<Outcome> {
-        for d in &mut self.dirs {
+    /// The connection ended. `ends`: where each direction's stream ended by the kernel's count
+    /// (sequence number after the last data byte), when known. Requests still waiting are
+    /// failures, unless bytes of this connection never reached framing (the payload ring was
+    /// full): then nobody can say whether they were answered, and the connection says it lost
+    /// its framing instead of inventing failures.
+    fn close(&mut self, ts_ns: u64, ends: [Option<u32>; 2], out: &mut Vec<Outcome>) {
+        let mut lost = false;
+        for dir in [DIR_IN, DIR_OUT] {
+            let d = &mut self.dirs[dir as usize];
+            if d.stream.has_gap() {
+                lost = true;
+                // Frame what waited behind the gap, from the next message start on.
+                let waiting = d.stream.take_pending();
+                d.framer.reset();
+                for c in waiting {
+                    HttpTable::feed(self, dir, c.seq, &c.data, c.ts_ns, out);
+                }
+            }
+            let d = &mut self.dirs[dir as usize];
             d.framer.closed();
+            // Bytes the kernel saw and framing never got. (Past the end is fine: a body cut
+            // short by an abort was skipped up to where it should have ended.)
+            if let (Some(next), Some(end)) = (d.stream.next(), ends[dir as usize]) {
+                if observer_common::http::seq_before(next, end) && !self.tunneled && !self.not_http {
+                    lost = true;
+                }
+            }
+        }
+        if lost {
+            self.framing_lost += 1;
+            self.lost_at_close = true;
+            out.push(Outcome::FramingLost);
+            self.pending.clear();
+            return;
         }
         let n = self.pending.len() as u64;
         self.pending.clear();
         if n == 0 {
-            return Vec::new();
+            return;
         }
         self.lifetime.no_response += n;
         self.bucket(ts_ns).no_response += n;
-        vec![Outcome::NoResponse(n)]
+        out.push(Outcome::NoResponse(n));
+    }
+
+    /// A gap older than the timeout in either direction: its bytes were lost to us (the ring
+    /// was full). Counted, and framing starts again at what waited.
+    fn expire_gaps(&mut self, now_ns: u64, out: &mut Vec<Outcome>) {
+        for dir in [DIR_IN, DIR_OUT] {
+            if self.dirs[dir as usize].stream.gap_expired(now_ns) {
+                self.framing_lost += 1;
+                out.push(Outcome::FramingLost);
+                let waiting = self.dirs[dir as usize].stream.take_pending();
+                self.dirs[dir as usize].framer.reset();
+                for c in waiting {
+                    HttpTable::feed(self, dir, c.seq, &c.data, c.ts_ns, out);
+                }
+            }
+        }
     }
 
     fn on_head(&mut self, dir: u8, head: Head, ts_ns: u64, out: &mut Vec<Outcome>) {
@@ -526,10 +578,25 @@ impl HttpTable {
     }
 
     /// The connection ended: its unanswered requests count as failures. Returns its state.
-    pub fn close(&mut self, key: &ConnKey, ts_ns: u64) -> Option<(HttpConn, Vec<Outcome>)> {
+    pub fn close(&mut self, key: &ConnKey, ts_ns: u64, ends: [Option<u32>; 2]) -> Option<(HttpConn, Vec<Outcome>)> {
         let mut conn = self.retired.remove(key).or_else(|| self.conns.remove(key))?;
-        let out = conn.close(ts_ns);
+        let mut out = Vec::new();
+        conn.close(ts_ns, ends, &mut out);
         Some((conn, out))
+    }
+
+    /// Expires gaps that waited too long on every connection (a connection whose lost bytes are
+    /// followed by silence would otherwise never notice). Returns what that changed, by connection.
+    pub fn expire_gaps(&mut self, now_ns: u64) -> Vec<(ConnKey, Role, Vec<Outcome>)> {
+        let mut changed = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            let mut out = Vec::new();
+            conn.expire_gaps(now_ns, &mut out);
+            if !out.is_empty() {
+                changed.push((*key, conn.role, out));
+            }
+        }
+        changed
     }
 }
 
@@ -620,7 +687,7 @@ mod tests {
         c.send(C, b"hello");
         c.send(S, &resp(201, ""));
         c.send(C, b"GET /never HTTP/1.1\r\nHost: h\r\n\r\n");
-        let (_, out) = c.t.close(&c.key, 99).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, [None, None]).unwrap();
         assert_eq!(out, vec![Outcome::NoResponse(1)]);
         assert_eq!(c.statuses(), vec![100, 201]);
     }
@@ -684,6 +751,42 @@ mod tests {
     }
 
     #[test]
+    fn bytes_lost_before_the_close_are_framing_lost_not_failures() {
+        let mut c = Conn::new();
+        c.send(C, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+        // The response's record never arrives (the ring was full): the kernel counted the bytes.
+        let r = resp(200, "lost");
+        let end = 5001 + r.len() as u32;
+        let (_, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)]).unwrap();
+        assert_eq!(out, vec![Outcome::FramingLost], "no invented failure");
+
+        // Lost in the middle: what follows the gap is framed at close, and the loss reported.
+        let mut c = Conn::new();
+        c.send(C, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+        let first = resp(200, "one");
+        let second = resp(503, "");
+        c.at(S, 5001 + first.len() as u32, &second);
+        let end = 5001 + (first.len() + second.len()) as u32;
+        let (conn, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)]).unwrap();
+        assert!(out.contains(&Outcome::FramingLost), "{out:?}");
+        assert!(out.iter().any(|o| matches!(o, Outcome::Response { status: 503, .. })), "{out:?}");
+        assert!(!conn.into_record().in_sync);
+    }
+
+    #[test]
+    fn silence_after_a_gap_still_expires_it() {
+        let mut c = Conn::new();
+        c.send(C, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+        let first = resp(200, "one");
+        c.at(S, 5001 + first.len() as u32, &resp(404, ""));
+        assert!(c.t.expire_gaps(c.ts + 1).is_empty(), "young gaps wait");
+        let changed = c.t.expire_gaps(c.ts + 2 * stream::GAP_TIMEOUT_NS);
+        assert_eq!(changed.len(), 1);
+        assert!(changed[0].2.contains(&Outcome::FramingLost));
+        assert!(changed[0].2.iter().any(|o| matches!(o, Outcome::Response { status: 404, .. })));
+    }
+
+    #[test]
     fn an_upgrade_switches_both_directions_off() {
         let mut c = Conn::new();
         c.send(C, b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
@@ -692,7 +795,7 @@ mod tests {
         c.send(C, b"\x81\x85 frames, not requests");
         c.send(S, b"HTTP/1.1 200 looks like a status line");
         assert_eq!(c.statuses(), vec![101]);
-        let (_, out) = c.t.close(&c.key, 99).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, [None, None]).unwrap();
         assert!(out.is_empty(), "nothing unanswered: {out:?}");
     }
 

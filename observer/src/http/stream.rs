@@ -127,6 +127,11 @@ impl Stream {
         out
     }
 
+    /// Bytes wait behind a gap.
+    pub fn has_gap(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Is a gap older than the timeout (its bytes were lost to the daemon, not on the wire)?
     pub fn gap_expired(&self, now_ns: u64) -> bool {
         self.pending.values().map(|(_, ts)| *ts).min().is_some_and(|oldest| now_ns.saturating_sub(oldest) > GAP_TIMEOUT_NS) || self.pending_bytes >= MAX_PENDING_BYTES
