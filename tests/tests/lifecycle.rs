@@ -423,10 +423,15 @@ struct Retransmitted {
 /// the address comes back, the client reads everything and the connection stays open while the
 /// counters are compared. `one_segment_per_skb` sets `gso_max_segs 1` on the gateway's
 /// client-side link before the connection exists, so TCP builds no multi-segment (GSO) packets.
-fn retransmissions(test: &str, one_segment_per_skb: bool) -> Retransmitted {
+/// `small_qdisc` gives that link a token bucket with room for two packets, which drops some of
+/// what TCP hands it when TCP sends in bursts (after the outage): retransmissions among them.
+fn retransmissions(test: &str, one_segment_per_skb: bool, small_qdisc: bool) -> Retransmitted {
     let topo = Topology::new(test);
     if one_segment_per_skb {
         topo.gateway.run("ip", ["link", "set", "dev", GW_CLIENT_IF, "gso_max_segs", "1"]);
+    }
+    if small_qdisc {
+        topo.gateway.run("tc", ["qdisc", "add", "dev", GW_CLIENT_IF, "root", "tbf", "rate", "100mbit", "burst", "3000", "limit", "3000"]);
     }
     let observer = Observer::start(&topo);
     let server = v4(addr::GATEWAY_CLIENT_SIDE_V4, 8080);
@@ -504,7 +509,28 @@ fn retransmissions_equal_the_kernels_count_for_the_socket() {
     const TEST: &str = "retransmissions_equal_the_kernels_count_for_the_socket";
     if root_or_skip(TEST) {
         // One segment per packet: see `retransmitted_gso_packets_count_every_segment` for why.
-        assert_retransmissions_exact(&retransmissions(TEST, true));
+        assert_retransmissions_exact(&retransmissions(TEST, true, false));
+    }
+}
+
+/// A retransmission that TCP hands to the device but the device's queue drops (a full qdisc here;
+/// on a starved host, a full backlog of the veth peer does the same) is counted by the kernel in
+/// `total_retrans` (and in `RetransSegs`): the stack counts it before it transmits. The
+/// `tcp:tcp_retransmit_skb` record says `err=1` (`NET_XMIT_DROP`, the device's verdict) and the
+/// observer counts it to match the kernel. Only the socket view is compared: the tc egress program
+/// runs before the qdisc, so the wire view also sees the first transmissions the qdisc dropped,
+/// which TCP then sends again as new data, not as retransmissions.
+#[test]
+#[ignore = "observer bug: retransmissions whose tcp_retransmit_skb record has err=1 (NET_XMIT_DROP: handed to the device, dropped by its queue) are not counted, while total_retrans counts them (kernel 9, observer 6)"]
+fn retransmissions_dropped_by_the_local_queue_still_count() {
+    const TEST: &str = "retransmissions_dropped_by_the_local_queue_still_count";
+    if root_or_skip(TEST) {
+        let r = retransmissions(TEST, true, true);
+        let total = r.kernel.total_retrans;
+        assert!(total >= 2, "{}", r.kernel.raw);
+        assert_eq!(count(&r.entry, "retransmits"), total, "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{:#?}", r.kernel.raw, r.entry);
+        assert_eq!(r.entry.bytes_out, RETRANSMIT_BODY as u64, "bytes_out counts the body once: {:#?}", r.entry);
+        assert!(r.metric >= total as f64 && r.metric <= r.namespace as f64, "observer_retransmits_total grew by {}: at least this socket's {total}, at most the namespace's {}", r.metric, r.namespace);
     }
 }
 
@@ -516,7 +542,7 @@ fn retransmissions_equal_the_kernels_count_for_the_socket() {
 fn retransmitted_gso_packets_count_every_segment() {
     const TEST: &str = "retransmitted_gso_packets_count_every_segment";
     if root_or_skip(TEST) {
-        assert_retransmissions_exact(&retransmissions(TEST, false));
+        assert_retransmissions_exact(&retransmissions(TEST, false, false));
     }
 }
 
