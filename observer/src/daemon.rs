@@ -194,7 +194,7 @@ impl App {
             end(observer_common::conn::SEQ_IN_KNOWN, stats.seq_end_in, stats.fin_in),
             end(observer_common::conn::SEQ_OUT_KNOWN, stats.seq_end_out, stats.fin_out),
         ];
-        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), ends);
+        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), ends, stats.payload_records_lost > 0);
         let http = http.map(|(conn, outcomes)| {
             self.metrics.http(&key, conn.role(), &outcomes);
             conn.into_record()

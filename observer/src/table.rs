@@ -77,6 +77,9 @@ pub struct Connection {
     pub retransmitted_segments_out: u64,
     pub retransmitted_bytes_in: u64,
     pub retransmitted_bytes_out: u64,
+    /// HTTP payload records the kernel could not hand over (full ring): when not 0, the HTTP
+    /// counts of this connection may miss exchanges, and `http.in_sync` is false.
+    pub payload_records_lost: u64,
     /// Handshake round-trip time in milliseconds, when both handshake packets were seen here.
     pub handshake_rtt_ms: Option<f64>,
     /// Who closed first: `local`, `remote`, or `unknown` (still open, or no FIN/reset seen).
@@ -135,6 +138,7 @@ impl Connection {
             retransmitted_segments_out,
             retransmitted_bytes_in,
             retransmitted_bytes_out,
+            payload_records_lost,
         } = *stats;
         let end_ns = if closed { if closed_ns != 0 { closed_ns } else { last_seen_ns } } else { now_ns };
         let mut closer = Closer::from_u8(closer);
@@ -173,6 +177,7 @@ impl Connection {
             retransmitted_segments_out,
             retransmitted_bytes_in,
             retransmitted_bytes_out,
+            payload_records_lost,
             handshake_rtt_ms: (handshake_rtt_ns != 0).then(|| handshake_rtt_ns as f64 / 1e6),
             closer: closer.name(),
             close_reason: closed.then(|| CloseReason::of(stats).name()),
@@ -274,6 +279,7 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
                 Some(archived) => closed_view(archived),
                 None => live_http(k),
             };
+            mark_lost(&mut c);
             c
         })
         .collect();
@@ -281,9 +287,19 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
     out.extend(history.iter().filter(|c| !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| {
         let mut conn = Connection::new(&c.key, &c.stats, true, now);
         conn.http = closed_view(c);
+        mark_lost(&mut conn);
         conn
     }));
     out
+}
+
+/// A connection whose payload records were lost says its HTTP framing is not in sync.
+fn mark_lost(c: &mut Connection) {
+    if c.payload_records_lost > 0 {
+        if let Some(h) = c.http.as_mut() {
+            h.in_sync = false;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1604,7 +1604,6 @@ fn exchanges_after_multi_megabyte_bodies_are_counted() {
 }
 
 #[test]
-#[ignore = "observer bug: payload records lost to a full ring leave a gap that is still open at close: the exchanges behind it are dropped silently (framing_lost 0, in_sync true)"]
 fn payload_lost_to_a_full_ring_is_reported_on_its_connection() {
     const TEST: &str = "payload_lost_to_a_full_ring_is_reported_on_its_connection";
     if !root_or_skip(TEST) {
@@ -1646,6 +1645,8 @@ fn payload_lost_to_a_full_ring_is_reported_on_its_connection() {
         }
     }
     if !short.is_empty() {
-        assert!(m.count("observer_http_framing_lost_total", &[]) > 0, "connections fell short, yet observer_http_framing_lost_total is 0:\n{}", short.join("\n"));
+        // The loss is counted when a closed connection is finalised (a moment after its close).
+        let counted = poll(SETTLE, Duration::from_millis(100), || (lab.metrics().count("observer_http_framing_lost_total", &[]) > 0).then_some(()));
+        assert!(counted.is_some(), "connections fell short, yet observer_http_framing_lost_total stays 0:\n{}", short.join("\n"));
     }
 }

@@ -282,8 +282,9 @@ impl HttpConn {
     /// failures, unless bytes of this connection never reached framing (the payload ring was
     /// full): then nobody can say whether they were answered, and the connection says it lost
     /// its framing instead of inventing failures.
-    fn close(&mut self, ts_ns: u64, ends: [Option<u32>; 2], out: &mut Vec<Outcome>) {
-        let mut lost = false;
+    fn close(&mut self, ts_ns: u64, ends: [Option<u32>; 2], records_lost: bool, out: &mut Vec<Outcome>) {
+        // The kernel said some of this connection's records never reached us.
+        let mut lost = records_lost && self.framing_lost == 0;
         for dir in [DIR_IN, DIR_OUT] {
             let d = &mut self.dirs[dir as usize];
             if d.stream.has_gap() {
@@ -578,10 +579,10 @@ impl HttpTable {
     }
 
     /// The connection ended: its unanswered requests count as failures. Returns its state.
-    pub fn close(&mut self, key: &ConnKey, ts_ns: u64, ends: [Option<u32>; 2]) -> Option<(HttpConn, Vec<Outcome>)> {
+    pub fn close(&mut self, key: &ConnKey, ts_ns: u64, ends: [Option<u32>; 2], records_lost: bool) -> Option<(HttpConn, Vec<Outcome>)> {
         let mut conn = self.retired.remove(key).or_else(|| self.conns.remove(key))?;
         let mut out = Vec::new();
-        conn.close(ts_ns, ends, &mut out);
+        conn.close(ts_ns, ends, records_lost, &mut out);
         Some((conn, out))
     }
 
@@ -687,7 +688,7 @@ mod tests {
         c.send(C, b"hello");
         c.send(S, &resp(201, ""));
         c.send(C, b"GET /never HTTP/1.1\r\nHost: h\r\n\r\n");
-        let (_, out) = c.t.close(&c.key, 99, [None, None]).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, [None, None], false).unwrap();
         assert_eq!(out, vec![Outcome::NoResponse(1)]);
         assert_eq!(c.statuses(), vec![100, 201]);
     }
@@ -757,7 +758,7 @@ mod tests {
         // The response's record never arrives (the ring was full): the kernel counted the bytes.
         let r = resp(200, "lost");
         let end = 5001 + r.len() as u32;
-        let (_, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)]).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)], false).unwrap();
         assert_eq!(out, vec![Outcome::FramingLost], "no invented failure");
 
         // Lost in the middle: what follows the gap is framed at close, and the loss reported.
@@ -767,7 +768,7 @@ mod tests {
         let second = resp(503, "");
         c.at(S, 5001 + first.len() as u32, &second);
         let end = 5001 + (first.len() + second.len()) as u32;
-        let (conn, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)]).unwrap();
+        let (conn, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)], false).unwrap();
         assert!(out.contains(&Outcome::FramingLost), "{out:?}");
         assert!(out.iter().any(|o| matches!(o, Outcome::Response { status: 503, .. })), "{out:?}");
         assert!(!conn.into_record().in_sync);
@@ -795,7 +796,7 @@ mod tests {
         c.send(C, b"\x81\x85 frames, not requests");
         c.send(S, b"HTTP/1.1 200 looks like a status line");
         assert_eq!(c.statuses(), vec![101]);
-        let (_, out) = c.t.close(&c.key, 99, [None, None]).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, [None, None], false).unwrap();
         assert!(out.is_empty(), "nothing unanswered: {out:?}");
     }
 
