@@ -109,6 +109,9 @@ pub struct ConnStats {
     pub retransmitted_segments_out: u64,
     pub retransmitted_bytes_in: u64,
     pub retransmitted_bytes_out: u64,
+    /// HTTP payload records of this connection the full ring buffer refused: its framing missed
+    /// bytes (the counts on the wire stay exact).
+    pub payload_records_lost: u64,
 }
 
 /// `ConnStats::syn_seen` bits: `seq_end_in` / `seq_end_out` hold a position.
@@ -150,6 +153,7 @@ impl ConnStats {
             retransmitted_segments_out: 0,
             retransmitted_bytes_in: 0,
             retransmitted_bytes_out: 0,
+            payload_records_lost: 0,
         }
     }
 }

@@ -22,7 +22,7 @@ pub struct TpLayout {
     pub oldstate: u16,
     pub newstate: u16,
     pub protocol: u16,
-    /// `tcp_retransmit_skb`'s result (since 6.13): non-zero means nothing was retransmitted.
+    /// `tcp_retransmit_skb`'s result (since 6.13): negative means nothing was retransmitted.
     pub err: u16,
     /// 1 when `saddr`/`daddr` hold a 28-byte `sockaddr_in`/`sockaddr_in6` (family, port and
     /// address inside) instead of separate port, family and address fields.

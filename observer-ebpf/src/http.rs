@@ -3,7 +3,7 @@
 //! exactly, in sequence order (see `observer_common::http`).
 use aya_ebpf::{bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP}, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use observer_common::{
-    conn::ConnKey,
+    conn::{ConnKey, ConnStats},
     global::Counter,
     http::{classify, seq_before, HttpHints, Start, START_LEN, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, DIR_IN, PAYLOAD_MAX_WINDOWS, PAYLOAD_WINDOW, PayloadHeader, SEG_ACK, SEG_FIN, SEG_RST, SEG_SYN},
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -31,7 +31,7 @@ pub struct Seg {
 }
 
 #[inline(always)]
-pub fn forward(ctx: &TcContext, key: &ConnKey, seg: &Seg, now: u64) {
+pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg, now: u64) {
     let syn = seg.flags & TCP_SYN != 0;
     let end = seg.flags & (TCP_FIN | TCP_RST) != 0;
     // Pure ACKs carry nothing for framing: the common case leaves after these compares.
@@ -94,7 +94,7 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, seg: &Seg, now: u64) {
         ev.header.seq = start;
         ev.header.len = 0;
         ev.header.flags = flags;
-        send(ev as *const _ as *const u8, HEADER_LEN);
+        send(ev as *const _ as *const u8, HEADER_LEN, stats);
         return;
     }
     for _ in 0..PAYLOAD_MAX_WINDOWS {
@@ -112,7 +112,7 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, seg: &Seg, now: u64) {
         ev.header.len = n as u16;
         // FIN/RST travel with the last record of the segment.
         ev.header.flags = if n == remaining { flags } else { flags & (SEG_SYN | SEG_ACK) };
-        send(ev as *const _ as *const u8, HEADER_LEN + n);
+        send(ev as *const _ as *const u8, HEADER_LEN + n, stats);
         off += n;
         remaining -= n;
         start = start.wrapping_add(n as u32);
@@ -123,7 +123,9 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, seg: &Seg, now: u64) {
 }
 
 #[inline(always)]
-fn send(record: *const u8, len: usize) {
+/// Sends one record; a record the full ring refuses is counted globally and on its connection
+/// (whose framing then says it is not in sync).
+fn send(record: *const u8, len: usize, stats: *mut ConnStats) {
     if len > HEADER_LEN + PAYLOAD_WINDOW {
         return;
     }
@@ -136,6 +138,10 @@ fn send(record: *const u8, len: usize) {
     let wake = if backlog > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
     match PAYLOAD.output::<[u8]>(bytes, wake) {
         Ok(()) => count(Counter::PayloadSent),
-        Err(_) => count(Counter::PayloadLost),
+        Err(_) => {
+            count(Counter::PayloadLost);
+            // SAFETY: `stats` is the connection's non-null map value.
+            unsafe { crate::util::add(&mut (*stats).payload_records_lost, 1) };
+        }
     }
 }

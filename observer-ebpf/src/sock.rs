@@ -186,7 +186,10 @@ fn retransmit(ctx: &TracePointContext, l: &TpLayout) -> Option<()> {
         return None;
     }
     // Since 6.13 the record carries the result: a failed retransmission sent nothing.
-    if l.err != ABSENT && field::<i32>(ctx, l.err)? != 0 {
+    // The kernel counts a retransmission in total_retrans before handing it to the device, so a
+    // positive result (NET_XMIT_DROP/CN: the queue dropped it) was still counted; a negative one
+    // failed before that.
+    if l.err != ABSENT && field::<i32>(ctx, l.err)? < 0 {
         return None;
     }
     let k = key(ctx, l)?;

@@ -285,6 +285,6 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         off: payload_off,
         len: payload_len,
     };
-    http::forward(ctx, &key, &seg, now);
+    http::forward(ctx, &key, stats, &seg, now);
     Ok(())
 }

@@ -184,23 +184,27 @@ impl App {
             Some(s) if s.first_seen_ns == at_close.first_seen_ns => s,
             _ => at_close,
         };
-        if self.history.lock().expect("history lock poisoned").contains(&(key, stats.first_seen_ns)) {
+        // One lock over check and archive: the close event's task and the sweep may both get
+        // here for the same connection, and only one may count it.
+        let mut history = self.history.lock().expect("history lock poisoned");
+        if history.contains(&(key, stats.first_seen_ns)) {
             return;
         }
-        // Requests still unanswered when the connection ended are failures.
         // Where each direction's data ended, by the kernel's count (the FIN takes one number).
         let end = |known: u32, seq_end: u32, fins: u64| (stats.syn_seen & known != 0).then(|| seq_end.wrapping_sub(u32::from(fins > 0)));
         let ends = [
             end(observer_common::conn::SEQ_IN_KNOWN, stats.seq_end_in, stats.fin_in),
             end(observer_common::conn::SEQ_OUT_KNOWN, stats.seq_end_out, stats.fin_out),
         ];
+        // Requests still unanswered when the connection ended are failures.
         let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), ends, stats.payload_records_lost > 0);
         let http = http.map(|(conn, outcomes)| {
             self.metrics.http(&key, conn.role(), &outcomes);
             conn.into_record()
         });
-        self.history.lock().expect("history lock poisoned").archive(key, stats, http, monotonic_ns());
-        self.metrics.connection_closed(&key, &stats);
+        if history.archive(key, stats, http, monotonic_ns()) {
+            self.metrics.connection_closed(&key, &stats);
+        }
     }
 
     /// Finds connections that ended without a close event (no socket here, or a lost event).

@@ -136,7 +136,14 @@ impl Query {
         let mut q = Query::default();
         for (name, v) in params {
             match name.as_str() {
-                "state" => q.state = Some(v.to_ascii_lowercase()),
+                "state" => {
+                    let v = v.to_ascii_lowercase();
+                    const STATES: &str = "open, closed, established, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, close_wait, last_ack, closing, unknown";
+                    if !STATES.split(", ").any(|s| s == v) {
+                        return Err(format!("state={v:?}: expected one of {STATES}"));
+                    }
+                    q.state = Some(v);
+                }
                 "role" => {
                     if !matches!(v.as_str(), "inbound" | "outbound" | "unknown") {
                         return Err(format!("role={v:?}: expected inbound, outbound or unknown"));
@@ -223,6 +230,8 @@ mod tests {
         assert!(Query::parse(&p("sort", "cost")).unwrap_err().contains("first_seen"));
         assert!(Query::parse(&p("colour", "red")).unwrap_err().contains("expected state"));
         assert!(Query::parse(&p("role", "inbound")).is_ok());
+        assert!(Query::parse(&p("state", "bogus")).unwrap_err().contains("established"));
+        assert!(Query::parse(&p("state", "TIME_WAIT")).is_ok());
         assert!(Query::parse(&p("window", "5m")).unwrap_err().contains("10s, 60s or lifetime"));
         assert_eq!(Query::parse(&p("sort", "error_ratio")).unwrap().sort, Some(SortKey::ErrorRatio));
     }

@@ -229,13 +229,16 @@ impl History {
         self.by_id.contains_key(id)
     }
 
-    /// Keeps (or refreshes, with later counters) a closed connection.
-    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, http: Option<HttpRecord>, now_ns: u64) {
+    /// Keeps a closed connection; `false` (and nothing changed) when it is kept already.
+    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, http: Option<HttpRecord>, now_ns: u64) -> bool {
         let id = (key, stats.first_seen_ns);
-        if self.by_id.insert(id, Closed { key, stats, http }).is_none() {
-            self.order.push_back((now_ns, id));
+        if self.by_id.contains_key(&id) {
+            return false;
         }
+        self.by_id.insert(id, Closed { key, stats, http });
+        self.order.push_back((now_ns, id));
         self.expire(now_ns);
+        true
     }
 
     /// Drops what is older than the retention time, and the oldest beyond the size bound.

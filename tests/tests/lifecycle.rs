@@ -521,7 +521,6 @@ fn retransmissions_equal_the_kernels_count_for_the_socket() {
 /// runs before the qdisc, so the wire view also sees the first transmissions the qdisc dropped,
 /// which TCP then sends again as new data, not as retransmissions.
 #[test]
-#[ignore = "observer bug: retransmissions whose tcp_retransmit_skb record has err=1 (NET_XMIT_DROP: handed to the device, dropped by its queue) are not counted, while total_retrans counts them (kernel 9, observer 6)"]
 fn retransmissions_dropped_by_the_local_queue_still_count() {
     const TEST: &str = "retransmissions_dropped_by_the_local_queue_still_count";
     if root_or_skip(TEST) {
