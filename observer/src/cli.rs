@@ -67,7 +67,11 @@ pub fn render_table(conns: &[Value], window: &str, width: usize) -> String {
             ),
             _ => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
-        let state = if s(c, "status") == "closed" { format!("closed:{}", s(c, "close_reason")) } else { s(c, "state").to_owned() };
+        let state = match s(c, "status") {
+            "closed" => format!("closed:{}", s(c, "close_reason")),
+            "closing" => "closing".to_owned(),
+            _ => s(c, "state").to_owned(),
+        };
         let resets = u(c, &["resets_sent"]) + u(c, &["resets_received"]) + u(c, &["rst_in"]) + u(c, &["rst_out"]);
         let line = format!(
             "{:<conn_w$} {:<8} {:<11} {:>6} {:>5} {:>5} {:>6} {:>6} {:>4} {:>5} {:>4} {:>9} {:>9} {:>8}",

@@ -176,7 +176,8 @@ impl Query {
         let state_ok = match self.state.as_deref() {
             None => true,
             Some("open") => c.status == "open",
-            Some("closed") => c.status == "closed",
+            // Ended: final, or still gathering its last counts.
+            Some("closed") => c.status != "open",
             Some(s) => c.state == s,
         };
         state_ok

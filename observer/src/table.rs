@@ -50,7 +50,8 @@ pub struct Connection {
     pub family: &'static str,
     /// `inbound` (a peer connected to a local listener), `outbound` (this host connected out) or `unknown`.
     pub role: &'static str,
-    /// `open` or `closed`.
+    /// `open`; `closing` (it ended; for a moment its final counts are still being gathered);
+    /// `closed` (final: counts, close reason and HTTP outcome will not change).
     pub status: &'static str,
     /// The TCP state the socket layer last reported (`established`, `fin_wait2`, ...; `unknown` if none).
     pub state: &'static str,
@@ -77,8 +78,8 @@ pub struct Connection {
     pub retransmitted_segments_out: u64,
     pub retransmitted_bytes_in: u64,
     pub retransmitted_bytes_out: u64,
-    /// HTTP payload records the kernel could not hand over (full ring): when not 0, the HTTP
-    /// counts of this connection may miss exchanges, and `http.in_sync` is false.
+    /// HTTP payload records the kernel could not hand over (full ring). Harmless when they held
+    /// only body bytes; when framing missed a message because of them, `http.framing_lost` says so.
     pub payload_records_lost: u64,
     /// Handshake round-trip time in milliseconds, when both handshake packets were seen here.
     pub handshake_rtt_ms: Option<f64>,
@@ -280,9 +281,15 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
             let mut c = Connection::new(k, s, closed, now);
             c.http = match history.get(&(*k, s.first_seen_ns)) {
                 Some(archived) => closed_view(archived),
-                None => live_http(k),
+                None => {
+                    if closed {
+                        // Ended, but its final counts (resets sent after the close, the last
+                        // HTTP records, unanswered requests) are still being gathered.
+                        c.status = "closing";
+                    }
+                    live_http(k)
+                }
             };
-            mark_lost(&mut c);
             c
         })
         .collect();
@@ -290,19 +297,9 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
     out.extend(history.iter().filter(|c| !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| {
         let mut conn = Connection::new(&c.key, &c.stats, true, now);
         conn.http = closed_view(c);
-        mark_lost(&mut conn);
         conn
     }));
     out
-}
-
-/// A connection whose payload records were lost says its HTTP framing is not in sync.
-fn mark_lost(c: &mut Connection) {
-    if c.payload_records_lost > 0 {
-        if let Some(h) = c.http.as_mut() {
-            h.in_sync = false;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -286,15 +286,9 @@ impl HttpConn {
         // The kernel said some of this connection's records never reached us.
         let mut lost = records_lost && self.framing_lost == 0;
         for dir in [DIR_IN, DIR_OUT] {
-            let d = &mut self.dirs[dir as usize];
-            if d.stream.has_gap() {
+            if self.dirs[dir as usize].stream.has_gap() {
                 lost = true;
-                // Frame what waited behind the gap, from the next message start on.
-                let waiting = d.stream.take_pending();
-                d.framer.reset();
-                for c in waiting {
-                    HttpTable::feed(self, dir, c.seq, &c.data, c.ts_ns, out);
-                }
+                self.resync_after_gap(dir, out);
             }
             let d = &mut self.dirs[dir as usize];
             d.framer.closed();
@@ -327,15 +321,24 @@ impl HttpConn {
     /// was full). Counted, and framing starts again at what waited.
     fn expire_gaps(&mut self, now_ns: u64, out: &mut Vec<Outcome>) {
         for dir in [DIR_IN, DIR_OUT] {
-            if self.dirs[dir as usize].stream.gap_expired(now_ns) {
-                self.framing_lost += 1;
-                out.push(Outcome::FramingLost);
-                let waiting = self.dirs[dir as usize].stream.take_pending();
-                self.dirs[dir as usize].framer.reset();
-                for c in waiting {
-                    HttpTable::feed(self, dir, c.seq, &c.data, c.ts_ns, out);
-                }
-            }
+            self.expire_gap(dir, now_ns, out);
+        }
+    }
+
+    fn expire_gap(&mut self, dir: u8, now_ns: u64, out: &mut Vec<Outcome>) {
+        if self.dirs[dir as usize].stream.gap_expired(now_ns) {
+            self.framing_lost += 1;
+            out.push(Outcome::FramingLost);
+            self.resync_after_gap(dir, out);
+        }
+    }
+
+    /// Bytes behind a gap that will never fill: frame them from the next message start on.
+    fn resync_after_gap(&mut self, dir: u8, out: &mut Vec<Outcome>) {
+        let waiting = self.dirs[dir as usize].stream.take_pending();
+        self.dirs[dir as usize].framer.reset();
+        for c in waiting {
+            HttpTable::feed(self, dir, c.seq, &c.data, c.ts_ns, out);
         }
     }
 
@@ -567,15 +570,7 @@ impl HttpTable {
             }
         }
         // A gap that never filled: those bytes were lost to us. Start again at what waited.
-        if conn.dirs[dir as usize].stream.gap_expired(ts_ns) {
-            conn.framing_lost += 1;
-            out.push(Outcome::FramingLost);
-            let waiting = conn.dirs[dir as usize].stream.take_pending();
-            conn.dirs[dir as usize].framer.reset();
-            for c in waiting {
-                Self::feed(conn, dir, c.seq, &c.data, c.ts_ns, out);
-            }
-        }
+        conn.expire_gap(dir, ts_ns, out);
     }
 
     /// The connection ended: its unanswered requests count as failures. Returns its state.
