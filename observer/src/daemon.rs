@@ -14,7 +14,7 @@ use observer_common::{
 use crate::{
     api,
     bpf::{self, Attachment, MapSizes, Maps, Rings},
-    http::{HttpTable, Outcome},
+    http::{HttpTable, Outcome, StreamEnds},
     trace::{self, Hub},
     metrics::{KernelCounters, Metrics, TableGauges, TopConnection},
     sys::{self, monotonic_ns},
@@ -192,12 +192,16 @@ impl App {
         }
         // Where each direction's data ended, by the kernel's count (the FIN takes one number).
         let end = |known: u32, seq_end: u32, fins: u64| (stats.syn_seen & known != 0).then(|| seq_end.wrapping_sub(u32::from(fins > 0)));
-        let ends = [
-            end(observer_common::conn::SEQ_IN_KNOWN, stats.seq_end_in, stats.fin_in),
-            end(observer_common::conn::SEQ_OUT_KNOWN, stats.seq_end_out, stats.fin_out),
-        ];
+        let ends = StreamEnds {
+            seq: [
+                end(observer_common::conn::SEQ_IN_KNOWN, stats.seq_end_in, stats.fin_in),
+                end(observer_common::conn::SEQ_OUT_KNOWN, stats.seq_end_out, stats.fin_out),
+            ],
+            carried: [stats.bytes_in > 0, stats.bytes_out > 0],
+            records_lost: stats.payload_records_lost > 0,
+        };
         // Requests still unanswered when the connection ended are failures.
-        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), ends, stats.payload_records_lost > 0);
+        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), &ends);
         let http = http.map(|(conn, outcomes)| {
             self.metrics.http(&key, conn.role(), &outcomes);
             conn.into_record()

@@ -282,9 +282,10 @@ impl HttpConn {
     /// failures, unless bytes of this connection never reached framing (the payload ring was
     /// full): then nobody can say whether they were answered, and the connection says it lost
     /// its framing instead of inventing failures.
-    fn close(&mut self, ts_ns: u64, ends: [Option<u32>; 2], records_lost: bool, out: &mut Vec<Outcome>) {
-        // The kernel said some of this connection's records never reached us.
-        let mut lost = records_lost && self.framing_lost == 0;
+    fn close(&mut self, ts_ns: u64, end: &StreamEnds, out: &mut Vec<Outcome>) {
+        // Evidence only: records lost inside a body framing skipped anyway changed nothing.
+        let mut lost = false;
+        let ends = end.seq;
         for dir in [DIR_IN, DIR_OUT] {
             if self.dirs[dir as usize].stream.has_gap() {
                 lost = true;
@@ -298,6 +299,11 @@ impl HttpConn {
                 if observer_common::http::seq_before(next, end) && !self.tunneled && !self.not_http {
                     lost = true;
                 }
+            }
+            // Never in step with a direction that carried data, and the kernel lost records of
+            // this connection: its very first records (the SYN's, the first message) are gone.
+            if end.records_lost && end.carried[dir as usize] && d.stream.next().is_none() && !self.tunneled && !self.not_http && self.framing_lost == 0 {
+                lost = true;
             }
         }
         if lost {
@@ -445,6 +451,17 @@ pub struct HttpTable {
     max: usize,
 }
 
+/// What the kernel counted of a closed connection's two streams, to check framing saw it all.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StreamEnds {
+    /// Sequence number after each direction's last data byte, when known.
+    pub seq: [Option<u32>; 2],
+    /// Each direction carried payload.
+    pub carried: [bool; 2],
+    /// The kernel could not hand over some of this connection's payload records.
+    pub records_lost: bool,
+}
+
 /// What one payload record changed.
 #[derive(Default)]
 pub struct Update {
@@ -574,10 +591,10 @@ impl HttpTable {
     }
 
     /// The connection ended: its unanswered requests count as failures. Returns its state.
-    pub fn close(&mut self, key: &ConnKey, ts_ns: u64, ends: [Option<u32>; 2], records_lost: bool) -> Option<(HttpConn, Vec<Outcome>)> {
+    pub fn close(&mut self, key: &ConnKey, ts_ns: u64, ends: &StreamEnds) -> Option<(HttpConn, Vec<Outcome>)> {
         let mut conn = self.retired.remove(key).or_else(|| self.conns.remove(key))?;
         let mut out = Vec::new();
-        conn.close(ts_ns, ends, records_lost, &mut out);
+        conn.close(ts_ns, ends, &mut out);
         Some((conn, out))
     }
 
@@ -683,7 +700,7 @@ mod tests {
         c.send(C, b"hello");
         c.send(S, &resp(201, ""));
         c.send(C, b"GET /never HTTP/1.1\r\nHost: h\r\n\r\n");
-        let (_, out) = c.t.close(&c.key, 99, [None, None], false).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, &StreamEnds::default()).unwrap();
         assert_eq!(out, vec![Outcome::NoResponse(1)]);
         assert_eq!(c.statuses(), vec![100, 201]);
     }
@@ -753,7 +770,7 @@ mod tests {
         // The response's record never arrives (the ring was full): the kernel counted the bytes.
         let r = resp(200, "lost");
         let end = 5001 + r.len() as u32;
-        let (_, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)], false).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], ..Default::default() }).unwrap();
         assert_eq!(out, vec![Outcome::FramingLost], "no invented failure");
 
         // Lost in the middle: what follows the gap is framed at close, and the loss reported.
@@ -763,7 +780,7 @@ mod tests {
         let second = resp(503, "");
         c.at(S, 5001 + first.len() as u32, &second);
         let end = 5001 + (first.len() + second.len()) as u32;
-        let (conn, out) = c.t.close(&c.key, 99, [Some(c.seq[C as usize]), Some(end)], false).unwrap();
+        let (conn, out) = c.t.close(&c.key, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], ..Default::default() }).unwrap();
         assert!(out.contains(&Outcome::FramingLost), "{out:?}");
         assert!(out.iter().any(|o| matches!(o, Outcome::Response { status: 503, .. })), "{out:?}");
         assert!(!conn.into_record().in_sync);
@@ -791,7 +808,7 @@ mod tests {
         c.send(C, b"\x81\x85 frames, not requests");
         c.send(S, b"HTTP/1.1 200 looks like a status line");
         assert_eq!(c.statuses(), vec![101]);
-        let (_, out) = c.t.close(&c.key, 99, [None, None], false).unwrap();
+        let (_, out) = c.t.close(&c.key, 99, &StreamEnds::default()).unwrap();
         assert!(out.is_empty(), "nothing unanswered: {out:?}");
     }
 
