@@ -79,8 +79,11 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test { args } => {
             setup(false)?;
-            cargo(&["build", "--package", "observer"])?;
-            let bin = workspace_root().join("target/debug/observer");
+            // The end-to-end tests run the daemon as operators do: a release build. (A debug
+            // daemon frames HTTP several times slower, and under a busy test machine its payload
+            // ring overflows where a release daemon keeps up.)
+            cargo(&["build", "--release", "--package", "observer"])?;
+            let bin = workspace_root().join("target/release/observer");
             let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             // Every test binary runs even when one fails: one report of everything that is wrong.
             cmd.args(["test", "--workspace", "--no-fail-fast"]).args(&args).env("OBSERVER_BIN", bin).current_dir(workspace_root());
