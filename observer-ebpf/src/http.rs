@@ -1,7 +1,7 @@
 //! HTTP fast path in the tc programs: forward the payload the daemon needs for framing, skip
 //! what it has said lies inside a message body. No parsing here: the daemon frames each stream
 //! exactly, in sequence order (see `observer_common::http`).
-use aya_ebpf::{bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP}, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP}, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use observer_common::{
     conn::{ConnKey, ConnStats},
     global::Counter,
@@ -16,7 +16,7 @@ use crate::{
 
 const HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
 /// Bytes waiting in the payload ring buffer beyond which the daemon is woken at once.
-const WAKE_BACKLOG: u64 = 4 * crate::conn::WAKE_BACKLOG;
+const WAKE_BACKLOG: u64 = crate::conn::WAKE_BACKLOG;
 
 /// One TCP segment, as far as HTTP framing cares.
 pub struct Seg {
@@ -94,8 +94,17 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
         ev.header.seq = start;
         ev.header.len = 0;
         ev.header.flags = flags;
-        send(ev as *const _ as *const u8, HEADER_LEN, stats);
+        send(ev as *const _ as *const u8, HEADER_LEN, stats, false);
         return;
+    }
+    // A segment that starts a message wakes the daemon at once: the sooner it has read the head,
+    // the sooner it tells us to skip the body, instead of the body filling the ring. Checked once
+    // per segment, outside the loop (the verifier walks the loop body once per iteration).
+    let mut urgent = false;
+    if remaining >= START_LEN {
+        if let Ok(b) = ctx.load::<[u8; START_LEN]>(off) {
+            urgent = classify(&b, START_LEN) != Start::Neither;
+        }
     }
     for _ in 0..PAYLOAD_MAX_WINDOWS {
         let n = if remaining > PAYLOAD_WINDOW { PAYLOAD_WINDOW } else { remaining };
@@ -112,7 +121,8 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
         ev.header.len = n as u16;
         // FIN/RST travel with the last record of the segment.
         ev.header.flags = if n == remaining { flags } else { flags & (SEG_SYN | SEG_ACK) };
-        send(ev as *const _ as *const u8, HEADER_LEN + n, stats);
+        send(ev as *const _ as *const u8, HEADER_LEN + n, stats, urgent);
+        urgent = false;
         off += n;
         remaining -= n;
         start = start.wrapping_add(n as u32);
@@ -125,7 +135,7 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
 #[inline(always)]
 /// Sends one record; a record the full ring refuses is counted globally and on its connection
 /// (whose framing then says it is not in sync).
-fn send(record: *const u8, len: usize, stats: *mut ConnStats) {
+fn send(record: *const u8, len: usize, stats: *mut ConnStats, urgent: bool) {
     if len > HEADER_LEN + PAYLOAD_WINDOW {
         return;
     }
@@ -135,7 +145,13 @@ fn send(record: *const u8, len: usize, stats: *mut ConnStats) {
     // short timer, and is woken only when a backlog builds up.
     let backlog = PAYLOAD.query(BPF_RB_AVAIL_DATA as u64);
     gauge(Counter::PayloadBacklog, backlog);
-    let wake = if backlog > WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
+    let wake = if urgent {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else if backlog > WAKE_BACKLOG {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    };
     match PAYLOAD.output::<[u8]>(bytes, wake) {
         Ok(()) => count(Counter::PayloadSent),
         Err(_) => {
