@@ -97,11 +97,13 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
         send(ev as *const _ as *const u8, HEADER_LEN, stats, false);
         return;
     }
-    // A segment that starts a message wakes the daemon at once: the sooner it has read the head,
-    // the sooner it tells us to skip the body, instead of the body filling the ring. Checked once
-    // per segment, outside the loop (the verifier walks the loop body once per iteration).
+    // A segment that starts a message and carries more than one record (a large body follows)
+    // wakes the daemon at once: the sooner it has read the head, the sooner it tells us to skip
+    // the body, instead of the body filling the ring. Small exchanges never wake it (a wake-up
+    // costs more than the record). Checked once per segment, outside the loop (the verifier
+    // walks the loop body once per iteration).
     let mut urgent = false;
-    if remaining >= START_LEN {
+    if remaining > PAYLOAD_WINDOW {
         if let Ok(b) = ctx.load::<[u8; START_LEN]>(off) {
             urgent = classify(&b, START_LEN) != Start::Neither;
         }
