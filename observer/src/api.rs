@@ -99,7 +99,7 @@ async fn trace(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<S
 async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
     app.sync().await;
     let k = app.kernel_counters();
-    let t = app.table_gauges();
+    let t = app.table_gauges(&app.kernel_entries());
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": crate::sys::kernel_release(),

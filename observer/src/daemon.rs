@@ -72,7 +72,7 @@ pub struct App {
 
 impl App {
     /// Every entry of the kernel map.
-    fn kernel_entries(&self) -> Vec<(ConnKey, ConnStats)> {
+    pub fn kernel_entries(&self) -> Vec<(ConnKey, ConnStats)> {
         let maps = self.maps.lock().expect("maps lock poisoned");
         maps.conns.iter().filter_map(Result::ok).collect()
     }
@@ -97,18 +97,24 @@ impl App {
 
     /// Every connection: open ones and recently closed ones.
     pub fn connections(&self) -> Vec<Connection> {
-        let kernel = self.kernel_entries();
+        self.connections_of(&self.kernel_entries(), None)
+    }
+
+    /// The connections of `kernel` (one read of the map) and of history; with `only`, just the
+    /// incarnations of that four-tuple (no view is built for the others).
+    fn connections_of(&self, kernel: &[(ConnKey, ConnStats)], only: Option<&ConnKey>) -> Vec<Connection> {
         let history = self.history.lock().expect("history lock poisoned");
         let now = monotonic_ns();
         let live = |k: &ConnKey| self.http.lock().expect("http lock poisoned").get(k).map(|h| h.view(now, &sys::ktime_to_unix_seconds));
-        let mut all = table::merge(&kernel, &history, QUIET_NS, &live);
+        let mut all = table::merge(kernel, &history, QUIET_NS, &live, only);
         all.retain(|c| !self.is_own(&c.incarnation.0));
         all
     }
 
     /// One connection by its four-tuple: the newest incarnation.
     pub fn connection(&self, key: &ConnKey) -> Option<Connection> {
-        self.connections().into_iter().filter(|c| c.incarnation.0 == *key).max_by_key(|c| c.incarnation.1)
+        let kernel = self.maps.lock().expect("maps lock poisoned").conns.get(key, 0).ok().map(|s| (*key, s));
+        self.connections_of(kernel.as_slice(), Some(key)).into_iter().max_by_key(|c| c.incarnation.1)
     }
 
     /// The kernel's global counters, summed over CPUs.
@@ -138,8 +144,10 @@ impl App {
 
     /// Renders /metrics: kernel counters, table gauges, program run times, the top K series.
     pub fn render_metrics(&self) -> String {
+        // One read of the kernel map serves the top K and the table gauges.
+        let kernel = self.kernel_entries();
         let mut conns: Vec<Connection> = self
-            .connections()
+            .connections_of(&kernel, None)
             .into_iter()
             .filter(|c| c.http.as_ref().is_some_and(|h| h.last_10s.counts.requests + h.last_10s.failed > 0))
             .collect();
@@ -155,11 +163,10 @@ impl App {
             .collect();
         self.metrics.set_top(&top);
         self.metrics.set_programs(&bpf::program_stats(&self.program_ids));
-        self.metrics.render(&self.kernel_counters(), &self.table_gauges())
+        self.metrics.render(&self.kernel_counters(), &self.table_gauges(&kernel))
     }
 
-    pub fn table_gauges(&self) -> TableGauges {
-        let kernel = self.kernel_entries();
+    pub fn table_gauges(&self, kernel: &[(ConnKey, ConnStats)]) -> TableGauges {
         let now = monotonic_ns();
         let mut g = TableGauges { kernel_entries: kernel.len() as u64, ..Default::default() };
         for (_, s) in kernel.iter().filter(|(k, s)| !self.is_own(k) && !table::is_closed(s, now, QUIET_NS)) {
@@ -271,7 +278,7 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
             _ = tick.tick() => {
                 drain_payload(&app, fd.get_mut());
                 ticks += 1;
-                if ticks % 100 == 0 {
+                if ticks.is_multiple_of(100) {
                     // About once a second: gaps followed by silence.
                     let changed = app.http.lock().expect("http lock poisoned").expire_gaps(monotonic_ns());
                     for (key, role, outcomes) in changed {

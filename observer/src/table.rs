@@ -271,7 +271,8 @@ impl History {
 /// Every connection: the kernel's entries (`kernel`), and the archived closed ones the kernel no
 /// longer holds. HTTP views come from `live_http` for connections still open, from history for
 /// closed ones.
-pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, live_http: &dyn Fn(&ConnKey) -> Option<HttpView>) -> Vec<Connection> {
+/// With `only`, history contributes just that four-tuple's incarnations.
+pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, live_http: &dyn Fn(&ConnKey) -> Option<HttpView>, only: Option<&ConnKey>) -> Vec<Connection> {
     let now = monotonic_ns();
     let closed_view = |c: &Closed| c.http.as_ref().map(|h| h.view(now, &ktime_to_unix_seconds));
     let mut out: Vec<Connection> = kernel
@@ -294,7 +295,7 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
         })
         .collect();
     let in_kernel: std::collections::HashSet<Incarnation> = out.iter().map(|c| c.incarnation).collect();
-    out.extend(history.iter().filter(|c| !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| {
+    out.extend(history.iter().filter(|c| only.is_none_or(|k| *k == c.key) && !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| {
         let mut conn = Connection::new(&c.key, &c.stats, true, now);
         conn.http = closed_view(c);
         conn
@@ -351,10 +352,13 @@ mod tests {
         let mut live = ConnStats::zeroed();
         live.first_seen_ns = 7;
         live.state = tcp_state::ESTABLISHED;
-        let all = merge(&[(key(2), live), (key(1), gone)], &h, 1, &|_| None);
+        let all = merge(&[(key(2), live), (key(1), gone)], &h, 1, &|_| None, None);
         assert_eq!(all.len(), 2, "the archived one that is still in the kernel is shown once");
-        let all = merge(&[(key(2), live)], &h, 1, &|_| None);
+        let all = merge(&[(key(2), live)], &h, 1, &|_| None, None);
         assert_eq!(all.len(), 2);
+        let one = merge(&[], &h, 1, &|_| None, Some(&key(1)));
+        assert_eq!(one.len(), 1, "only the asked four-tuple's history");
+        assert!(merge(&[], &h, 1, &|_| None, Some(&key(3))).is_empty());
         assert_eq!(all.iter().filter(|c| c.status == "closed").count(), 1);
     }
 }
