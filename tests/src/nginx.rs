@@ -71,8 +71,7 @@ impl Nginx {
     /// `http://198.18.2.2:80` with nginx's default `proxy_pass` (HTTP/1.0, `Connection: close`),
     /// so each proxied request opens one new upstream connection from 198.18.2.1.
     pub fn proxy(topo: &Topology) -> Nginx {
-        let locations = format!("        location / {{ proxy_pass {}:80; }}\n", http_base(addr::UPSTREAM_V4.into()));
-        let listen = vec![SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), 80), SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V6.into(), 80)];
+        let (listen, locations) = proxy_config();
         Nginx::start(&topo.gateway, "proxy", topo.path("proxy"), listen, &locations)
     }
 
@@ -80,12 +79,21 @@ impl Nginx {
     /// (directives inside `server { }`), and waits until it answers on every address. Each server
     /// also answers `/__ready` (not logged), which is how readiness is probed.
     pub fn start(ns: &Netns, name: &str, dir: PathBuf, listen: Vec<SocketAddr>, locations: &str) -> Nginx {
+        Nginx::start_with_capacity(ns, name, dir, listen, locations, None)
+    }
+
+    /// [`Nginx::start`], with room for `worker_connections` connections (default 1024), a file
+    /// limit to match and a deep listen backlog, when given.
+    fn start_with_capacity(ns: &Netns, name: &str, dir: PathBuf, listen: Vec<SocketAddr>, locations: &str, worker_connections: Option<u32>) -> Nginx {
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let d = dir.display();
         let mut conf = String::new();
         writeln!(conf, "user root;\nworker_processes 1;\ndaemon off;\nmaster_process on;").unwrap();
+        if let Some(n) = worker_connections {
+            writeln!(conf, "worker_rlimit_nofile {};", n * 2 + 64).unwrap();
+        }
         writeln!(conf, "pid {d}/nginx.pid;\nerror_log {d}/error.log info;").unwrap();
-        writeln!(conf, "events {{ worker_connections 1024; }}").unwrap();
+        writeln!(conf, "events {{ worker_connections {}; }}", worker_connections.unwrap_or(1024)).unwrap();
         writeln!(conf, "http {{").unwrap();
         writeln!(conf, "    default_type application/octet-stream;").unwrap();
         writeln!(conf, "    log_format observer '{LOG_FORMAT}';").unwrap();
@@ -95,8 +103,9 @@ impl Nginx {
         }
         writeln!(conf, "    keepalive_timeout 60s;\n    keepalive_requests 10000;").unwrap();
         writeln!(conf, "    server {{").unwrap();
+        let backlog = if worker_connections.is_some() { " backlog=4096" } else { "" };
         for a in &listen {
-            writeln!(conf, "        listen {a};").unwrap();
+            writeln!(conf, "        listen {a}{backlog};").unwrap();
         }
         writeln!(conf, "        location = /__ready {{ access_log off; return 200 \"ready\\n\"; }}").unwrap();
         conf.push_str(locations);
@@ -247,38 +256,14 @@ impl Nginx {
     /// upstream connections together; [`Nginx::start`] allows 1024) and a file limit to match,
     /// for tests that hold many client connections open at once.
     pub fn proxy_with_worker_connections(topo: &Topology, worker_connections: u32) -> Nginx {
-        let locations = format!("        location / {{ proxy_pass {}:80; }}\n", http_base(addr::UPSTREAM_V4.into()));
-        let listen = vec![SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), 80), SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V6.into(), 80)];
-        let dir = topo.path("proxy");
-        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        let d = dir.display();
-        let mut conf = String::new();
-        writeln!(conf, "user root;\nworker_processes 1;\ndaemon off;\nmaster_process on;").unwrap();
-        writeln!(conf, "worker_rlimit_nofile {};", worker_connections * 2 + 64).unwrap();
-        writeln!(conf, "pid {d}/nginx.pid;\nerror_log {d}/error.log info;").unwrap();
-        writeln!(conf, "events {{ worker_connections {worker_connections}; }}").unwrap();
-        writeln!(conf, "http {{").unwrap();
-        writeln!(conf, "    default_type application/octet-stream;").unwrap();
-        writeln!(conf, "    log_format observer '{LOG_FORMAT}';").unwrap();
-        writeln!(conf, "    access_log {d}/access.log observer;").unwrap();
-        for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-            writeln!(conf, "    {temp}_temp_path {d}/{temp};").unwrap();
-        }
-        writeln!(conf, "    keepalive_timeout 60s;\n    keepalive_requests 10000;").unwrap();
-        writeln!(conf, "    server {{").unwrap();
-        for a in &listen {
-            writeln!(conf, "        listen {a} backlog=4096;").unwrap();
-        }
-        writeln!(conf, "        location = /__ready {{ access_log off; return 200 \"ready\\n\"; }}").unwrap();
-        conf.push_str(&locations);
-        writeln!(conf, "    }}\n}}").unwrap();
-        let conf_path = dir.join("nginx.conf");
-        fs::write(&conf_path, conf).expect("writing nginx.conf");
-
-        let args: [OsString; 6] = ["-p".into(), dir.clone().into(), "-c".into(), conf_path.into(), "-e".into(), dir.join("error.log").into()];
-        let process = topo.gateway.spawn("nginx proxy", "nginx", args, &dir.join("nginx.out"));
-        let mut nginx = Nginx { name: "proxy".to_owned(), ns: topo.gateway.clone(), dir, listen, process };
-        nginx.wait_ready();
-        nginx
+        let (listen, locations) = proxy_config();
+        Nginx::start_with_capacity(&topo.gateway, "proxy", topo.path("proxy"), listen, &locations, Some(worker_connections))
     }
+}
+
+/// The gateway proxy's listen addresses and locations: everything to the upstream nginx.
+fn proxy_config() -> (Vec<SocketAddr>, String) {
+    let locations = format!("        location / {{ proxy_pass {}:80; }}\n", http_base(addr::UPSTREAM_V4.into()));
+    let listen = vec![SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), 80), SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V6.into(), 80)];
+    (listen, locations)
 }
