@@ -97,14 +97,14 @@ pub struct ConnStats {
     /// HTTP framing starts each stream at ISN + 1.
     pub isn_in: u32,
     pub isn_out: u32,
-    /// Bit 0: a SYN was received, bit 1: a SYN was sent; [`SEQ_IN_KNOWN`], [`SEQ_OUT_KNOWN`].
+    /// Bit 0: a SYN was received, bit 1: a SYN was sent.
     pub syn_seen: u32,
-    /// The highest sequence number seen so far (end of data, SYN and FIN included) per direction:
-    /// a segment that starts before it is a retransmission (or, received, reordered).
-    pub seq_end_in: u32,
-    pub seq_end_out: u32,
-    /// Segments that started before data already seen in their direction (sent again; received:
-    /// also reordered), and the payload bytes in them that were not new.
+    /// Which bytes of each direction were seen (`crate::seq`: the highest sequence number and
+    /// one gap behind it, in one word the programs update with compare-and-exchange).
+    pub seq_in: u64,
+    pub seq_out: u64,
+    /// Segments that carried data already seen in their direction (sent again), and those
+    /// bytes. A segment that fills a gap left by reordering is new data, not counted here.
     pub retransmitted_segments_in: u64,
     pub retransmitted_segments_out: u64,
     pub retransmitted_bytes_in: u64,
@@ -114,9 +114,6 @@ pub struct ConnStats {
     pub payload_records_lost: u64,
 }
 
-/// `ConnStats::syn_seen` bits: `seq_end_in` / `seq_end_out` hold a position.
-pub const SEQ_IN_KNOWN: u32 = 1 << 2;
-pub const SEQ_OUT_KNOWN: u32 = 1 << 3;
 
 impl ConnStats {
     pub const fn zeroed() -> Self {
@@ -147,8 +144,8 @@ impl ConnStats {
             isn_in: 0,
             isn_out: 0,
             syn_seen: 0,
-            seq_end_in: 0,
-            seq_end_out: 0,
+            seq_in: 0,
+            seq_out: 0,
             retransmitted_segments_in: 0,
             retransmitted_segments_out: 0,
             retransmitted_bytes_in: 0,

@@ -36,10 +36,13 @@ pub enum Counter {
     /// payload / events ring buffer when a program last wrote to it.
     PayloadBacklog = 14,
     EventsBacklog = 15,
+    /// Segments whose sequence bookkeeping lost the compare-and-exchange race on every attempt
+    /// (their bytes were counted as new). Should stay 0.
+    SeqContention = 16,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 16;
+pub const COUNTERS: u32 = 17;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -59,6 +62,7 @@ impl Counter {
         Counter::TraceLost,
         Counter::PayloadBacklog,
         Counter::EventsBacklog,
+        Counter::SeqContention,
     ];
 
     /// The name used in metrics and the API.
@@ -80,6 +84,7 @@ impl Counter {
             Counter::TraceLost => "trace_lost",
             Counter::PayloadBacklog => "payload_backlog_bytes",
             Counter::EventsBacklog => "events_backlog_bytes",
+            Counter::SeqContention => "seq_contention",
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod global;
 pub mod http;
 pub mod packet;
+pub mod seq;
 pub mod trace;
 pub mod tracepoint;
 

@@ -6,7 +6,7 @@ use observer_common::{
 };
 
 use crate::{
-    maps::{CONNS, EVENTS},
+    maps::{CONNS, CONN_SCRATCH, EVENTS},
     util::{count, gauge},
 };
 
@@ -19,10 +19,9 @@ pub fn get_or_create(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
     if let Some(p) = CONNS.get_ptr_mut(key) {
         return Some(p);
     }
-    let mut fresh = ConnStats::zeroed();
-    fresh.first_seen_ns = now;
+    let fresh = fresh(now)?;
     // NOEXIST: if the other direction created it on another CPU meanwhile, keep theirs.
-    if CONNS.insert(key, &fresh, BPF_NOEXIST as u64).is_ok() {
+    if CONNS.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
         count(Counter::ConnInserts);
     }
     let p = CONNS.get_ptr_mut(key);
@@ -39,13 +38,24 @@ pub fn open(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
     let p = get_or_create(key, now)?;
     // SAFETY: non-null map value pointer.
     if unsafe { (*p).closed_ns } != 0 {
-        let mut fresh = ConnStats::zeroed();
-        fresh.first_seen_ns = now;
+        let fresh = fresh(now)?;
         // Replaces an existing entry: the number of entries does not change, so no insert counted.
-        let _ = CONNS.insert(key, &fresh, BPF_ANY as u64);
+        let _ = CONNS.insert(key, fresh, BPF_ANY as u64);
         return CONNS.get_ptr_mut(key);
     }
     Some(p)
+}
+
+/// A zeroed entry first seen `now`, in this CPU's scratch slot (not on the stack).
+#[inline(always)]
+fn fresh(now: u64) -> Option<&'static ConnStats> {
+    let p = CONN_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, used only while this program runs on it.
+    unsafe {
+        *p = ConnStats::zeroed();
+        (*p).first_seen_ns = now;
+        Some(&*p)
+    }
 }
 
 /// Sends a lifecycle event; when the ring buffer is full the loss is counted (the map stays exact).

@@ -17,6 +17,11 @@ use observer_common::{
 #[map]
 pub static CONNS: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Where a new `CONNS` entry is assembled: a `ConnStats` is too big for the programs' 512-byte
+/// stacks next to everything else they hold.
+#[map]
+pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+
 /// Host-wide counters, per CPU (see `observer_common::global::Counter`).
 #[map]
 pub static GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);

@@ -10,9 +10,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    conn::{ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6, SEQ_IN_KNOWN, SEQ_OUT_KNOWN},
+    conn::{ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
     global::Counter,
-    http::{seq_before, DIR_IN, DIR_OUT},
+    http::{DIR_IN, DIR_OUT},
+    seq::{self, SeqStep},
     packet::{self, Ipv6Next},
 };
 
@@ -155,38 +156,28 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         warn!(ctx, "CONNS refused a new connection");
         return Ok(());
     };
-    // Sequence space this segment occupies (SYN and FIN count one each). A segment that starts
-    // before what its direction already covered is sent again: only its part beyond that is new
-    // data, so the byte counts equal what the applications sent, retransmissions or not.
-    let span = payload_len as u32 + (f & packet::TCP_SYN != 0) as u32 + (f & packet::TCP_FIN != 0) as u32;
+    // Which of this segment's bytes are new in its direction (`observer_common::seq`): a segment
+    // that carries only bytes seen before was sent again. Two CPUs may handle segments of one
+    // flow at once (veth and backlog run a flow's packets on the CPU that sent them), so the
+    // direction's state is one word, updated with compare-and-exchange.
     let mut retransmit = false;
     let mut new_bytes = payload_len as u32;
-    if span > 0 && f & packet::TCP_RST == 0 {
-        let end = tcp.seq.wrapping_add(span);
-        // SAFETY: `stats` is a non-null pointer to a map value; one direction of a flow is
-        // handled by one CPU at a time.
-        unsafe {
-            let s = &mut *stats;
-            let (seen, known) = match dir {
-                Direction::Ingress => (&mut s.seq_end_in, SEQ_IN_KNOWN),
-                Direction::Egress => (&mut s.seq_end_out, SEQ_OUT_KNOWN),
-            };
-            if f & packet::TCP_SYN != 0 || s.syn_seen & known == 0 {
-                *seen = end;
-                s.syn_seen |= known;
-            } else {
-                if seq_before(tcp.seq, *seen) {
-                    retransmit = true;
-                    let payload_end = tcp.seq.wrapping_add(payload_len as u32);
-                    new_bytes = if seq_before(*seen, payload_end) { payload_end.wrapping_sub(*seen) } else { 0 };
-                }
-                if seq_before(*seen, end) {
-                    *seen = end;
-                }
+    let mut resent_bytes = 0u32;
+    if f & packet::TCP_RST == 0 {
+        // SAFETY: `stats` is a non-null pointer to a map value.
+        let word = unsafe {
+            match dir {
+                Direction::Ingress => &mut (*stats).seq_in as *mut u64,
+                Direction::Egress => &mut (*stats).seq_out as *mut u64,
             }
+        };
+        if let Some(s) = seq_update(word, tcp.seq, payload_len as u32, f & packet::TCP_SYN != 0, f & packet::TCP_FIN != 0) {
+            retransmit = s.retransmit;
+            new_bytes = s.new_bytes;
+            resent_bytes = s.resent_bytes;
         }
     }
-    let resent_bytes = (payload_len as u32 - new_bytes) as u64;
+    let resent_bytes = resent_bytes as u64;
     let new_bytes = new_bytes as u64;
     // A GSO/GRO super-packet stands for several wire segments.
     let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
@@ -287,4 +278,47 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     };
     http::forward(ctx, &key, stats, &seg, now);
     Ok(())
+}
+
+/// Applies one segment to a direction's sequence word (`observer_common::seq::step`) with
+/// compare-and-exchange, retried a bounded number of times: the other CPU can only win a race a
+/// few times in a row. `None` when every attempt lost (counted; the segment's bytes are then
+/// taken as new, the counts on the wire stay complete).
+#[inline(always)]
+fn seq_update(word: *mut u64, seq_no: u32, payload: u32, syn: bool, fin: bool) -> Option<SeqStep> {
+    let packed = observer_seq_update(word, seq_no, payload, (syn as u32) | (fin as u32) << 1);
+    if packed == u64::MAX {
+        return None;
+    }
+    Some(SeqStep { word: 0, new_bytes: packed as u32, resent_bytes: ((packed >> 32) & 0x7fff_ffff) as u32, retransmit: packed >> 63 != 0 })
+}
+
+/// A global BPF function: the verifier checks it once, on its own, instead of once for every
+/// path of the classifier that reaches it (which would exceed its budget). It returns new bytes
+/// in bits 0-31, resent bytes in 32-62, retransmission in bit 63; `u64::MAX` when every attempt
+/// lost the race.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn observer_seq_update(word: *mut u64, seq_no: u32, payload: u32, flags: u32) -> u64 {
+    if word.is_null() {
+        return u64::MAX;
+    }
+    for _ in 0..4 {
+        // SAFETY: `word` points into a map value; an aligned u64 is never read torn.
+        let old = unsafe { core::ptr::read_volatile(word) };
+        let s = seq::step(old, seq_no, payload, flags & 1 != 0, flags & 2 != 0);
+        let packed = s.new_bytes as u64 | ((s.resent_bytes & 0x7fff_ffff) as u64) << 32 | (s.retransmit as u64) << 63;
+        if s.word == old {
+            return packed;
+        }
+        // SAFETY: as above; BPF_CMPXCHG (cpu v3).
+        let (_, swapped) = unsafe {
+            core::intrinsics::atomic_cxchg::<u64, { core::intrinsics::AtomicOrdering::SeqCst }, { core::intrinsics::AtomicOrdering::SeqCst }>(word, old, s.word)
+        };
+        if swapped {
+            return packed;
+        }
+    }
+    count(Counter::SeqContention);
+    u64::MAX
 }

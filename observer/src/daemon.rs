@@ -139,6 +139,7 @@ impl App {
             trace_lost: sum(Counter::TraceLost),
             payload_backlog: max(Counter::PayloadBacklog),
             events_backlog: max(Counter::EventsBacklog),
+            seq_contention: sum(Counter::SeqContention),
         }
     }
 
@@ -198,12 +199,8 @@ impl App {
             return;
         }
         // Where each direction's data ended, by the kernel's count (the FIN takes one number).
-        let end = |known: u32, seq_end: u32, fins: u64| (stats.syn_seen & known != 0).then(|| seq_end.wrapping_sub(u32::from(fins > 0)));
         let ends = StreamEnds {
-            seq: [
-                end(observer_common::conn::SEQ_IN_KNOWN, stats.seq_end_in, stats.fin_in),
-                end(observer_common::conn::SEQ_OUT_KNOWN, stats.seq_end_out, stats.fin_out),
-            ],
+            seq: [observer_common::seq::data_end(stats.seq_in, stats.fin_in > 0), observer_common::seq::data_end(stats.seq_out, stats.fin_out > 0)],
             carried: [stats.bytes_in > 0, stats.bytes_out > 0],
             records_lost: stats.payload_records_lost > 0,
         };

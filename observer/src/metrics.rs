@@ -32,6 +32,7 @@ pub struct KernelCounters {
     pub trace_lost: u64,
     pub payload_backlog: u64,
     pub events_backlog: u64,
+    pub seq_contention: u64,
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -70,6 +71,7 @@ pub struct Metrics {
     not_http: IntCounterVec,
     program_runs: IntCounterVec,
     trace_lost: IntCounter,
+    seq_contention: IntCounter,
     ring_backlog: IntGaugeVec,
     pub ring_size: IntGaugeVec,
     program_run_seconds: CounterVec,
@@ -146,6 +148,7 @@ impl Metrics {
             payload_lost: counter("observer_payload_records_lost_total", "HTTP payload records dropped because the payload ring buffer was full."),
             not_http: counter_vec("observer_not_http_connections_total", "Connections found not to be HTTP/1.x (TLS, binary protocols), never parsed: by the kernel from their first bytes, or by the daemon when those were too few to tell.", &["detected_by"]),
             trace_lost: counter("observer_trace_records_lost_total", "Trace records dropped because the trace ring buffer was full."),
+            seq_contention: counter("observer_seq_contention_total", "Segments whose per-direction sequence bookkeeping lost every compare-and-exchange attempt to another CPU (their bytes were counted as new). Should stay 0."),
             ring_backlog: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_backlog_bytes", "Bytes waiting in a ring buffer when a kernel program last wrote to it (fill; compare with observer_ringbuf_size_bytes)."), &["ring"]).expect("valid")),
             ring_size: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_size_bytes", "Size of each ring buffer."), &["ring"]).expect("valid")),
             program_runs: counter_vec("observer_program_runs_total", "Runs of each kernel program (counted while sysctl kernel.bpf_stats_enabled=1).", &["program"]),
@@ -262,6 +265,7 @@ impl Metrics {
             trace_lost,
             payload_backlog,
             events_backlog,
+            seq_contention,
         } = *k;
         self.ring_backlog.with_label_values(&["payload"]).set(payload_backlog as i64);
         self.ring_backlog.with_label_values(&["events"]).set(events_backlog as i64);
@@ -277,6 +281,7 @@ impl Metrics {
             (&self.payload_lost, payload_lost),
             (&self.not_http.with_label_values(&["kernel"]), not_http),
             (&self.trace_lost, trace_lost),
+            (&self.seq_contention, seq_contention),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {

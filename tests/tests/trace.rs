@@ -50,6 +50,13 @@ fn trace_cli(lab: &Lab, args: &[&str]) -> CliProcess {
     CliProcess::spawn(&lab.topo.gateway, "observer-trace", observer_bin(), args, &lab.topo.dir)
 }
 
+/// Waits until the observer has seen the end of a connection (its socket closed, status
+/// `closed`): after that none of its packets or events can reach a trace that starts later.
+/// (curl returns before its connection's last FIN and ACK have crossed.)
+fn wait_closed(obs: &Observer, name: &str) {
+    obs.wait_for(&format!("{name} closed"), WAIT, |s| s.connections.iter().any(|c| c.connection == name && c.extra.get("status").and_then(|v| v.as_str()) == Some("closed")));
+}
+
 /// Waits until the daemon has exactly `n` trace subscribers.
 fn wait_traces_active(obs: &Observer, n: u64) {
     let mut last = Value::Null;
@@ -268,8 +275,9 @@ fn the_kernel_trace_filter_exists_only_while_someone_traces() {
 
     // Nobody traces: traffic leaves the filter empty and the shape mask 0.
     assert_eq!(lab.observer.status()["traces_active"], 0);
-    curl(&lab.topo.client, &[url("/ok")], &[]);
+    let before = curl(&lab.topo.client, &[url("/ok")], &[]);
     assert_eq!(state(), (0, 0), "no trace: no kernel filter, no shape");
+    wait_closed(&lab.observer, &inbound(&before[0]));
 
     // Two subscribers of the same filter (a CLI and a raw stream): one kernel entry.
     let remote = addr::CLIENT_V4.to_string();
@@ -323,13 +331,15 @@ fn count_and_duration_end_a_trace() {
     let mut counted = trace_cli(&lab, &["trace", "--remote", &remote, "--json", "--count", "3"]);
     wait_traces_active(&lab.observer, 1);
     // One request makes far more than 3 lines (handshake, data, ACKs, request, response, close).
-    curl(&lab.topo.client, &[url("/ok")], &[]);
+    let t = curl(&lab.topo.client, &[url("/ok")], &[]);
     let status = counted.wait(WAIT);
     assert!(status.is_some_and(|s| s.success()), "--count 3 exits by itself, successfully ({status:?}); stderr: {}", counted.stderr());
     let lines = counted.stdout();
     assert_eq!(lines.lines().count(), 3, "exactly 3 lines:\n{lines}");
     assert!(lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["type"].is_string())), "{lines}");
     wait_traces_active(&lab.observer, 0);
+    // The connection's last packets must not reach the next trace.
+    wait_closed(&lab.observer, &inbound(&t[0]));
 
     let started = Instant::now();
     let mut timed = trace_cli(&lab, &["trace", "--remote", &remote, "--json", "--duration", "1"]);

@@ -6,6 +6,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+mod stress;
 use clap::{Parser, Subcommand};
 
 /// Debian packages to build the kernel programs (see ../shared/TOOLCHAIN.md for why these).
@@ -40,6 +42,14 @@ enum Task {
     Bench,
     /// Set up, build, and run the whole test suite: unit, property and end-to-end tests (needs root).
     Test {
+        /// Run the end-to-end suite this many times instead (after the unit tests), and print
+        /// each test's failure count: finds a flaky test before CI does.
+        #[arg(long, value_name = "N")]
+        stress: Option<u32>,
+        /// With --stress: keep every CPU busy with a busy loop while the suite runs (a loaded
+        /// CI machine).
+        #[arg(long, requires = "stress")]
+        load: bool,
         /// Extra arguments for `cargo test`, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -77,13 +87,16 @@ fn run(task: Task) -> Result<()> {
                 .current_dir(workspace_root());
             status(&mut cmd)
         }
-        Task::Test { args } => {
+        Task::Test { stress, load, args } => {
             setup(false)?;
             // The end-to-end tests run the daemon as operators do: a release build. (A debug
             // daemon frames HTTP several times slower, and under a busy test machine its payload
             // ring overflows where a release daemon keeps up.)
             cargo(&["build", "--release", "--package", "observer"])?;
             let bin = workspace_root().join("target/release/observer");
+            if let Some(runs) = stress {
+                return stress::run(runs, load, &bin, &args);
+            }
             let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             // Every test binary runs even when one fails: one report of everything that is wrong.
             cmd.args(["test", "--workspace", "--no-fail-fast"]).args(&args).env("OBSERVER_BIN", bin).current_dir(workspace_root());

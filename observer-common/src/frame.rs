@@ -1,0 +1,1386 @@
+//! HTTP/1.x message framing that runs inside the kernel programs (RFC 9112 sections 2, 6, 7):
+//! per connection direction, where each message starts, counted at that boundary, and where the
+//! next one starts, computed from the head (Content-Length, chunked transfer coding, no-body rules,
+//! until close, tunnels). Body bytes are never copied: a body (or chunk data) that covers a segment
+//! is skipped by arithmetic on sequence numbers, without loading a byte of it.
+//!
+//! The user-space framer (`observer::http::framing`, built on `httparse`) is the reference; a
+//! differential test in the `observer` crate requires both to agree on every request and response.
+//!
+//! # Shape, for the BPF verifier
+//! Only `core`, no allocation, no panicking paths (runtime indices are masked into fixed arrays),
+//! every loop has a constant bound and a short body, and every helper is `#[inline(always)]`.
+//! The kernel copies bytes out of a packet into a fixed buffer only, so bytes come in
+//! [`BLOCK`]-sized blocks loaded at the sequence number the framer asks for:
+//!
+//! ```text
+//! let mut step = conn.skip(dir, seq, len);                 // no load: inside a body, retransmitted, ...
+//! for _ in 0..MAX_BLOCKS {
+//!     if !step.more || !seq_before(step.next_seq, seq + len) { break }
+//!     if step.need_seq != step.next_seq {                     // inside a body: jump, no load
+//!         step = conn.skip(dir, step.next_seq, seq + len - step.next_seq); continue;
+//!     }
+//!     load min(BLOCK, seq + len - step.next_seq) bytes at step.next_seq into `block`
+//!     step = conn.feed_block(dir, step.next_seq, &block, n, now);
+//!     match step.event { Request/Response => emit an event, Lost(r) => hand the direction to user space, _ => {} }
+//! }
+//! ```
+//! [`ConnFrame::feed_segment`] is exactly that loop, with the load as a closure.
+//!
+//! # Concurrency
+//! The two directions of a connection may run on two CPUs at once (tc ingress and egress). Each
+//! field has one writer: a direction's [`DirFrame`] is written by that direction only; in
+//! [`Pending`], `tail` and the entries by the request direction, `head` and `switched` by the
+//! response direction; in [`FrameCounts`], `requests` by the request direction, the rest by the
+//! response direction (and [`ConnFrame::close`]). The request direction reads `head`/`switched`,
+//! the response direction reads the entries and the other direction's phase. Whoever needs a
+//! stronger guarantee than that (a spin lock) takes it around the calls.
+//!
+//! # Lost
+//! Whatever the framer cannot follow exactly (not HTTP, a gap in the bytes, a head longer than
+//! [`MAX_HEAD`], a bad length, a pipeline deeper than [`PENDING_DEPTH`], ...) makes the direction
+//! [`Phase::Lost`] with a [`LostReason`]; it then consumes nothing until [`ConnFrame::sync`] or
+//! [`ConnFrame::unsync`]: the caller hands the direction to the user-space framer.
+
+use crate::http::{classify, seq_before, Method, Start, START_LEN};
+
+#[cfg(test)]
+mod tests;
+
+/// Bytes per block the caller loads (a power of two: indices into a block are masked with `BLOCK - 1`).
+pub const BLOCK: usize = 64;
+/// A suggested bound on blocks (loop iterations) per segment for [`ConnFrame::feed_segment`].
+/// Each message start costs one iteration besides the blocks of its head.
+pub const MAX_BLOCKS: usize = 32;
+/// A message head (start line and header fields), or a trailer section, longer than this makes the
+/// direction lost ([`LostReason::HeadTooLong`]).
+pub const MAX_HEAD: u16 = 16 * 1024;
+/// A chunk-size line (with its extensions) longer than this makes the direction lost ([`LostReason::BadChunk`]).
+pub const MAX_CHUNK_LINE: u16 = 4096;
+/// Requests a connection may have waiting for their responses (a power of two).
+pub const PENDING_DEPTH: usize = 8;
+
+const _: () = assert!(BLOCK.is_power_of_two() && START_LEN.is_power_of_two() && PENDING_DEPTH.is_power_of_two());
+const _: () = assert!(START_LEN <= BLOCK);
+
+/// Where a direction is, in [`DirFrame::phase`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Position unknown (the zeroed state): framing starts at a segment whose first bytes are a
+    /// message start, or at [`ConnFrame::sync`] (after a SYN).
+    Unsynced = 0,
+    /// At a message boundary: the next byte starts a message (empty lines before it are skipped).
+    Idle = 1,
+    /// Collecting the first [`START_LEN`] bytes of a start line, to classify it.
+    Start = 2,
+    /// In the head, after the start was classified: header fields until the empty line.
+    Head = 3,
+    /// In a Content-Length body: `remaining` bytes to come.
+    Body = 4,
+    /// In a chunk-size line (size in hex, extensions).
+    ChunkSize = 5,
+    /// In chunk data: `remaining` bytes to come.
+    ChunkData = 6,
+    /// The CRLF after chunk data.
+    ChunkCrlf = 7,
+    /// In the trailer section of a chunked message, until its empty line.
+    Trailers = 8,
+    /// A response delimited by the connection's close: nothing more to frame (see [`ConnFrame::fin`]).
+    UntilClose = 9,
+    /// The connection switched protocols (101, 2xx to CONNECT): nothing more to frame.
+    Tunnel = 10,
+    /// After a request that asked to leave HTTP (CONNECT, `Upgrade`): framing waits for the response
+    /// (tunnel, or go on) and consumes nothing meanwhile.
+    Held = 11,
+    /// Framing lost its place; the reason is in `DirFrame::lost`.
+    Lost = 12,
+}
+
+impl Phase {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Phase::Idle,
+            2 => Phase::Start,
+            3 => Phase::Head,
+            4 => Phase::Body,
+            5 => Phase::ChunkSize,
+            6 => Phase::ChunkData,
+            7 => Phase::ChunkCrlf,
+            8 => Phase::Trailers,
+            9 => Phase::UntilClose,
+            10 => Phase::Tunnel,
+            11 => Phase::Held,
+            12 => Phase::Lost,
+            _ => Phase::Unsynced,
+        }
+    }
+}
+
+const P_UNSYNCED: u8 = Phase::Unsynced as u8;
+const P_IDLE: u8 = Phase::Idle as u8;
+const P_START: u8 = Phase::Start as u8;
+const P_HEAD: u8 = Phase::Head as u8;
+const P_BODY: u8 = Phase::Body as u8;
+const P_CHUNK_SIZE: u8 = Phase::ChunkSize as u8;
+const P_CHUNK_DATA: u8 = Phase::ChunkData as u8;
+const P_CHUNK_CRLF: u8 = Phase::ChunkCrlf as u8;
+const P_TRAILERS: u8 = Phase::Trailers as u8;
+const P_UNTIL_CLOSE: u8 = Phase::UntilClose as u8;
+const P_TUNNEL: u8 = Phase::Tunnel as u8;
+const P_HELD: u8 = Phase::Held as u8;
+const P_LOST: u8 = Phase::Lost as u8;
+
+/// Why a direction's framing was lost (for `observer_http_fallback_total{reason}`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LostReason {
+    /// At a message boundary, the bytes are not a request line or status line (or a request where
+    /// a response was expected, or the reverse): not HTTP/1.x, or out of step.
+    NotHttp = 1,
+    /// A head (or trailer section) longer than [`MAX_HEAD`].
+    HeadTooLong = 2,
+    /// Content-Length not only digits (surrounding whitespace allowed), beyond u64, or two
+    /// different values.
+    BadLength = 3,
+    /// A request while [`PENDING_DEPTH`] requests wait for their responses.
+    PipelineTooDeep = 4,
+    /// A request whose final transfer coding is not chunked (its length cannot be known).
+    UnknownCoding = 5,
+    /// Bytes framing needed never came through (a segment after a hole: lost or reordered).
+    Gap = 6,
+    /// A chunk-size line that is not hexadecimal (or too long, or beyond u64), or chunk data not
+    /// followed by CRLF.
+    BadChunk = 7,
+    /// A header line that is not `name: value` (whitespace or CR/LF in a name, an empty name, a
+    /// bare CR, obsolete line folding).
+    BadHead = 8,
+    /// A final response with no request waiting while the request direction is lost: which
+    /// request it answers (HEAD? CONNECT?) is unknown.
+    Unpaired = 9,
+    /// The caller's bound on blocks per segment ran out with bytes left to frame.
+    Budget = 10,
+}
+
+impl LostReason {
+    pub const ALL: [LostReason; 10] = [
+        LostReason::NotHttp,
+        LostReason::HeadTooLong,
+        LostReason::BadLength,
+        LostReason::PipelineTooDeep,
+        LostReason::UnknownCoding,
+        LostReason::Gap,
+        LostReason::BadChunk,
+        LostReason::BadHead,
+        LostReason::Unpaired,
+        LostReason::Budget,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => LostReason::NotHttp,
+            2 => LostReason::HeadTooLong,
+            3 => LostReason::BadLength,
+            4 => LostReason::PipelineTooDeep,
+            5 => LostReason::UnknownCoding,
+            6 => LostReason::Gap,
+            7 => LostReason::BadChunk,
+            8 => LostReason::BadHead,
+            9 => LostReason::Unpaired,
+            10 => LostReason::Budget,
+            _ => return None,
+        })
+    }
+
+    /// The metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LostReason::NotHttp => "not_http",
+            LostReason::HeadTooLong => "head_too_long",
+            LostReason::BadLength => "bad_length",
+            LostReason::PipelineTooDeep => "pipeline_too_deep",
+            LostReason::UnknownCoding => "unknown_coding",
+            LostReason::Gap => "gap",
+            LostReason::BadChunk => "bad_chunk",
+            LostReason::BadHead => "bad_head",
+            LostReason::Unpaired => "unpaired",
+            LostReason::Budget => "budget",
+        }
+    }
+}
+
+// `DirFrame::line`: where in a line of the head (or trailer section) the scanner is.
+const L_START_LINE: u8 = 0;
+const L_LINE_START: u8 = 1;
+/// A CR at the start of a line (the empty line's CR, probably).
+const L_CR: u8 = 2;
+const L_NAME: u8 = 3;
+const L_VALUE: u8 = 4;
+
+// `DirFrame::hdr` while in a name: bits of the names still matching.
+const CAND_CL: u8 = 1;
+const CAND_TE: u8 = 2;
+const CAND_UPGRADE: u8 = 4;
+const CAND_ALL: u8 = CAND_CL | CAND_TE | CAND_UPGRADE;
+// `DirFrame::hdr` while in a value: which header it belongs to.
+const HDR_OTHER: u8 = 0;
+const HDR_CL: u8 = 1;
+const HDR_TE: u8 = 2;
+const HDR_UPGRADE: u8 = 3;
+
+// `DirFrame::val` in a Content-Length value.
+const V_LEAD: u8 = 0;
+const V_DIGITS: u8 = 1;
+const V_TRAIL: u8 = 2;
+// `DirFrame::val` in a chunk-size line.
+const C_LEAD: u8 = 0;
+const C_HEX: u8 = 1;
+const C_AFTER: u8 = 2;
+const C_EXT: u8 = 3;
+
+// `DirFrame::te`: the low three bits count the letters of "chunked" matched in the current coding.
+const TE_BAD: u8 = 0x10;
+const TE_ENDED: u8 = 0x20;
+
+// `DirFrame::hflags`: what the head's fields said.
+const H_CL: u8 = 1;
+const H_TE: u8 = 2;
+const H_CHUNKED: u8 = 4;
+const H_UPGRADE: u8 = 8;
+
+// `DirFrame::mflags`: what the message is.
+/// A request with method HEAD.
+const M_HEAD: u8 = 1;
+/// A request with method CONNECT.
+const M_CONNECT: u8 = 2;
+/// A request after which framing holds (CONNECT, `Upgrade`).
+const M_HOLD: u8 = 4;
+/// A response.
+const M_RESPONSE: u8 = 8;
+/// A response without a body (1xx, 204, 304, to HEAD).
+const M_NOBODY: u8 = 16;
+/// A response after which the connection is a tunnel (101, 2xx to CONNECT).
+const M_TUNNEL: u8 = 32;
+
+// `Pending::flags`
+/// The request's method is HEAD.
+pub const REQ_HEAD: u8 = 1;
+/// The request's method is CONNECT.
+pub const REQ_CONNECT: u8 = 2;
+
+const ROLE_UNKNOWN: u8 = 0;
+const ROLE_REQUEST: u8 = 1;
+const ROLE_RESPONSE: u8 = 2;
+
+const CR: u8 = b'\r';
+const LF: u8 = b'\n';
+const NAME_MAX: usize = 32;
+const MAX_DIV10: u64 = u64::MAX / 10;
+const MAX_MOD10: u64 = u64::MAX % 10;
+
+const fn pad(s: &[u8]) -> [u8; NAME_MAX] {
+    let mut a = [0u8; NAME_MAX];
+    let mut i = 0;
+    while i < s.len() {
+        a[i] = s[i];
+        i += 1;
+    }
+    a
+}
+
+const CONTENT_LENGTH: [u8; NAME_MAX] = pad(b"content-length");
+const TRANSFER_ENCODING: [u8; NAME_MAX] = pad(b"transfer-encoding");
+const UPGRADE: [u8; NAME_MAX] = pad(b"upgrade");
+const CHUNKED: [u8; 8] = *b"chunked\0";
+
+#[inline(always)]
+const fn lower(b: u8) -> u8 {
+    if b >= b'A' && b <= b'Z' { b | 0x20 } else { b }
+}
+
+#[inline(always)]
+const fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// 0..=15 for a hex digit, 0xff otherwise.
+#[inline(always)]
+const fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        b'A'..=b'F' => b - b'A' + 10,
+        _ => 0xff,
+    }
+}
+
+/// What the byte scanner stopped for.
+#[derive(Clone, Copy)]
+enum Stop {
+    Request(Method),
+    Response(u16),
+    Lost(LostReason),
+}
+
+/// Framing state of one direction of a connection: 48 bytes, plain integers (a BPF map value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirFrame {
+    /// Sequence number of the next byte to frame: every byte before it has been framed (or
+    /// skipped inside a body). Meaningless while [`Phase::Unsynced`]. When lost at a message
+    /// start (`NotHttp`, `PipelineTooDeep`, `Unpaired`) it is that message's first byte (nothing
+    /// of the message was counted); otherwise it is just past where framing stopped.
+    pub next_seq: u32,
+    /// Bytes of the current head scanned so far (start line included, empty lines before it not);
+    /// in a chunk-size line: that line's bytes; in trailers: the trailer section's bytes.
+    pub head_len: u16,
+    /// [`Phase`] as u8.
+    pub phase: u8,
+    /// [`LostReason`] as u8 while [`Phase::Lost`], else 0.
+    pub lost: u8,
+    /// [`Phase::Body`] / [`Phase::ChunkData`]: bytes still to come. In a Content-Length value or
+    /// a chunk-size line: the number accumulated so far.
+    pub remaining: u64,
+    /// The Content-Length of the current head, once one was read (`H_CL` in `hflags`).
+    pub length: u64,
+    /// The first bytes of the current start line, for [`classify`] (zero-padded).
+    pub start: [u8; START_LEN],
+    /// How many bytes of `start` are filled.
+    pub start_len: u8,
+    /// Line scanner: where in a line of the head or trailers (`L_*`).
+    pub line: u8,
+    /// Bytes of the current header name matched so far (at most 31).
+    pub name_idx: u8,
+    /// In a header name: the names still matching (`CAND_*` bits); in its value: which header
+    /// it is (`HDR_*`).
+    pub hdr: u8,
+    /// Value scanner: Content-Length (`V_*`) or chunk-size line (`C_*`) state; in the CRLF after
+    /// chunk data: 1 once the CR was seen.
+    pub val: u8,
+    /// What the head said (`H_*`: Content-Length seen, Transfer-Encoding seen, chunked final, Upgrade).
+    pub hflags: u8,
+    /// Transfer-Encoding scanner: letters of "chunked" matched in the current coding (low bits),
+    /// `TE_BAD` (the coding is something else), `TE_ENDED` (whitespace after it).
+    pub te: u8,
+    /// What the message is (`M_*`: HEAD, CONNECT, hold, response, no body, tunnel).
+    pub mflags: u8,
+}
+
+impl DirFrame {
+    pub const fn zeroed() -> Self {
+        Self {
+            next_seq: 0,
+            head_len: 0,
+            phase: P_UNSYNCED,
+            lost: 0,
+            remaining: 0,
+            length: 0,
+            start: [0; START_LEN],
+            start_len: 0,
+            line: 0,
+            name_idx: 0,
+            hdr: 0,
+            val: 0,
+            hflags: 0,
+            te: 0,
+            mflags: 0,
+        }
+    }
+
+    pub const fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase)
+    }
+
+    pub const fn lost_reason(&self) -> Option<LostReason> {
+        if self.phase == P_LOST { LostReason::from_u8(self.lost) } else { None }
+    }
+
+    /// The next byte framing needs to see: past the rest of a body or of chunk data, else
+    /// `next_seq`. (Capped at 1 GiB ahead, to stay comparable in sequence space.)
+    #[inline(always)]
+    pub fn need_seq(&self) -> u32 {
+        if self.phase == P_BODY || self.phase == P_CHUNK_DATA {
+            let ahead = if self.remaining < (1 << 30) { self.remaining } else { 1 << 30 };
+            self.next_seq.wrapping_add(ahead as u32)
+        } else {
+            self.next_seq
+        }
+    }
+
+    /// The direction wants bytes at `next_seq` (it is framing, not waiting, switched or lost).
+    #[inline(always)]
+    pub fn active(&self) -> bool {
+        self.phase >= P_IDLE && self.phase <= P_TRAILERS
+    }
+
+    #[inline(always)]
+    fn step(&self, event: Event, completed: u8) -> Step {
+        Step { event, completed, next_seq: self.next_seq, need_seq: self.need_seq(), more: self.active() }
+    }
+
+    #[inline(always)]
+    fn sync(&mut self, seq: u32) {
+        *self = Self::zeroed();
+        self.phase = P_IDLE;
+        self.next_seq = seq;
+    }
+
+    #[inline(always)]
+    fn lose(&mut self, why: LostReason) -> Option<Stop> {
+        self.phase = P_LOST;
+        self.lost = why as u8;
+        Some(Stop::Lost(why))
+    }
+
+    /// A message is complete: the next byte starts another (or, after a request that asked to
+    /// leave HTTP, framing holds until its response).
+    #[inline(always)]
+    fn complete(&mut self, completed: &mut u8) {
+        *completed = completed.wrapping_add(1);
+        self.phase = if self.mflags & M_HOLD != 0 { P_HELD } else { P_IDLE };
+    }
+
+    /// `remaining` reached 0 in a body or chunk data.
+    #[inline(always)]
+    fn body_done(&mut self, completed: &mut u8) {
+        if self.phase == P_BODY {
+            self.complete(completed);
+        } else {
+            self.phase = P_CHUNK_CRLF;
+            self.val = 0;
+        }
+    }
+
+    #[inline(always)]
+    fn chunk_line(&mut self) {
+        self.phase = P_CHUNK_SIZE;
+        self.val = C_LEAD;
+        self.remaining = 0;
+        self.head_len = 0;
+    }
+
+    /// Lines up a segment `[seq, seq + len)` with the framing position: the offset in it of the
+    /// next byte to frame, or `None` when nothing in it is for framing (all framed already, or the
+    /// direction is lost, held, or loses its place here because of a gap).
+    #[inline(always)]
+    fn align(&mut self, seq: u32, len: u32, completed: &mut u8) -> Option<u32> {
+        let ahead = seq.wrapping_sub(self.next_seq);
+        if ahead == 0 {
+            return Some(0);
+        }
+        if (ahead as i32) < 0 {
+            // Starts before the position (a retransmission, or overlapping one).
+            let back = self.next_seq.wrapping_sub(seq);
+            return if back < len { Some(back) } else { None };
+        }
+        // A hole [next_seq, seq): fine inside a body that covers it, fatal where bytes matter.
+        let p = self.phase;
+        if (p == P_BODY || p == P_CHUNK_DATA) && (ahead as u64) <= self.remaining {
+            self.remaining = self.remaining.wrapping_sub(ahead as u64);
+            self.next_seq = seq;
+            if self.remaining == 0 {
+                self.body_done(completed);
+            }
+            return Some(0);
+        }
+        if p == P_UNTIL_CLOSE || p == P_TUNNEL {
+            self.next_seq = seq;
+            return Some(0);
+        }
+        if p == P_LOST || p == P_HELD {
+            return None;
+        }
+        self.lose(LostReason::Gap);
+        None
+    }
+
+    /// Frames the bytes `block[from..len]` until they run out or something must be reported.
+    /// Returns the offset after the last byte consumed.
+    #[inline(always)]
+    fn scan(&mut self, role: u8, block: &[u8; BLOCK], from: usize, len: usize, completed: &mut u8) -> (usize, Option<Stop>) {
+        let len = if len > BLOCK { BLOCK } else { len };
+        let mut i = from;
+        // Each turn consumes at least one byte (a body turn, all of the body in the block).
+        for _ in 0..BLOCK {
+            if i >= len {
+                break;
+            }
+            let p = self.phase;
+            if p == P_BODY || p == P_CHUNK_DATA {
+                let avail = (len - i) as u64;
+                let take = if self.remaining < avail { self.remaining } else { avail };
+                i += take as usize;
+                self.remaining = self.remaining.wrapping_sub(take);
+                if self.remaining == 0 {
+                    self.body_done(completed);
+                }
+                continue;
+            }
+            if p == P_UNTIL_CLOSE || p == P_TUNNEL {
+                i = len;
+                break;
+            }
+            if p < P_IDLE || p > P_TRAILERS {
+                break;
+            }
+            let b = block[i & (BLOCK - 1)];
+            i += 1;
+            if let Some(stop) = self.byte(role, b, completed) {
+                return (i, Some(stop));
+            }
+        }
+        (i, None)
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, role: u8, b: u8, completed: &mut u8) -> Option<Stop> {
+        match self.phase {
+            P_IDLE => {
+                // RFC 9112 section 2.2: empty lines before a request line are ignored (httparse
+                // ignores them before a status line too).
+                if b == CR || b == LF {
+                    return None;
+                }
+                self.begin();
+                self.start_byte(role, b)
+            }
+            P_START => self.start_byte(role, b),
+            P_HEAD => self.head_byte(completed, b),
+            P_CHUNK_SIZE => self.chunk_size_byte(b),
+            P_CHUNK_CRLF => self.chunk_crlf_byte(b),
+            _ => self.trailer_byte(completed, b),
+        }
+    }
+
+    #[inline(always)]
+    fn begin(&mut self) {
+        self.phase = P_START;
+        self.head_len = 0;
+        self.start = [0; START_LEN];
+        self.start_len = 0;
+        self.line = L_START_LINE;
+        self.name_idx = 0;
+        self.hdr = 0;
+        self.val = 0;
+        self.hflags = 0;
+        self.te = 0;
+        self.mflags = 0;
+        self.remaining = 0;
+        self.length = 0;
+    }
+
+    #[inline(always)]
+    fn start_byte(&mut self, role: u8, b: u8) -> Option<Stop> {
+        self.head_len = self.head_len.wrapping_add(1);
+        self.start[(self.start_len as usize) & (START_LEN - 1)] = b;
+        self.start_len = self.start_len.wrapping_add(1);
+        if (self.start_len as usize) < START_LEN && b != LF {
+            return None;
+        }
+        self.phase = P_HEAD;
+        self.line = if b == LF { L_LINE_START } else { L_START_LINE };
+        match classify(&self.start, self.start_len as usize) {
+            Start::Request(m) if role != ROLE_RESPONSE => {
+                self.mflags = match m {
+                    Method::Head => M_HEAD,
+                    Method::Connect => M_CONNECT | M_HOLD,
+                    _ => 0,
+                };
+                Some(Stop::Request(m))
+            }
+            Start::Response(status) if role != ROLE_REQUEST => {
+                self.mflags = M_RESPONSE;
+                Some(Stop::Response(status))
+            }
+            _ => self.lose(LostReason::NotHttp),
+        }
+    }
+
+    #[inline(always)]
+    fn head_byte(&mut self, completed: &mut u8, b: u8) -> Option<Stop> {
+        self.head_len = self.head_len.wrapping_add(1);
+        if self.head_len > MAX_HEAD {
+            return self.lose(LostReason::HeadTooLong);
+        }
+        match self.line {
+            L_START_LINE => {
+                if b == LF {
+                    self.line = L_LINE_START;
+                }
+                None
+            }
+            L_LINE_START => {
+                if b == LF {
+                    return self.end_head(completed);
+                }
+                if b == CR {
+                    self.line = L_CR;
+                    return None;
+                }
+                // Obsolete line folding, or an empty name.
+                if is_ws(b) || b == b':' {
+                    return self.lose(LostReason::BadHead);
+                }
+                self.line = L_NAME;
+                self.name_idx = 0;
+                self.hdr = CAND_ALL;
+                self.name_byte(b);
+                None
+            }
+            L_CR => {
+                if b == LF {
+                    self.end_head(completed)
+                } else {
+                    self.lose(LostReason::BadHead)
+                }
+            }
+            L_NAME => {
+                if b == b':' {
+                    self.begin_value();
+                    None
+                } else if is_ws(b) || b == CR || b == LF {
+                    self.lose(LostReason::BadHead)
+                } else {
+                    self.name_byte(b);
+                    None
+                }
+            }
+            _ => {
+                if b == LF {
+                    self.end_value()
+                } else if b == CR {
+                    None
+                } else {
+                    self.value_byte(b)
+                }
+            }
+        }
+    }
+
+    /// Case-insensitive matching of the three names framing cares about, one byte at a time.
+    #[inline(always)]
+    fn name_byte(&mut self, b: u8) {
+        let c = lower(b);
+        let k = (self.name_idx as usize) & (NAME_MAX - 1);
+        let mut cand = self.hdr;
+        if CONTENT_LENGTH[k] != c {
+            cand &= !CAND_CL;
+        }
+        if TRANSFER_ENCODING[k] != c {
+            cand &= !CAND_TE;
+        }
+        if UPGRADE[k] != c {
+            cand &= !CAND_UPGRADE;
+        }
+        if (self.name_idx as usize) < NAME_MAX - 1 {
+            self.name_idx += 1;
+        } else {
+            cand = 0;
+        }
+        self.hdr = cand;
+    }
+
+    #[inline(always)]
+    fn begin_value(&mut self) {
+        let n = self.name_idx;
+        let c = self.hdr;
+        self.hdr = if c & CAND_CL != 0 && n == 14 {
+            HDR_CL
+        } else if c & CAND_TE != 0 && n == 17 {
+            HDR_TE
+        } else if c & CAND_UPGRADE != 0 && n == 7 {
+            self.hflags |= H_UPGRADE;
+            HDR_UPGRADE
+        } else {
+            HDR_OTHER
+        };
+        self.line = L_VALUE;
+        self.val = V_LEAD;
+        self.te = 0;
+        if self.hdr == HDR_CL {
+            self.remaining = 0;
+        }
+    }
+
+    #[inline(always)]
+    fn value_byte(&mut self, b: u8) -> Option<Stop> {
+        if self.hdr == HDR_CL {
+            return self.length_byte(b);
+        }
+        if self.hdr == HDR_TE {
+            self.coding_byte(b);
+        }
+        None
+    }
+
+    /// Content-Length = 1*DIGIT, with optional whitespace around it.
+    #[inline(always)]
+    fn length_byte(&mut self, b: u8) -> Option<Stop> {
+        let d = b.wrapping_sub(b'0');
+        if d <= 9 {
+            let d = d as u64;
+            if self.val == V_TRAIL || self.remaining > MAX_DIV10 || (self.remaining == MAX_DIV10 && d > MAX_MOD10) {
+                return self.lose(LostReason::BadLength);
+            }
+            self.remaining = self.remaining.wrapping_mul(10).wrapping_add(d);
+            self.val = V_DIGITS;
+            None
+        } else if is_ws(b) {
+            if self.val == V_DIGITS {
+                self.val = V_TRAIL;
+            }
+            None
+        } else {
+            self.lose(LostReason::BadLength)
+        }
+    }
+
+    /// Is the last coding of a Transfer-Encoding list "chunked" (case-insensitive)?
+    #[inline(always)]
+    fn coding_byte(&mut self, b: u8) {
+        if b == b',' {
+            self.te = 0;
+        } else if is_ws(b) {
+            if self.te != 0 {
+                self.te |= TE_ENDED;
+            }
+        } else if self.te & (TE_BAD | TE_ENDED) != 0 {
+            self.te |= TE_BAD;
+        } else {
+            let k = (self.te & 7) as usize;
+            if k < 7 && lower(b) == CHUNKED[k & 7] {
+                self.te += 1;
+            } else {
+                self.te |= TE_BAD;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn end_value(&mut self) -> Option<Stop> {
+        self.line = L_LINE_START;
+        if self.hdr == HDR_CL {
+            if self.val == V_LEAD || (self.hflags & H_CL != 0 && self.length != self.remaining) {
+                return self.lose(LostReason::BadLength);
+            }
+            self.length = self.remaining;
+            self.hflags |= H_CL;
+        } else if self.hdr == HDR_TE {
+            // Each field line decides anew: the final coding is the last one of the last line.
+            self.hflags |= H_TE;
+            if self.te & 7 == 7 && self.te & TE_BAD == 0 {
+                self.hflags |= H_CHUNKED;
+            } else {
+                self.hflags &= !H_CHUNKED;
+            }
+        }
+        None
+    }
+
+    /// The empty line: how the body is delimited (RFC 9112 section 6.3).
+    #[inline(always)]
+    fn end_head(&mut self, completed: &mut u8) -> Option<Stop> {
+        let h = self.hflags;
+        let m = self.mflags;
+        self.remaining = 0;
+        if m & M_RESPONSE != 0 {
+            if m & M_TUNNEL != 0 {
+                *completed = completed.wrapping_add(1);
+                self.phase = P_TUNNEL;
+            } else if m & M_NOBODY != 0 {
+                self.complete(completed);
+            } else if h & H_TE != 0 {
+                if h & H_CHUNKED != 0 {
+                    self.chunk_line();
+                } else {
+                    self.phase = P_UNTIL_CLOSE;
+                }
+            } else if h & H_CL != 0 {
+                if self.length == 0 {
+                    self.complete(completed);
+                } else {
+                    self.phase = P_BODY;
+                    self.remaining = self.length;
+                }
+            } else {
+                self.phase = P_UNTIL_CLOSE;
+            }
+            return None;
+        }
+        if h & H_UPGRADE != 0 {
+            self.mflags |= M_HOLD;
+        }
+        if h & H_TE != 0 {
+            if h & H_CHUNKED == 0 {
+                return self.lose(LostReason::UnknownCoding);
+            }
+            self.chunk_line();
+        } else if h & H_CL != 0 && self.length != 0 {
+            self.phase = P_BODY;
+            self.remaining = self.length;
+        } else {
+            self.complete(completed);
+        }
+        None
+    }
+
+    /// chunk-size [ chunk-ext ] CRLF (RFC 9112 section 7.1); whitespace around the size tolerated.
+    #[inline(always)]
+    fn chunk_size_byte(&mut self, b: u8) -> Option<Stop> {
+        self.head_len = self.head_len.wrapping_add(1);
+        if self.head_len > MAX_CHUNK_LINE {
+            return self.lose(LostReason::BadChunk);
+        }
+        if b == LF {
+            if self.val == C_LEAD {
+                return self.lose(LostReason::BadChunk);
+            }
+            if self.remaining == 0 {
+                self.phase = P_TRAILERS;
+                self.line = L_LINE_START;
+                self.head_len = 0;
+            } else {
+                self.phase = P_CHUNK_DATA;
+            }
+            return None;
+        }
+        if self.val == C_EXT {
+            return None;
+        }
+        let d = hex_value(b);
+        if d < 16 {
+            if self.val == C_AFTER || self.remaining >> 60 != 0 {
+                return self.lose(LostReason::BadChunk);
+            }
+            self.remaining = (self.remaining << 4) | d as u64;
+            self.val = C_HEX;
+            None
+        } else if b == b';' {
+            if self.val == C_LEAD {
+                return self.lose(LostReason::BadChunk);
+            }
+            self.val = C_EXT;
+            None
+        } else if is_ws(b) || b == CR {
+            if self.val == C_HEX {
+                self.val = C_AFTER;
+            }
+            None
+        } else {
+            self.lose(LostReason::BadChunk)
+        }
+    }
+
+    #[inline(always)]
+    fn chunk_crlf_byte(&mut self, b: u8) -> Option<Stop> {
+        if self.val == 0 {
+            if b != CR {
+                return self.lose(LostReason::BadChunk);
+            }
+            self.val = 1;
+        } else {
+            if b != LF {
+                return self.lose(LostReason::BadChunk);
+            }
+            self.chunk_line();
+        }
+        None
+    }
+
+    /// Trailer fields until the empty line; their content does not matter.
+    #[inline(always)]
+    fn trailer_byte(&mut self, completed: &mut u8, b: u8) -> Option<Stop> {
+        self.head_len = self.head_len.wrapping_add(1);
+        if self.head_len > MAX_HEAD {
+            return self.lose(LostReason::HeadTooLong);
+        }
+        if self.line == L_LINE_START || self.line == L_CR {
+            if b == LF {
+                self.complete(completed);
+            } else if b == CR && self.line == L_LINE_START {
+                self.line = L_CR;
+            } else {
+                self.line = L_VALUE;
+            }
+        } else if b == LF {
+            self.line = L_LINE_START;
+        }
+        None
+    }
+}
+
+/// Requests waiting for their responses, oldest first: a ring of [`PENDING_DEPTH`] entries.
+/// 80 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Per entry (index `& (PENDING_DEPTH - 1)`): the time of the block that completed the
+    /// request's start (its first [`START_LEN`] bytes, or its whole start line if shorter).
+    pub ts_ns: [u64; PENDING_DEPTH],
+    /// Per entry: [`REQ_HEAD`], [`REQ_CONNECT`].
+    pub flags: [u8; PENDING_DEPTH],
+    /// Requests answered so far (the oldest waiting one's index). Written by the response direction.
+    pub head: u16,
+    /// Requests queued so far. Written by the request direction.
+    pub tail: u16,
+    /// 1 + the direction that carries requests ([`crate::http::DIR_IN`] or `DIR_OUT`); 0 while unknown.
+    pub request_dir: u8,
+    /// 1 once a response switched the connection to another protocol (101, 2xx to CONNECT).
+    /// Written by the response direction (before `head`).
+    pub switched: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Pending {
+    pub const fn zeroed() -> Self {
+        Self { ts_ns: [0; PENDING_DEPTH], flags: [0; PENDING_DEPTH], head: 0, tail: 0, request_dir: 0, switched: 0, _pad: [0; 2] }
+    }
+
+    /// Requests waiting for a (final) response.
+    #[inline(always)]
+    pub const fn in_flight(&self) -> u16 {
+        self.tail.wrapping_sub(self.head)
+    }
+}
+
+/// What framing counted on a connection. 80 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameCounts {
+    /// Requests (counted at their start line).
+    pub requests: u64,
+    /// Responses by status class (counted at their status line; 1xx interim ones included).
+    pub responses_1xx: u64,
+    pub responses_2xx: u64,
+    pub responses_3xx: u64,
+    pub responses_4xx: u64,
+    pub responses_5xx: u64,
+    /// Sum of request start → response start over answered requests (final or 101 responses
+    /// paired with a waiting request), and how many those are.
+    pub latency_sum_ns: u64,
+    pub latency_count: u64,
+    /// Final responses with no request waiting (framing joined midway, or missed the request).
+    pub unmatched_responses: u64,
+    /// Requests the connection ended without answering ([`ConnFrame::close`]).
+    pub unanswered: u64,
+}
+
+impl FrameCounts {
+    pub const fn zeroed() -> Self {
+        Self {
+            requests: 0,
+            responses_1xx: 0,
+            responses_2xx: 0,
+            responses_3xx: 0,
+            responses_4xx: 0,
+            responses_5xx: 0,
+            latency_sum_ns: 0,
+            latency_count: 0,
+            unmatched_responses: 0,
+            unanswered: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn add_status(&mut self, status: u16) {
+        if status < 200 {
+            self.responses_1xx = self.responses_1xx.wrapping_add(1);
+        } else if status < 300 {
+            self.responses_2xx = self.responses_2xx.wrapping_add(1);
+        } else if status < 400 {
+            self.responses_3xx = self.responses_3xx.wrapping_add(1);
+        } else if status < 500 {
+            self.responses_4xx = self.responses_4xx.wrapping_add(1);
+        } else {
+            self.responses_5xx = self.responses_5xx.wrapping_add(1);
+        }
+    }
+}
+
+/// What happened in the bytes of one call, reported at most once per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Bytes consumed, nothing to report.
+    None,
+    /// A request line (its start, classified): counted and queued for its response.
+    /// `method == Method::Head` / `Method::Connect` are the flags that matter to its response.
+    Request { method: Method },
+    /// A status line: counted. `latency_ns`: from its request's start, for a final (or 101)
+    /// response that answered a waiting request; `None` for interim (1xx) and unmatched ones.
+    Response { status: u16, latency_ns: Option<u64> },
+    /// The direction lost its place (see [`DirFrame::next_seq`] for where).
+    Lost(LostReason),
+}
+
+/// The result of one call: what happened, and where framing wants to continue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub event: Event,
+    /// Messages that ended in the bytes this call consumed.
+    pub completed: u8,
+    /// Sequence number of the next byte to frame (all before it consumed).
+    pub next_seq: u32,
+    /// The next byte framing needs to see. Bytes in `[next_seq, need_seq)` lie inside a body:
+    /// pass them to [`ConnFrame::skip`], which consumes them without a load.
+    pub need_seq: u32,
+    /// Framing wants the bytes at `next_seq` (when this segment has them). `false`: lost,
+    /// switched, held, until close, unsynced: stop feeding this direction's segment.
+    pub more: bool,
+}
+
+/// The connection ended: what became of the requests still waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// Requests never answered (counted in [`FrameCounts::unanswered`] unless `lost`).
+    pub unanswered: u16,
+    /// A direction had lost its framing: whether the waiting requests were answered is not
+    /// known here (nothing was counted; the fallback decides).
+    pub lost: bool,
+}
+
+/// HTTP framing of one connection: both directions, the requests waiting for responses, and the
+/// counts. 256 bytes, plain integers: a BPF map value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnFrame {
+    /// By wire direction, [`crate::http::DIR_IN`] / `DIR_OUT`.
+    pub dirs: [DirFrame; 2],
+    pub pending: Pending,
+    pub counts: FrameCounts,
+}
+
+impl ConnFrame {
+    pub const fn zeroed() -> Self {
+        Self { dirs: [DirFrame::zeroed(), DirFrame::zeroed()], pending: Pending::zeroed(), counts: FrameCounts::zeroed() }
+    }
+
+    /// The direction carrying requests, once known (from a client's SYN or the first message).
+    pub const fn request_dir(&self) -> Option<u8> {
+        if self.pending.request_dir == 0 { None } else { Some((self.pending.request_dir - 1) & 1) }
+    }
+
+    /// Says which direction carries requests (e.g. from the client's SYN).
+    #[inline(always)]
+    pub fn set_request_dir(&mut self, dir: u8) {
+        self.pending.request_dir = (dir & 1) + 1;
+    }
+
+    /// A SYN in `dir` with initial sequence number `isn`: framing of `dir` starts at `isn + 1`.
+    /// A SYN without ACK comes from the client: `dir` then carries requests.
+    #[inline(always)]
+    pub fn on_syn(&mut self, dir: u8, isn: u32, ack: bool) {
+        if !ack {
+            self.set_request_dir(dir);
+        } else if self.pending.request_dir == 0 {
+            self.set_request_dir(dir ^ 1);
+        }
+        self.sync(dir, isn.wrapping_add(1));
+    }
+
+    /// A message starts at `seq` in `dir` (its stream's first byte, or a boundary user space
+    /// found): framing starts (again) there.
+    #[inline(always)]
+    pub fn sync(&mut self, dir: u8, seq: u32) {
+        self.dirs[(dir & 1) as usize].sync(seq);
+    }
+
+    /// Forgets `dir`'s position: framing starts again at a segment that begins with a message.
+    #[inline(always)]
+    pub fn unsync(&mut self, dir: u8) {
+        self.dirs[(dir & 1) as usize] = DirFrame::zeroed();
+    }
+
+    pub const fn phase(&self, dir: u8) -> Phase {
+        self.dirs[(dir & 1) as usize].phase()
+    }
+
+    pub const fn lost(&self, dir: u8) -> Option<LostReason> {
+        self.dirs[(dir & 1) as usize].lost_reason()
+    }
+
+    /// Requests waiting for a final response.
+    pub const fn in_flight(&self) -> u16 {
+        self.pending.in_flight()
+    }
+
+    #[inline(always)]
+    fn role(&self, i: usize) -> u8 {
+        let r = self.pending.request_dir;
+        if r == 0 {
+            ROLE_UNKNOWN
+        } else if ((r - 1) & 1) as usize == i {
+            ROLE_REQUEST
+        } else {
+            ROLE_RESPONSE
+        }
+    }
+
+    /// The request direction learns what the responses decided: a switch makes it a tunnel; a
+    /// held request that was answered (without a switch) lets framing go on.
+    #[inline(always)]
+    fn resolve(&mut self, i: usize, role: u8) {
+        if role != ROLE_REQUEST {
+            return;
+        }
+        let switched = self.pending.switched != 0;
+        let answered = self.pending.head == self.pending.tail;
+        let d = &mut self.dirs[i & 1];
+        if d.phase == P_UNSYNCED || d.phase == P_LOST || d.phase == P_TUNNEL {
+            return;
+        }
+        if switched {
+            d.phase = P_TUNNEL;
+        } else if d.phase == P_HELD && answered {
+            d.phase = P_IDLE;
+        }
+    }
+
+    /// Marks `dir` lost (e.g. the caller could not load bytes framing needed).
+    #[inline(always)]
+    pub fn lose(&mut self, dir: u8, why: LostReason) -> Step {
+        let d = &mut self.dirs[(dir & 1) as usize];
+        d.lose(why);
+        d.step(Event::Lost(why), 0)
+    }
+
+    /// The segment `[seq, seq + len)` of `dir` passes: consumes what of it lies inside a body or
+    /// chunk data (or after a switch or an until-close response) without loading a byte, and skips
+    /// what was framed already (a retransmission). Then, if `step.more` and `step.next_seq` is
+    /// inside the segment, the caller loads a block there for [`Self::feed_block`]. For an
+    /// unsynced direction it asks for the segment's first block (`next_seq == seq`).
+    #[inline(always)]
+    pub fn skip(&mut self, dir: u8, seq: u32, len: u32) -> Step {
+        let i = (dir & 1) as usize;
+        let role = self.role(i);
+        self.resolve(i, role);
+        let d = &mut self.dirs[i];
+        if d.phase == P_UNSYNCED {
+            return Step { event: Event::None, completed: 0, next_seq: seq, need_seq: seq, more: len > 0 };
+        }
+        let was_lost = d.phase == P_LOST;
+        let mut completed = 0u8;
+        let Some(off) = d.align(seq, len, &mut completed) else {
+            let event = if !was_lost && d.phase == P_LOST { Event::Lost(LostReason::Gap) } else { Event::None };
+            return d.step(event, completed);
+        };
+        d.next_seq = seq.wrapping_add(off);
+        let p = d.phase;
+        if p == P_BODY || p == P_CHUNK_DATA {
+            let avail = len.wrapping_sub(off) as u64;
+            let take = if d.remaining < avail { d.remaining } else { avail };
+            d.next_seq = d.next_seq.wrapping_add(take as u32);
+            d.remaining = d.remaining.wrapping_sub(take);
+            if d.remaining == 0 {
+                d.body_done(&mut completed);
+            }
+        } else if p == P_UNTIL_CLOSE || p == P_TUNNEL {
+            d.next_seq = seq.wrapping_add(len);
+        }
+        d.step(Event::None, completed)
+    }
+
+    /// Frames the first `len` (at most [`BLOCK`]) bytes of `block`, which hold the stream of `dir`
+    /// from sequence number `seq` (normally the `next_seq` of the previous step; bytes before the
+    /// position are skipped). Stops after a message start (request or status line, which it
+    /// counts and pairs), at a loss, or when the bytes run out; then continue at `next_seq`.
+    /// `ts_ns`: the time of the segment (request start times, latencies).
+    ///
+    /// An unsynced direction starts framing here only if the block is the first of its segment
+    /// and begins with a request line (status line) where requests (responses) belong.
+    #[inline(always)]
+    pub fn feed_block(&mut self, dir: u8, seq: u32, block: &[u8; BLOCK], len: usize, ts_ns: u64) -> Step {
+        let i = (dir & 1) as usize;
+        let role = self.role(i);
+        self.resolve(i, role);
+        let other_lost = self.dirs[i ^ 1].phase == P_LOST;
+        let ConnFrame { dirs, pending, counts } = self;
+        let d = &mut dirs[i];
+        let len = if len > BLOCK { BLOCK } else { len };
+        let mut completed = 0u8;
+        if d.phase == P_UNSYNCED {
+            if !starts_message(block, len, role) {
+                return d.step(Event::None, 0);
+            }
+            d.sync(seq);
+        }
+        let was_lost = d.phase == P_LOST;
+        let Some(from) = d.align(seq, len as u32, &mut completed) else {
+            let event = if !was_lost && d.phase == P_LOST { Event::Lost(LostReason::Gap) } else { Event::None };
+            return d.step(event, completed);
+        };
+        let (used, stop) = d.scan(role, block, from as usize, len, &mut completed);
+        d.next_seq = seq.wrapping_add(used as u32);
+        let event = match stop {
+            None => Event::None,
+            Some(Stop::Lost(why)) => {
+                if why == LostReason::NotHttp {
+                    // At a message start: point at it.
+                    d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
+                }
+                Event::Lost(why)
+            }
+            Some(Stop::Request(method)) => {
+                if role == ROLE_UNKNOWN {
+                    pending.request_dir = (i as u8) + 1;
+                }
+                if pending.in_flight() as usize >= PENDING_DEPTH {
+                    d.lose(LostReason::PipelineTooDeep);
+                    d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
+                    Event::Lost(LostReason::PipelineTooDeep)
+                } else {
+                    let k = (pending.tail as usize) & (PENDING_DEPTH - 1);
+                    pending.ts_ns[k] = ts_ns;
+                    pending.flags[k] = match method {
+                        Method::Head => REQ_HEAD,
+                        Method::Connect => REQ_CONNECT,
+                        _ => 0,
+                    };
+                    pending.tail = pending.tail.wrapping_add(1);
+                    counts.requests = counts.requests.wrapping_add(1);
+                    Event::Request { method }
+                }
+            }
+            Some(Stop::Response(status)) => {
+                if role == ROLE_UNKNOWN {
+                    pending.request_dir = ((i ^ 1) as u8) + 1;
+                }
+                // An interim (1xx) response does not answer the request; 101 does (and ends HTTP).
+                let is_final = status >= 200 || status == 101;
+                let waiting = pending.in_flight() != 0;
+                if is_final && !waiting && other_lost {
+                    d.lose(LostReason::Unpaired);
+                    d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
+                    Event::Lost(LostReason::Unpaired)
+                } else {
+                    counts.add_status(status);
+                    let mut req = 0u8;
+                    let mut latency_ns = None;
+                    if is_final && waiting {
+                        let k = (pending.head as usize) & (PENDING_DEPTH - 1);
+                        req = pending.flags[k];
+                        let l = ts_ns.saturating_sub(pending.ts_ns[k]);
+                        counts.latency_sum_ns = counts.latency_sum_ns.wrapping_add(l);
+                        counts.latency_count = counts.latency_count.wrapping_add(1);
+                        latency_ns = Some(l);
+                    } else if is_final {
+                        counts.unmatched_responses = counts.unmatched_responses.wrapping_add(1);
+                    }
+                    // RFC 9110 section 6.4.1 and RFC 9112 section 6.3: which responses have no body.
+                    let mut m = M_RESPONSE;
+                    if status == 101 || (status >= 200 && status < 300 && req & REQ_CONNECT != 0) {
+                        m |= M_TUNNEL;
+                        pending.switched = 1;
+                    } else if status < 200 || status == 204 || status == 304 || req & REQ_HEAD != 0 {
+                        m |= M_NOBODY;
+                    }
+                    d.mflags = m;
+                    if is_final && waiting {
+                        pending.head = pending.head.wrapping_add(1);
+                    }
+                    Event::Response { status, latency_ns }
+                }
+            }
+        };
+        d.step(event, completed)
+    }
+
+    /// The whole segment `[seq, seq + len)` of `dir`: [`Self::skip`] and [`Self::feed_block`] in
+    /// a loop of at most `MAX` turns. `load(offset, block, n)` copies the `n` (1..=[`BLOCK`]) bytes
+    /// at `offset` in the segment into `block` (false: could not, the direction is lost with
+    /// [`LostReason::Gap`]). `on_step` sees every step that reports an event or a completion. If
+    /// the turns run out with bytes left to frame, the direction is lost ([`LostReason::Budget`]).
+    #[inline(always)]
+    pub fn feed_segment<const MAX: usize, L, E>(&mut self, dir: u8, seq: u32, len: u32, ts_ns: u64, mut load: L, mut on_step: E) -> Step
+    where
+        L: FnMut(u32, &mut [u8; BLOCK], usize) -> bool,
+        E: FnMut(&Step),
+    {
+        let end = seq.wrapping_add(len);
+        let mut block = [0u8; BLOCK];
+        let mut step = self.skip(dir, seq, len);
+        report(&step, &mut on_step);
+        for _ in 0..MAX {
+            if !step.more || !seq_before(step.next_seq, end) {
+                return step;
+            }
+            let off = step.next_seq.wrapping_sub(seq);
+            if step.need_seq != step.next_seq {
+                step = self.skip(dir, step.next_seq, len.wrapping_sub(off));
+                report(&step, &mut on_step);
+                continue;
+            }
+            let rest = len.wrapping_sub(off) as usize;
+            let n = if rest < BLOCK { rest } else { BLOCK };
+            if !load(off, &mut block, n) {
+                step = self.lose(dir, LostReason::Gap);
+                on_step(&step);
+                return step;
+            }
+            step = self.feed_block(dir, step.next_seq, &block, n, ts_ns);
+            report(&step, &mut on_step);
+        }
+        if step.more && seq_before(step.next_seq, end) && step.need_seq != step.next_seq {
+            let off = step.next_seq.wrapping_sub(seq);
+            step = self.skip(dir, step.next_seq, len.wrapping_sub(off));
+            report(&step, &mut on_step);
+        }
+        if step.more && seq_before(step.next_seq, end) {
+            step = self.lose(dir, LostReason::Budget);
+            on_step(&step);
+        }
+        step
+    }
+
+    /// A FIN in `dir`: a response delimited by the close is complete (true if there was one).
+    #[inline(always)]
+    pub fn fin(&mut self, dir: u8) -> bool {
+        let d = &mut self.dirs[(dir & 1) as usize];
+        if d.phase == P_UNTIL_CLOSE {
+            d.phase = P_IDLE;
+            return true;
+        }
+        false
+    }
+
+    /// The connection ended: requests still waiting were never answered.
+    #[inline(always)]
+    pub fn close(&mut self) -> Closed {
+        let lost = self.dirs[0].phase == P_LOST || self.dirs[1].phase == P_LOST;
+        let n = self.pending.in_flight();
+        self.pending.head = self.pending.tail;
+        if !lost {
+            self.counts.unanswered = self.counts.unanswered.wrapping_add(n as u64);
+        }
+        Closed { unanswered: n, lost }
+    }
+}
+
+#[inline(always)]
+fn report<E: FnMut(&Step)>(step: &Step, on_step: &mut E) {
+    if step.event != Event::None || step.completed != 0 {
+        on_step(step);
+    }
+}
+
+/// Does the block begin with a message start that fits the direction's role?
+#[inline(always)]
+fn starts_message(block: &[u8; BLOCK], len: usize, role: u8) -> bool {
+    let Some((first, _)) = block.split_first_chunk::<START_LEN>() else { return false };
+    let n = if len < START_LEN { len } else { START_LEN };
+    match classify(first, n) {
+        Start::Request(_) => role != ROLE_RESPONSE,
+        Start::Response(_) => role != ROLE_REQUEST,
+        Start::Neither => false,
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding (sizes are asserted
+    // in the tests: 48, 80, 80, 256).
+    unsafe impl aya::Pod for DirFrame {}
+    unsafe impl aya::Pod for Pending {}
+    unsafe impl aya::Pod for FrameCounts {}
+    unsafe impl aya::Pod for ConnFrame {}
+}
