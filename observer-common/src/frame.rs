@@ -95,6 +95,8 @@ pub enum Phase {
     Held = 11,
     /// Framing lost its place; the reason is in `DirFrame::lost`.
     Lost = 12,
+    /// The direction's stream ended (FIN): nothing more to frame, retransmissions included.
+    Closed = 13,
 }
 
 impl Phase {
@@ -112,6 +114,7 @@ impl Phase {
             10 => Phase::Tunnel,
             11 => Phase::Held,
             12 => Phase::Lost,
+            13 => Phase::Closed,
             _ => Phase::Unsynced,
         }
     }
@@ -130,6 +133,7 @@ const P_UNTIL_CLOSE: u8 = Phase::UntilClose as u8;
 const P_TUNNEL: u8 = Phase::Tunnel as u8;
 const P_HELD: u8 = Phase::Held as u8;
 const P_LOST: u8 = Phase::Lost as u8;
+const P_CLOSED: u8 = Phase::Closed as u8;
 
 /// Why a direction's framing was lost (for `observer_http_fallback_total{reason}`).
 #[repr(u8)]
@@ -487,7 +491,7 @@ impl DirFrame {
             self.next_seq = seq;
             return Some(0);
         }
-        if p == P_LOST || p == P_HELD {
+        if p == P_LOST || p == P_HELD || p == P_CLOSED {
             return None;
         }
         self.lose(LostReason::Gap);
@@ -572,7 +576,8 @@ impl DirFrame {
     #[inline(always)]
     fn start_byte(&mut self, role: u8, b: u8) -> Option<Stop> {
         self.head_len = self.head_len.wrapping_add(1);
-        self.start[(self.start_len as usize) & (START_LEN - 1)] = b;
+        // A bare LF ends the line as CRLF does (classify knows only CR after a status code).
+        self.start[(self.start_len as usize) & (START_LEN - 1)] = if b == LF { CR } else { b };
         self.start_len = self.start_len.wrapping_add(1);
         if (self.start_len as usize) < START_LEN && b != LF {
             return None;
@@ -1125,7 +1130,7 @@ impl ConnFrame {
         let switched = self.pending.switched != 0;
         let answered = self.pending.head == self.pending.tail;
         let d = &mut self.dirs[i & 1];
-        if d.phase == P_UNSYNCED || d.phase == P_LOST || d.phase == P_TUNNEL {
+        if d.phase == P_UNSYNCED || d.phase == P_LOST || d.phase == P_TUNNEL || d.phase == P_CLOSED {
             return;
         }
         if switched {
@@ -1285,7 +1290,9 @@ impl ConnFrame {
     }
 
     /// The whole segment `[seq, seq + len)` of `dir`: [`Self::skip`] and [`Self::feed_block`] in
-    /// a loop of at most `MAX` turns. `load(offset, block, n)` copies the `n` (1..=[`BLOCK`]) bytes
+    /// a loop of at most `MAX` turns, each a skip when inside a body (no load) and one block.
+    /// A turn ends at a block's end or at a message start, so a segment needs about
+    /// `bytes outside bodies / BLOCK + message starts` turns. `load(offset, block, n)` copies the `n` (1..=[`BLOCK`]) bytes
     /// at `offset` in the segment into `block` (false: could not, the direction is lost with
     /// [`LostReason::Gap`]). `on_step` sees every step that reports an event or a completion. If
     /// the turns run out with bytes left to frame, the direction is lost ([`LostReason::Budget`]).
@@ -1303,12 +1310,16 @@ impl ConnFrame {
             if !step.more || !seq_before(step.next_seq, end) {
                 return step;
             }
-            let off = step.next_seq.wrapping_sub(seq);
             if step.need_seq != step.next_seq {
+                // Inside a body: jump (no load), in the same turn as the next block.
+                let off = step.next_seq.wrapping_sub(seq);
                 step = self.skip(dir, step.next_seq, len.wrapping_sub(off));
                 report(&step, &mut on_step);
-                continue;
+                if !step.more || !seq_before(step.next_seq, end) {
+                    return step;
+                }
             }
+            let off = step.next_seq.wrapping_sub(seq);
             let rest = len.wrapping_sub(off) as usize;
             let n = if rest < BLOCK { rest } else { BLOCK };
             if !load(off, &mut block, n) {
@@ -1331,15 +1342,17 @@ impl ConnFrame {
         step
     }
 
-    /// A FIN in `dir`: a response delimited by the close is complete (true if there was one).
+    /// A FIN in `dir` (after the FIN segment's own bytes were fed): the direction's stream
+    /// ended, nothing more is framed in it ([`Phase::Closed`]; a lost direction stays lost).
+    /// Returns true if that completed a response delimited by the close.
     #[inline(always)]
     pub fn fin(&mut self, dir: u8) -> bool {
         let d = &mut self.dirs[(dir & 1) as usize];
-        if d.phase == P_UNTIL_CLOSE {
-            d.phase = P_IDLE;
-            return true;
+        let until_close = d.phase == P_UNTIL_CLOSE;
+        if d.phase != P_LOST {
+            d.phase = P_CLOSED;
         }
-        false
+        until_close
     }
 
     /// The connection ended: requests still waiting were never answered.

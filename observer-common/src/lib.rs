@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod conn;
+pub mod frame;
 pub mod global;
 pub mod http;
 pub mod packet;

@@ -109,6 +109,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
         "netns_filter": app.netns_filter,
         "programs": crate::bpf::program_stats(&app.program_ids),
         "traces_active": app.trace.active(),
+        "sweeps": app.sweeps.load(std::sync::atomic::Ordering::Relaxed),
         "kernel_counters": k,
         "connections_tracked": t.kernel_entries,
         "table": t,

@@ -67,6 +67,8 @@ pub struct App {
     pub metrics: Metrics,
     pub trace: Arc<Hub>,
     pub started: Instant,
+    /// Sweeps of the kernel map completed (`/api/v1/status`: lets a test wait for one).
+    pub sweeps: std::sync::atomic::AtomicU64,
     pub config: Config,
 }
 
@@ -227,6 +229,7 @@ impl App {
             self.finalize(k, s);
         }
         self.history.lock().expect("history lock poisoned").expire(now);
+        self.sweeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn handle(self: &Arc<Self>, ev: ConnEvent) {
@@ -412,6 +415,7 @@ pub async fn run(config: Config) -> Result<()> {
         netns_filter: loaded.netns_filter,
         program_ids: loaded.program_ids.clone(),
         started: Instant::now(),
+        sweeps: std::sync::atomic::AtomicU64::new(0),
         config: config.clone(),
     });
     app.metrics.ring_size.with_label_values(&["events"]).set(i64::from(config.map_sizes.events_bytes));

@@ -12,6 +12,7 @@ use std::{
 use crate::{
     addr::{self, http_base},
     netns::{Netns, Topology},
+    observer::WAIT,
     poll,
     process::Background,
 };
@@ -157,9 +158,10 @@ impl Nginx {
         }
     }
 
-    /// Polls until the access log has at least `n` lines (see [`Nginx::wait_for_log`]).
+    /// Polls until the access log has at least `n` lines (see [`Nginx::wait_for_log`]), up to
+    /// [`WAIT`] (a bound on failure only).
     pub fn wait_for_requests(&self, n: usize) -> AccessLog {
-        self.wait_for_log(&format!("{n} requests"), Duration::from_secs(10), |l| l.entries.len() >= n)
+        self.wait_for_log(&format!("{n} requests"), WAIT, |l| l.entries.len() >= n)
     }
 
     pub fn error_log(&self) -> String {

@@ -294,9 +294,10 @@ impl Observer {
         self.process.log()
     }
 
-    /// SIGTERM, wait (up to 10 s), and return the exit status.
+    /// SIGTERM, wait (up to [`WAIT`]: detaching takes longer on a loaded machine; an exit returns
+    /// at once), and return the exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
-        self.process.stop(Duration::from_secs(10))
+        self.process.stop(WAIT)
     }
 }
 
@@ -319,7 +320,9 @@ struct ApiConnection {
 }
 
 impl ApiConnection {
-    const TIMEOUT: Duration = Duration::from_secs(5);
+    /// Bounds connecting and each read or write: a failure only (an answer returns at once), so
+    /// sized for a loaded machine.
+    const TIMEOUT: Duration = WAIT;
 
     fn open(ns: &Netns, server: SocketAddr) -> io::Result<ApiConnection> {
         // The socket stays in the namespace it was created in, whichever thread uses it later.

@@ -21,7 +21,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{netns::Netns, poll, process::Background};
+use crate::{netns::Netns, observer::WAIT, poll, process::Background};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -425,8 +425,9 @@ impl TraceStream {
     /// Opens the stream (HTTP/1.0: the body is delimited by the close, no chunked coding) and
     /// reads the status line and headers.
     pub fn open(ns: &Netns, api: SocketAddr, query: &str) -> io::Result<TraceStream> {
-        let stream = ns.enter(move || TcpStream::connect_timeout(&api, Duration::from_secs(5)))??;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // Bounds on failure only (the daemon answers at once unless the machine is loaded).
+        let stream = ns.enter(move || TcpStream::connect_timeout(&api, WAIT))??;
+        stream.set_read_timeout(Some(WAIT))?;
         write!(&stream, "GET /api/v1/trace?{query} HTTP/1.0\r\nHost: {api}\r\n\r\n")?;
         let mut r = BufReader::new(stream.try_clone()?);
         let mut line = String::new();

@@ -250,11 +250,11 @@ fn parse_request_head(head: &[u8]) -> io::Result<Request> {
     Ok(Request { method: method.into(), target: target.into(), version: version.into(), headers, body: Vec::new() })
 }
 
-/// A TCP connection from inside `ns` to `server`: Nagle off (each write leaves at once), reads
-/// and writes bounded by [`PEER_TIMEOUT`]. Panics if it cannot connect.
+/// A TCP connection from inside `ns` to `server`: Nagle off (each write leaves at once); connecting,
+/// reads and writes bounded by [`PEER_TIMEOUT`]. Panics if it cannot connect.
 pub fn connect(ns: &Netns, server: SocketAddr) -> TcpStream {
     let s = ns
-        .enter(move || TcpStream::connect_timeout(&server, Duration::from_secs(10)))
+        .enter(move || TcpStream::connect_timeout(&server, PEER_TIMEOUT))
         .and_then(|r| r)
         .unwrap_or_else(|e| panic!("connecting to {server} from {}: {e}", ns.name()));
     s.set_nodelay(true).expect("TCP_NODELAY");

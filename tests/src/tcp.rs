@@ -13,8 +13,10 @@ use std::{
 
 use crate::netns::Netns;
 
-/// How long connecting and each read or write may take.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting and each read or write may take: a bound on failure only (a connect or a
+/// read returns as soon as it can), sized for a loaded machine. A handshake whose SYN or SYN-ACK
+/// is lost on purpose completes only at a retransmission: 1, 3, 7 or 15 s after the first one.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects from `ns` to `server`; the stream has [`TIMEOUT`] as read and write timeout.
 pub fn connect(ns: &Netns, server: SocketAddr) -> io::Result<TcpStream> {

@@ -506,7 +506,7 @@ fn assert_outbound_scripted(lab: &HttpLab, connections: usize) -> Vec<Served> {
 /// one nginx connection and carry `codes`.
 fn assert_proxy_log(lab: &HttpLab, client_end: SocketAddr, codes: &[u16]) -> Vec<LogEntry> {
     let what = format!("{} requests from {client_end}", codes.len());
-    let log = lab.proxy.wait_for_log(&what, Duration::from_secs(10), |l| l.entries.iter().filter(|e| e.remote() == client_end).count() >= codes.len());
+    let log = lab.proxy.wait_for_log(&what, SETTLE, |l| l.entries.iter().filter(|e| e.remote() == client_end).count() >= codes.len());
     let mine: Vec<LogEntry> = log.entries.iter().filter(|e| e.remote() == client_end).cloned().collect();
     assert_eq!(mine.iter().map(|e| e.status).collect::<Vec<_>>(), codes, "statuses the proxy logged for {client_end} vs what the client got:\n{}", log.raw);
     assert_eq!(mine.iter().map(|e| e.connection_requests).collect::<Vec<_>>(), (1..=codes.len() as u64).collect::<Vec<_>>(), "{}", log.raw);
@@ -1148,6 +1148,8 @@ fn connections_that_are_not_http_are_never_counted_and_disturb_nothing() {
         let mut back = vec![0u8; first.len()];
         s.read_exact(&mut back).unwrap();
         for later in [&b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"] {
+            // Pacing only: each write follows the echo of the previous one anyway, and what is
+            // decided about the first bytes does not depend on when later bytes come.
             std::thread::sleep(Duration::from_millis(20));
             s.write_all(later).unwrap();
             let mut back = vec![0u8; later.len()];
@@ -1162,7 +1164,7 @@ fn connections_that_are_not_http_are_never_counted_and_disturb_nothing() {
     assert_eq!(codes, MIX.iter().map(|(_, c)| *c).collect::<Vec<_>>());
     let client_end = one_connection(&run);
     assert_proxy_log(&lab, client_end, &codes);
-    let log = lab.proxy.wait_for_log("the 400s for the garbage", Duration::from_secs(10), |l| others[..2].iter().all(|o| l.entries.iter().any(|e| e.remote() == *o)));
+    let log = lab.proxy.wait_for_log("the 400s for the garbage", SETTLE, |l| others[..2].iter().all(|o| l.entries.iter().any(|e| e.remote() == *o)));
     for o in &others[..2] {
         let e: Vec<&LogEntry> = log.entries.iter().filter(|e| e.remote() == *o).collect();
         assert_eq!(e.iter().map(|e| e.status).collect::<Vec<_>>(), vec![400], "the proxy's view of {o}:\n{}", log.raw);

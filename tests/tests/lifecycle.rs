@@ -453,7 +453,7 @@ fn retransmissions(test: &str, one_segment_per_skb: bool, small_qdisc: bool) -> 
         let mut accepted = accepted;
         accepted.write_all(&vec![b'r'; RETRANSMIT_BODY]).map(|()| accepted)
     });
-    let retransmitting = poll(Duration::from_secs(20), Duration::from_millis(20), || (info("during the outage").total_retrans >= 2).then_some(()));
+    let retransmitting = poll(WAIT, Duration::from_millis(20), || (info("during the outage").total_retrans >= 2).then_some(()));
     let outage = info("during the outage");
     topo.client.run("ip", ["addr", "add", &client_prefix, "dev", addr::CLIENT_IF]);
     assert!(retransmitting.is_some(), "the gateway did not retransmit while its peer was unreachable:\n{}", outage.raw);
@@ -465,7 +465,7 @@ fn retransmissions(test: &str, one_segment_per_skb: bool, small_qdisc: bool) -> 
     let accepted = writer.join().expect("the writer thread").expect("writing the body");
     // Both ends stay open. Once everything is acknowledged nothing more is retransmitted: the
     // kernel's counts are final, and the observer's must equal them.
-    let kernel = poll(Duration::from_secs(20), Duration::from_millis(20), || {
+    let kernel = poll(WAIT, Duration::from_millis(20), || {
         let i = info("after the transfer");
         (i.state == "ESTAB" && i.counter("unacked").is_none() && i.counter("bytes_acked") == Some(RETRANSMIT_BODY as u64)).then_some(i)
     })
@@ -570,7 +570,7 @@ fn handshake_retransmissions(test: &str, inbound: bool) {
 
     let ns = connect_ns.clone();
     let connecting = std::thread::spawn(move || tcp::connect(&ns, server));
-    let retransmitted = poll(Duration::from_secs(10), Duration::from_millis(20), || (topo.gateway.tcp_retransmitted_segments() > namespace_before).then_some(()));
+    let retransmitted = poll(WAIT, Duration::from_millis(20), || (topo.gateway.tcp_retransmitted_segments() > namespace_before).then_some(()));
     neigh(mac.trim());
     assert!(retransmitted.is_some(), "the gateway never retransmitted its {}", if inbound { "SYN-ACK" } else { "SYN" });
     let connected = connecting.join().expect("the connecting thread").expect("connecting once the neighbour entry is right");
@@ -913,8 +913,8 @@ fn closed_connection_times_are_the_same_in_every_answer() {
 
 /// 300 proxied requests with `Connection: close`: 600 connections, each closed normally, so
 /// `observer_connections_closed_total` must grow by exactly 600. A connection's end is finalised
-/// twice over (300 ms after its close event, and by the 1 s sweep that finds closed entries), and
-/// exactly one of the two may count it.
+/// twice over (300 ms after its close event, and by the daemon's periodic sweep, every 5 s, that
+/// finds closed entries), and exactly one of the two may count it.
 #[test]
 fn every_closed_connection_is_counted_once_under_churn() {
     const TEST: &str = "every_closed_connection_is_counted_once_under_churn";
@@ -930,8 +930,11 @@ fn every_closed_connection_is_counted_once_under_churn() {
     assert_eq!(lab.upstream.wait_for_requests(REQUESTS).entries.len(), REQUESTS);
     let expected = (2 * REQUESTS) as f64;
     wait_for_metrics(&lab.observer, &format!("{expected} connections closed"), |m| m.sum(CLOSED, &[]) - before.sum(CLOSED, &[]) >= expected);
-    // Two sweeps later nothing more may be counted.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Two whole sweeps of the kernel map later (each finds closed entries and may finalise them),
+    // nothing more may have been counted.
+    let swept = lab.observer.status()["sweeps"].as_u64().expect("status names its sweeps");
+    let done = poll(WAIT, Duration::from_millis(100), || (lab.observer.status()["sweeps"].as_u64() >= Some(swept + 2)).then_some(()));
+    assert!(done.is_some(), "the daemon did not sweep twice within {WAIT:?}");
     let after = metrics(&lab.observer);
     assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), expected, "{}", after.series(CLOSED));
     for role in ["inbound", "outbound"] {

@@ -98,6 +98,20 @@ fn payload_bytes(lines: &[Value], direction: &str) -> u64 {
     packets(lines, direction).iter().map(|l| l["len"].as_u64().unwrap()).sum()
 }
 
+/// Packet lines of one direction (not retransmissions) that carry a FIN.
+fn fins(lines: &[Value], direction: &str) -> usize {
+    packets(lines, direction).iter().filter(|l| flags(l).contains("FIN")).count()
+}
+
+/// Whether each connection of `set` has its `closed` line and at least one packet line. The daemon
+/// reads packets, socket events (`opened`, `closed`) and HTTP records (`request`, `response`) from
+/// three ring buffers, each on its own schedule: a `closed` line does not mean that the packet
+/// lines before it in time have arrived. (Within one ring the order holds: a connection's first
+/// packet line is its first packet.)
+fn closed_with_packets(lines: &[Value], set: &BTreeSet<String>) -> bool {
+    closed_in(lines).is_superset(set) && set.iter().all(|c| lines.iter().any(|l| l["type"] == "packet" && l["connection"] == c.as_str()))
+}
+
 fn flags(l: &Value) -> &str {
     l["flags"].as_str().unwrap_or_else(|| panic!("no flags in {l}"))
 }
@@ -129,7 +143,18 @@ fn a_traced_connection_shows_only_its_own_packets_and_exchanges_in_order() {
     assert!(others.iter().all(|t| t.http_code == 200 && t.local != local), "{others:?}");
     conn.close();
 
-    trace.wait_for_json("3 responses and the close", WAIT, |l| of_type(l, "response").len() == 3 && !of_type(l, "closed").is_empty());
+    let sent: u64 = exchanges.iter().map(|e| e.request_bytes).sum();
+    let received: u64 = exchanges.iter().map(|e| e.response_bytes).sum();
+    // Packet lines come from their own ring buffer (see `closed_with_packets`): wait for them too,
+    // up to the exact counts asserted below (an over-count still fails there).
+    trace.wait_for_json("3 responses, the close, every payload byte and both FINs", WAIT, |l| {
+        of_type(l, "response").len() == 3
+            && !of_type(l, "closed").is_empty()
+            && payload_bytes(l, "in") >= sent
+            && payload_bytes(l, "out") >= received
+            && fins(l, "in") >= 1
+            && fins(l, "out") >= 1
+    });
     trace.stop();
     let lines: Vec<Value> = trace.json_lines();
     let timeline = &lines[1..];
@@ -148,8 +173,6 @@ fn a_traced_connection_shows_only_its_own_packets_and_exchanges_in_order() {
     // segment carrying its request or status line.
     assert_in_order(&lines, "in");
     assert_in_order(&lines, "out");
-    let sent: u64 = exchanges.iter().map(|e| e.request_bytes).sum();
-    let received: u64 = exchanges.iter().map(|e| e.response_bytes).sum();
     assert_eq!((payload_bytes(&lines, "in"), payload_bytes(&lines, "out")), (sent, received), "payload in/out vs what the client wrote/read:\n{}", trace.stdout());
     let http_in: Vec<&str> = packets(&lines, "in").iter().filter_map(|l| l["http"].as_str()).collect();
     assert_eq!(http_in, paths.map(|p| format!("GET {p} HTTP/1.1")), "request lines");
@@ -162,8 +185,7 @@ fn a_traced_connection_shows_only_its_own_packets_and_exchanges_in_order() {
         }
     }
     // The client closed: one FIN each way, the client's first.
-    let fins = |dir| packets(&lines, dir).iter().filter(|l| flags(l).contains("FIN")).count();
-    assert_eq!((fins("in"), fins("out")), (1, 1), "{}", trace.stdout());
+    assert_eq!((fins(&lines, "in"), fins(&lines, "out")), (1, 1), "{}", trace.stdout());
     assert!(lines.iter().all(|l| l["type"] != "packet" || flags(l) != "SYN"), "opened before the trace: no SYN");
 }
 
@@ -196,11 +218,11 @@ fn partial_filters_match_exactly_their_connections() {
     let upstream: BTreeSet<String> = log.entries.iter().map(|e| outbound_of(e.remote_port)).collect();
     assert_eq!(upstream.len(), 3, "{}", log.raw);
 
-    let client_lines = by_client.wait_for("both IPv4 client connections closed", WAIT, |l| closed_in(l).is_superset(&clients_v4));
-    let upstream_lines = by_upstream.wait_for("the upstream connections closed", WAIT, |l| closed_in(l).is_superset(&upstream));
+    let client_lines = by_client.wait_for("both IPv4 client connections closed, with their packets", WAIT, |l| closed_with_packets(l, &clients_v4));
+    let upstream_lines = by_upstream.wait_for("the upstream connections closed, with their packets", WAIT, |l| closed_with_packets(l, &upstream));
     let mut inbound_all = clients_v4.clone();
     inbound_all.insert(client_v6.clone());
-    let port_lines = by_port.wait_for("every client connection closed", WAIT, |l| closed_in(l).is_superset(&inbound_all));
+    let port_lines = by_port.wait_for("every client connection closed, with its packets", WAIT, |l| closed_with_packets(l, &inbound_all));
 
     assert_eq!(connections_of(&client_lines), clients_v4, "remote=198.18.1.2: the IPv4 client connections, not IPv6 nor upstream ones");
     assert_eq!(connections_of(&upstream_lines), upstream, "remote=198.18.2.2:80: the upstream connections only");
@@ -227,7 +249,14 @@ fn a_trace_started_before_its_connection_shows_it_from_the_syn() {
     wait_traces_active(&lab.observer, 1);
     let t = curl(&lab.topo.client, &[url("/ok")], &[]);
     let name = inbound(&t[0]);
-    let lines = trace.wait_for_json("the response and the close", WAIT, |l| !of_type(l, "response").is_empty() && !of_type(l, "closed").is_empty());
+    // Packets, events and HTTP records come from three ring buffers (see `closed_with_packets`):
+    // wait for each kind, up to the exact counts asserted below.
+    let lines = trace.wait_for_json("the response, the close and every payload byte", WAIT, |l| {
+        !of_type(l, "response").is_empty()
+            && !of_type(l, "closed").is_empty()
+            && payload_bytes(l, "in") >= t[0].size_request
+            && payload_bytes(l, "out") >= t[0].response_bytes()
+    });
     trace.stop();
     assert_eq!(connections_of(&lines), BTreeSet::from([name.clone()]));
     let p: Vec<&Value> = lines.iter().filter(|l| l["type"] == "packet").collect();
@@ -363,7 +392,8 @@ fn the_human_timeline_shows_the_handshake_and_the_exchange() {
     wait_traces_active(&lab.observer, 1);
     let t = curl(&lab.topo.client, &[url("/ok")], &[]);
     let name = inbound(&t[0]);
-    let out = trace.wait_for_text(&["→ GET /ok", "← 200 after", "[SYN]", "● closed"], WAIT);
+    // Every line asserted below, from the three ring buffers (see `closed_with_packets`).
+    let out = trace.wait_for_text(&["→ GET /ok", "← 200 after", "[SYN]", "[SYN,ACK]", "\"GET /ok HTTP/1.1\"", "● opened (inbound)", "● closed"], WAIT);
     trace.stop();
     assert!(out.contains("● opened (inbound)"), "{out}");
     assert!(out.contains("[SYN,ACK]"), "{out}");

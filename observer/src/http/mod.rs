@@ -2,6 +2,8 @@
 //! messages (`framing`), requests paired with their responses, counted exactly, with latency and
 //! per-second error windows.
 #![forbid(unsafe_code)]
+#[cfg(test)]
+mod differential;
 pub mod framing;
 pub mod stream;
 
