@@ -39,10 +39,14 @@ pub enum Counter {
     /// Segments whose sequence bookkeeping lost the compare-and-exchange race on every attempt
     /// (their bytes were counted as new). Should stay 0.
     SeqContention = 16,
+    /// New `HTTP_FRAMES` entries the map refused (should stay 0: the map is LRU).
+    FrameInsertFailures = 17,
+    /// Times the kernel framer lost a direction's place (handed to user space).
+    FrameLost = 18,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 17;
+pub const COUNTERS: u32 = 19;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -63,6 +67,8 @@ impl Counter {
         Counter::PayloadBacklog,
         Counter::EventsBacklog,
         Counter::SeqContention,
+        Counter::FrameInsertFailures,
+        Counter::FrameLost,
     ];
 
     /// The name used in metrics and the API.
@@ -85,6 +91,8 @@ impl Counter {
             Counter::PayloadBacklog => "payload_backlog_bytes",
             Counter::EventsBacklog => "events_backlog_bytes",
             Counter::SeqContention => "seq_contention",
+            Counter::FrameInsertFailures => "frame_insert_failures",
+            Counter::FrameLost => "frame_lost",
         }
     }
 }

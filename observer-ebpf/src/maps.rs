@@ -7,6 +7,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
+    frame::ConnFrame,
     global::COUNTERS,
     http::{HttpHints, PayloadEvent},
     tracepoint::{NetnsFilter, SkbSegs, TpLayout},
@@ -21,6 +22,17 @@ pub static CONNS: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(
 /// stacks next to everything else they hold.
 #[map]
 pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// HTTP framing and counts per connection, in the kernel (`observer_common::frame`).
+#[map]
+pub static HTTP_FRAMES: LruHashMap<ConnKey, ConnFrame> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The classifier's arguments for `frame::observer_http_frame`, and where a new
+/// `HTTP_FRAMES` entry is assembled (too big for the stack).
+#[map]
+pub static FRAME_ARGS: PerCpuArray<crate::frame::FrameArgs> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static FRAME_SCRATCH: PerCpuArray<ConnFrame> = PerCpuArray::with_max_entries(1, 0);
 
 /// Host-wide counters, per CPU (see `observer_common::global::Counter`).
 #[map]

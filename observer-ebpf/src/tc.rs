@@ -277,6 +277,23 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         len: payload_len,
     };
     http::forward(ctx, &key, stats, &seg, now);
+    if payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0 {
+        if let Some(a) = crate::maps::FRAME_ARGS.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, read by the call below.
+            unsafe {
+                (*a).key = key;
+                (*a).ts_ns = now;
+                (*a).seq = tcp.seq;
+                (*a).len = payload_len as u32;
+                (*a).off = payload_off as u32;
+                (*a).dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
+                (*a).syn = (f & packet::TCP_SYN != 0) as u8;
+                (*a).ack = (f & packet::TCP_ACK != 0) as u8;
+                (*a).fin = (f & packet::TCP_FIN != 0) as u8;
+            }
+            crate::frame::observer_http_frame(ctx.skb.skb);
+        }
+    }
     Ok(())
 }
 
