@@ -9,23 +9,33 @@
 //!
 //! # Shape, for the BPF verifier
 //! Only `core`, no allocation, no panicking paths (runtime indices are masked into fixed arrays),
-//! every loop has a constant bound and a short body, and every helper is `#[inline(always)]`.
-//! The kernel copies bytes out of a packet into a fixed buffer only, so bytes come in
-//! [`BLOCK`]-sized blocks loaded at the sequence number the framer asks for:
+//! no calls once compiled (no `memset`/`memcpy` either: see below), every helper
+//! `#[inline(always)]`. The kernel copies packet bytes only into a fixed buffer, so the framer
+//! loads [`BLOCK`]-sized blocks at the sequence number it needs, and none inside bodies.
+//!
+//! The work is cut into *turns* ([`ConnFrame::step`]): one byte outside bodies, or one jump over
+//! body bytes. Between turns everything lives in the connection's [`ConnFrame`] and a per-CPU
+//! [`Scan`], both map values, so a BPF program runs the turns with `bpf_loop` and the verifier
+//! checks one turn, not every byte. (Measured on this project's kernel, 6.18: a bounded `for`
+//! loop over the bytes of a single 64-byte block already exceeds the verifier's 1M instruction
+//! limit, because it unrolls the loop and the scanner's paths multiply.)
 //!
 //! ```text
-//! let mut step = conn.skip(dir, seq, len);                 // no load: inside a body, retransmitted, ...
-//! for _ in 0..MAX_BLOCKS {
-//!     if !step.more || !seq_before(step.next_seq, seq + len) { break }
-//!     if step.need_seq != step.next_seq {                     // inside a body: jump, no load
-//!         step = conn.skip(dir, step.next_seq, seq + len - step.next_seq); continue;
-//!     }
-//!     load min(BLOCK, seq + len - step.next_seq) bytes at step.next_seq into `block`
-//!     step = conn.feed_block(dir, step.next_seq, &block, n, now);
-//!     match step.event { Request/Response => emit an event, Lost(r) => hand the direction to user space, _ => {} }
-//! }
+//! // conn: &mut ConnFrame (CONNS value), scan: &mut Scan (per-CPU array value)
+//! let first = conn.begin_segment(scan, dir, seq, len, now);   // no load: retransmitted, body, gap
+//! bpf_loop(MAX_STEPS, |_, ctx| match ctx.conn.step(ctx.scan, |off, block, n| load n bytes at payload + off) {
+//!     Turn::Continue => 0,
+//!     Turn::Event(e) => { emit e (request / status and latency / loss); 0 }
+//!     Turn::Done => 1,
+//! });
+//! let last = conn.finish_segment(scan);                        // Lost(Budget) if turns ran out
 //! ```
-//! [`ConnFrame::feed_segment`] is exactly that loop, with the load as a closure.
+//! [`ConnFrame::feed_segment`] is the same with a bounded loop, for the host and the tests.
+//! [`ConnFrame::skip`] alone (no load at all) tells whether a segment needs any of this.
+//!
+//! LLVM turns runs of zero stores (a zeroed array, a whole `zeroed()` struct assigned at run
+//! time) into `memset` calls, which the BPF verifier rejects on the stack: create map values
+//! from [`ConnFrame::zeroed`] in user space or by inserting from a scratch value.
 //!
 //! # Concurrency
 //! The two directions of a connection may run on two CPUs at once (tc ingress and egress). Each
@@ -49,9 +59,10 @@ mod tests;
 
 /// Bytes per block the caller loads (a power of two: indices into a block are masked with `BLOCK - 1`).
 pub const BLOCK: usize = 64;
-/// A suggested bound on blocks (loop iterations) per segment for [`ConnFrame::feed_segment`].
-/// Each message start costs one iteration besides the blocks of its head.
-pub const MAX_BLOCKS: usize = 32;
+/// A suggested bound on turns ([`ConnFrame::step`]) per segment, e.g. `bpf_loop`'s `nr_loops`.
+/// A turn is one byte outside bodies, or one jump over body bytes: a segment needs about
+/// `bytes outside bodies + bodies` turns.
+pub const MAX_STEPS: usize = 8192;
 /// A message head (start line and header fields), or a trailer section, longer than this makes the
 /// direction lost ([`LostReason::HeadTooLong`]).
 pub const MAX_HEAD: u16 = 16 * 1024;
@@ -162,7 +173,7 @@ pub enum LostReason {
     /// A final response with no request waiting while the request direction is lost: which
     /// request it answers (HEAD? CONNECT?) is unknown.
     Unpaired = 9,
-    /// The caller's bound on blocks per segment ran out with bytes left to frame.
+    /// The caller's bound on turns per segment (e.g. `bpf_loop` count) ran out with bytes left to frame.
     Budget = 10,
 }
 
@@ -422,10 +433,13 @@ impl DirFrame {
         Step { event, completed, next_seq: self.next_seq, need_seq: self.need_seq(), more: self.active() }
     }
 
+    /// Field by field (no whole-struct assignment, which compiles to a `memset` call the BPF
+    /// verifier rejects); the head fields are reset when the next message begins.
     #[inline(always)]
     fn sync(&mut self, seq: u32) {
-        *self = Self::zeroed();
         self.phase = P_IDLE;
+        self.lost = 0;
+        self.mflags = 0;
         self.next_seq = seq;
     }
 
@@ -498,44 +512,6 @@ impl DirFrame {
         None
     }
 
-    /// Frames the bytes `block[from..len]` until they run out or something must be reported.
-    /// Returns the offset after the last byte consumed.
-    #[inline(always)]
-    fn scan(&mut self, role: u8, block: &[u8; BLOCK], from: usize, len: usize, completed: &mut u8) -> (usize, Option<Stop>) {
-        let len = if len > BLOCK { BLOCK } else { len };
-        let mut i = from;
-        // Each turn consumes at least one byte (a body turn, all of the body in the block).
-        for _ in 0..BLOCK {
-            if i >= len {
-                break;
-            }
-            let p = self.phase;
-            if p == P_BODY || p == P_CHUNK_DATA {
-                let avail = (len - i) as u64;
-                let take = if self.remaining < avail { self.remaining } else { avail };
-                i += take as usize;
-                self.remaining = self.remaining.wrapping_sub(take);
-                if self.remaining == 0 {
-                    self.body_done(completed);
-                }
-                continue;
-            }
-            if p == P_UNTIL_CLOSE || p == P_TUNNEL {
-                i = len;
-                break;
-            }
-            if p < P_IDLE || p > P_TRAILERS {
-                break;
-            }
-            let b = block[i & (BLOCK - 1)];
-            i += 1;
-            if let Some(stop) = self.byte(role, b, completed) {
-                return (i, Some(stop));
-            }
-        }
-        (i, None)
-    }
-
     #[inline(always)]
     fn byte(&mut self, role: u8, b: u8, completed: &mut u8) -> Option<Stop> {
         match self.phase {
@@ -556,21 +532,18 @@ impl DirFrame {
         }
     }
 
+    /// A message begins: resets what is read before it is written. (`remaining`, `length`,
+    /// `name_idx`, `hdr`, `val` and `te` are always set before use; `start` keeps stale bytes
+    /// past `start_len`, which [`classify`] never matches on.) Few stores on purpose: LLVM merges
+    /// runs of zero stores into a `memset` call, which BPF programs cannot afford.
     #[inline(always)]
     fn begin(&mut self) {
         self.phase = P_START;
         self.head_len = 0;
-        self.start = [0; START_LEN];
         self.start_len = 0;
         self.line = L_START_LINE;
-        self.name_idx = 0;
-        self.hdr = 0;
-        self.val = 0;
         self.hflags = 0;
-        self.te = 0;
         self.mflags = 0;
-        self.remaining = 0;
-        self.length = 0;
     }
 
     #[inline(always)]
@@ -1033,6 +1006,47 @@ pub struct Step {
     pub more: bool,
 }
 
+/// The segment being framed and the block of it loaded last: per-CPU scratch in a BPF program
+/// (a map value). 96 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// The bytes of the segment from `blk_seq` on (`blk_len` of them valid; stale bytes past them).
+    pub block: [u8; BLOCK],
+    /// When the segment was seen.
+    pub ts_ns: u64,
+    /// The segment: `[seq, seq + len)`.
+    pub seq: u32,
+    pub len: u32,
+    /// Sequence number of `block[0]`, and how many bytes of `block` are loaded (0: none yet).
+    pub blk_seq: u32,
+    pub blk_len: u32,
+    /// The direction ([`crate::http::DIR_IN`] / `DIR_OUT`).
+    pub dir: u8,
+    /// Messages that ended in this segment so far.
+    pub completed: u8,
+    /// An unsynced direction tried this segment's start already.
+    pub tried: u8,
+    pub _pad: [u8; 5],
+}
+
+impl Scan {
+    pub const fn zeroed() -> Self {
+        Self { block: [0; BLOCK], ts_ns: 0, seq: 0, len: 0, blk_seq: 0, blk_len: 0, dir: 0, completed: 0, tried: 0, _pad: [0; 5] }
+    }
+}
+
+/// The result of one [`ConnFrame::step`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Go on (a `bpf_loop` callback returns 0).
+    Continue,
+    /// A request or status line (counted, paired) or a loss: report it, then go on.
+    Event(Event),
+    /// Nothing more in this segment for framing (a `bpf_loop` callback returns 1).
+    Done,
+}
+
 /// The connection ended: what became of the requests still waiting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closed {
@@ -1092,7 +1106,9 @@ impl ConnFrame {
     /// Forgets `dir`'s position: framing starts again at a segment that begins with a message.
     #[inline(always)]
     pub fn unsync(&mut self, dir: u8) {
-        self.dirs[(dir & 1) as usize] = DirFrame::zeroed();
+        let d = &mut self.dirs[(dir & 1) as usize];
+        d.phase = P_UNSYNCED;
+        d.lost = 0;
     }
 
     pub const fn phase(&self, dir: u8) -> Phase {
@@ -1151,8 +1167,8 @@ impl ConnFrame {
     /// The segment `[seq, seq + len)` of `dir` passes: consumes what of it lies inside a body or
     /// chunk data (or after a switch or an until-close response) without loading a byte, and skips
     /// what was framed already (a retransmission). Then, if `step.more` and `step.next_seq` is
-    /// inside the segment, the caller loads a block there for [`Self::feed_block`]. For an
-    /// unsynced direction it asks for the segment's first block (`next_seq == seq`).
+    /// inside the segment, framing needs bytes of it ([`Self::begin_segment`], which starts
+    /// with this). For an unsynced direction it asks for the segment's first block (`next_seq == seq`).
     #[inline(always)]
     pub fn skip(&mut self, dir: u8, seq: u32, len: u32) -> Step {
         let i = (dir & 1) as usize;
@@ -1184,162 +1200,148 @@ impl ConnFrame {
         d.step(Event::None, completed)
     }
 
-    /// Frames the first `len` (at most [`BLOCK`]) bytes of `block`, which hold the stream of `dir`
-    /// from sequence number `seq` (normally the `next_seq` of the previous step; bytes before the
-    /// position are skipped). Stops after a message start (request or status line, which it
-    /// counts and pairs), at a loss, or when the bytes run out; then continue at `next_seq`.
-    /// `ts_ns`: the time of the segment (request start times, latencies).
-    ///
-    /// An unsynced direction starts framing here only if the block is the first of its segment
-    /// and begins with a request line (status line) where requests (responses) belong.
+    /// Starts framing the segment `[seq, seq + len)` of `dir` seen at `ts_ns`: [`Self::skip`]
+    /// (retransmitted bytes, a body covering the segment, a gap), and `scan` set up for
+    /// [`Self::step`]. The returned step may already report `Lost(Gap)`.
     #[inline(always)]
-    pub fn feed_block(&mut self, dir: u8, seq: u32, block: &[u8; BLOCK], len: usize, ts_ns: u64) -> Step {
-        let i = (dir & 1) as usize;
-        let role = self.role(i);
-        self.resolve(i, role);
-        let other_lost = self.dirs[i ^ 1].phase == P_LOST;
-        let ConnFrame { dirs, pending, counts } = self;
-        let d = &mut dirs[i];
-        let len = if len > BLOCK { BLOCK } else { len };
-        let mut completed = 0u8;
-        if d.phase == P_UNSYNCED {
-            if !starts_message(block, len, role) {
-                return d.step(Event::None, 0);
-            }
-            d.sync(seq);
-        }
-        let was_lost = d.phase == P_LOST;
-        let Some(from) = d.align(seq, len as u32, &mut completed) else {
-            let event = if !was_lost && d.phase == P_LOST { Event::Lost(LostReason::Gap) } else { Event::None };
-            return d.step(event, completed);
-        };
-        let (used, stop) = d.scan(role, block, from as usize, len, &mut completed);
-        d.next_seq = seq.wrapping_add(used as u32);
-        let event = match stop {
-            None => Event::None,
-            Some(Stop::Lost(why)) => {
-                if why == LostReason::NotHttp {
-                    // At a message start: point at it.
-                    d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
-                }
-                Event::Lost(why)
-            }
-            Some(Stop::Request(method)) => {
-                if role == ROLE_UNKNOWN {
-                    pending.request_dir = (i as u8) + 1;
-                }
-                if pending.in_flight() as usize >= PENDING_DEPTH {
-                    d.lose(LostReason::PipelineTooDeep);
-                    d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
-                    Event::Lost(LostReason::PipelineTooDeep)
-                } else {
-                    let k = (pending.tail as usize) & (PENDING_DEPTH - 1);
-                    pending.ts_ns[k] = ts_ns;
-                    pending.flags[k] = match method {
-                        Method::Head => REQ_HEAD,
-                        Method::Connect => REQ_CONNECT,
-                        _ => 0,
-                    };
-                    pending.tail = pending.tail.wrapping_add(1);
-                    counts.requests = counts.requests.wrapping_add(1);
-                    Event::Request { method }
-                }
-            }
-            Some(Stop::Response(status)) => {
-                if role == ROLE_UNKNOWN {
-                    pending.request_dir = ((i ^ 1) as u8) + 1;
-                }
-                // An interim (1xx) response does not answer the request; 101 does (and ends HTTP).
-                let is_final = status >= 200 || status == 101;
-                let waiting = pending.in_flight() != 0;
-                if is_final && !waiting && other_lost {
-                    d.lose(LostReason::Unpaired);
-                    d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
-                    Event::Lost(LostReason::Unpaired)
-                } else {
-                    counts.add_status(status);
-                    let mut req = 0u8;
-                    let mut latency_ns = None;
-                    if is_final && waiting {
-                        let k = (pending.head as usize) & (PENDING_DEPTH - 1);
-                        req = pending.flags[k];
-                        let l = ts_ns.saturating_sub(pending.ts_ns[k]);
-                        counts.latency_sum_ns = counts.latency_sum_ns.wrapping_add(l);
-                        counts.latency_count = counts.latency_count.wrapping_add(1);
-                        latency_ns = Some(l);
-                    } else if is_final {
-                        counts.unmatched_responses = counts.unmatched_responses.wrapping_add(1);
-                    }
-                    // RFC 9110 section 6.4.1 and RFC 9112 section 6.3: which responses have no body.
-                    let mut m = M_RESPONSE;
-                    if status == 101 || (status >= 200 && status < 300 && req & REQ_CONNECT != 0) {
-                        m |= M_TUNNEL;
-                        pending.switched = 1;
-                    } else if status < 200 || status == 204 || status == 304 || req & REQ_HEAD != 0 {
-                        m |= M_NOBODY;
-                    }
-                    d.mflags = m;
-                    if is_final && waiting {
-                        pending.head = pending.head.wrapping_add(1);
-                    }
-                    Event::Response { status, latency_ns }
-                }
-            }
-        };
-        d.step(event, completed)
+    pub fn begin_segment(&mut self, scan: &mut Scan, dir: u8, seq: u32, len: u32, ts_ns: u64) -> Step {
+        scan.ts_ns = ts_ns;
+        scan.seq = seq;
+        scan.len = len;
+        scan.blk_seq = seq;
+        scan.blk_len = 0;
+        scan.dir = dir & 1;
+        scan.tried = 0;
+        let step = self.skip(dir, seq, len);
+        scan.completed = step.completed;
+        step
     }
 
-    /// The whole segment `[seq, seq + len)` of `dir`: [`Self::skip`] and [`Self::feed_block`] in
-    /// a loop of at most `MAX` turns, each a skip when inside a body (no load) and one block.
-    /// A turn ends at a block's end or at a message start, so a segment needs about
-    /// `bytes outside bodies / BLOCK + message starts` turns. `load(offset, block, n)` copies the `n` (1..=[`BLOCK`]) bytes
-    /// at `offset` in the segment into `block` (false: could not, the direction is lost with
-    /// [`LostReason::Gap`]). `on_step` sees every step that reports an event or a completion. If
-    /// the turns run out with bytes left to frame, the direction is lost ([`LostReason::Budget`]).
+    /// One turn of framing the segment set up by [`Self::begin_segment`]: one byte of a head,
+    /// chunk-size line, CRLF or trailer (loading the block it is in first, when needed:
+    /// `load(offset in segment, block, n)` copies `n` bytes, 1..=[`BLOCK`], into `block`; keep
+    /// `n` in a shape the verifier can bound, e.g. `((n - 1) & (BLOCK - 1)) + 1`), or a
+    /// jump over body bytes without a load. Message starts are counted and paired here, and
+    /// reported with losses as [`Turn::Event`]; [`Turn::Done`] when the segment has nothing
+    /// more for framing.
+    ///
+    /// Everything it keeps between turns is in `self` and `scan`: in a BPF program both are map
+    /// values, so a `bpf_loop` callback made of this one call is verified once, whatever the
+    /// number of turns. (A bounded `for` loop over it is verified turn by turn: the kernel
+    /// refuses that beyond a few dozen bytes.)
     #[inline(always)]
-    pub fn feed_segment<const MAX: usize, L, E>(&mut self, dir: u8, seq: u32, len: u32, ts_ns: u64, mut load: L, mut on_step: E) -> Step
+    pub fn step<L>(&mut self, scan: &mut Scan, mut load: L) -> Turn
     where
         L: FnMut(u32, &mut [u8; BLOCK], usize) -> bool,
-        E: FnMut(&Step),
     {
-        let end = seq.wrapping_add(len);
-        let mut block = [0u8; BLOCK];
-        let mut step = self.skip(dir, seq, len);
-        report(&step, &mut on_step);
-        for _ in 0..MAX {
-            if !step.more || !seq_before(step.next_seq, end) {
-                return step;
+        let i = (scan.dir & 1) as usize;
+        let role = self.role(i);
+        let other_lost = self.dirs[i ^ 1].phase == P_LOST;
+        let end = scan.seq.wrapping_add(scan.len);
+        let ConnFrame { dirs, pending, counts } = self;
+        let d = &mut dirs[i];
+        if d.phase == P_UNSYNCED {
+            // Only a segment that begins with a message start (where it belongs) syncs.
+            if scan.tried != 0 || scan.len == 0 {
+                return Turn::Done;
             }
-            if step.need_seq != step.next_seq {
-                // Inside a body: jump (no load), in the same turn as the next block.
-                let off = step.next_seq.wrapping_sub(seq);
-                step = self.skip(dir, step.next_seq, len.wrapping_sub(off));
-                report(&step, &mut on_step);
-                if !step.more || !seq_before(step.next_seq, end) {
-                    return step;
+            scan.tried = 1;
+            let n = block_len(scan.len as usize);
+            if !load(0, &mut scan.block, n) {
+                return Turn::Done;
+            }
+            scan.blk_seq = scan.seq;
+            scan.blk_len = n as u32;
+            if !starts_message(&scan.block, n, role) {
+                return Turn::Done;
+            }
+            d.sync(scan.seq);
+            return Turn::Continue;
+        }
+        if !d.active() || !seq_before(d.next_seq, end) {
+            return Turn::Done;
+        }
+        let p = d.phase;
+        if p == P_BODY || p == P_CHUNK_DATA {
+            let avail = end.wrapping_sub(d.next_seq) as u64;
+            let take = if d.remaining < avail { d.remaining } else { avail };
+            d.next_seq = d.next_seq.wrapping_add(take as u32);
+            d.remaining = d.remaining.wrapping_sub(take);
+            if d.remaining == 0 {
+                d.body_done(&mut scan.completed);
+            }
+            return Turn::Continue;
+        }
+        let mut off = d.next_seq.wrapping_sub(scan.blk_seq);
+        if off >= scan.blk_len {
+            let seg_off = d.next_seq.wrapping_sub(scan.seq);
+            let n = block_len(scan.len.wrapping_sub(seg_off) as usize);
+            if !load(seg_off, &mut scan.block, n) {
+                d.lose(LostReason::Gap);
+                return Turn::Event(Event::Lost(LostReason::Gap));
+            }
+            scan.blk_seq = d.next_seq;
+            scan.blk_len = n as u32;
+            off = 0;
+        }
+        let b = scan.block[(off as usize) & (BLOCK - 1)];
+        d.next_seq = d.next_seq.wrapping_add(1);
+        match d.byte(role, b, &mut scan.completed) {
+            None => Turn::Continue,
+            Some(stop) => Turn::Event(on_stop(d, pending, counts, i, role, other_lost, stop, scan.ts_ns)),
+        }
+    }
+
+    /// After the turns of a segment: where framing is. If the turns ran out with bytes of the
+    /// segment left to frame, the direction is lost ([`LostReason::Budget`]).
+    #[inline(always)]
+    pub fn finish_segment(&mut self, scan: &Scan) -> Step {
+        let d = &mut self.dirs[(scan.dir & 1) as usize];
+        let end = scan.seq.wrapping_add(scan.len);
+        if d.active() && seq_before(d.next_seq, end) {
+            d.lose(LostReason::Budget);
+            return d.step(Event::Lost(LostReason::Budget), scan.completed);
+        }
+        d.step(Event::None, scan.completed)
+    }
+
+    /// The whole segment `[seq, seq + len)` of `dir`: [`Self::begin_segment`], at most `MAX`
+    /// turns of [`Self::step`] in a bounded loop, [`Self::finish_segment`]. `on_event` sees every
+    /// event; the step returned carries the segment's last one. For host code and tests; a BPF program makes the turns with `bpf_loop` (see the
+    /// module documentation), with the same functions.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn feed_segment<const MAX: usize, L, E>(&mut self, scan: &mut Scan, dir: u8, seq: u32, len: u32, ts_ns: u64, mut load: L, mut on_event: E) -> Step
+    where
+        L: FnMut(u32, &mut [u8; BLOCK], usize) -> bool,
+        E: FnMut(&Event),
+    {
+        let first = self.begin_segment(scan, dir, seq, len, ts_ns);
+        let mut event = first.event;
+        if event != Event::None {
+            on_event(&event);
+        }
+        let mut done = false;
+        for _ in 0..MAX {
+            match self.step(scan, &mut load) {
+                Turn::Continue => {}
+                Turn::Event(e) => {
+                    on_event(&e);
+                    event = e;
+                }
+                Turn::Done => {
+                    done = true;
+                    break;
                 }
             }
-            let off = step.next_seq.wrapping_sub(seq);
-            let rest = len.wrapping_sub(off) as usize;
-            let n = if rest < BLOCK { rest } else { BLOCK };
-            if !load(off, &mut block, n) {
-                step = self.lose(dir, LostReason::Gap);
-                on_step(&step);
-                return step;
-            }
-            step = self.feed_block(dir, step.next_seq, &block, n, ts_ns);
-            report(&step, &mut on_step);
         }
-        if step.more && seq_before(step.next_seq, end) && step.need_seq != step.next_seq {
-            let off = step.next_seq.wrapping_sub(seq);
-            step = self.skip(dir, step.next_seq, len.wrapping_sub(off));
-            report(&step, &mut on_step);
+        let mut last = self.finish_segment(scan);
+        if done || last.event == Event::None {
+            last.event = event;
+        } else {
+            on_event(&last.event);
         }
-        if step.more && seq_before(step.next_seq, end) {
-            step = self.lose(dir, LostReason::Budget);
-            on_step(&step);
-        }
-        step
+        last
     }
 
     /// A FIN in `dir` (after the FIN segment's own bytes were fed): the direction's stream
@@ -1368,11 +1370,87 @@ impl ConnFrame {
     }
 }
 
+/// Counts and pairs a message start (or points a loss at its message) found by the byte scanner.
 #[inline(always)]
-fn report<E: FnMut(&Step)>(step: &Step, on_step: &mut E) {
-    if step.event != Event::None || step.completed != 0 {
-        on_step(step);
+#[allow(clippy::too_many_arguments)]
+fn on_stop(d: &mut DirFrame, pending: &mut Pending, counts: &mut FrameCounts, i: usize, role: u8, other_lost: bool, stop: Stop, ts_ns: u64) -> Event {
+    match stop {
+        Stop::Lost(why) => {
+            if why == LostReason::NotHttp {
+                // At a message start: point at it.
+                d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
+            }
+            Event::Lost(why)
+        }
+        Stop::Request(method) => {
+            if role == ROLE_UNKNOWN {
+                pending.request_dir = (i as u8) + 1;
+            }
+            if pending.in_flight() as usize >= PENDING_DEPTH {
+                d.lose(LostReason::PipelineTooDeep);
+                d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
+                return Event::Lost(LostReason::PipelineTooDeep);
+            }
+            let k = (pending.tail as usize) & (PENDING_DEPTH - 1);
+            pending.ts_ns[k] = ts_ns;
+            pending.flags[k] = match method {
+                Method::Head => REQ_HEAD,
+                Method::Connect => REQ_CONNECT,
+                _ => 0,
+            };
+            pending.tail = pending.tail.wrapping_add(1);
+            counts.requests = counts.requests.wrapping_add(1);
+            Event::Request { method }
+        }
+        Stop::Response(status) => {
+            if role == ROLE_UNKNOWN {
+                pending.request_dir = ((i ^ 1) as u8) + 1;
+            }
+            // An interim (1xx) response does not answer the request; 101 does (and ends HTTP).
+            let is_final = status >= 200 || status == 101;
+            let waiting = pending.in_flight() != 0;
+            if is_final && !waiting && other_lost {
+                d.lose(LostReason::Unpaired);
+                d.next_seq = d.next_seq.wrapping_sub(d.head_len as u32);
+                return Event::Lost(LostReason::Unpaired);
+            }
+            counts.add_status(status);
+            let mut req = 0u8;
+            let mut latency_ns = None;
+            if is_final && waiting {
+                let k = (pending.head as usize) & (PENDING_DEPTH - 1);
+                req = pending.flags[k];
+                let l = ts_ns.saturating_sub(pending.ts_ns[k]);
+                counts.latency_sum_ns = counts.latency_sum_ns.wrapping_add(l);
+                counts.latency_count = counts.latency_count.wrapping_add(1);
+                latency_ns = Some(l);
+            } else if is_final {
+                counts.unmatched_responses = counts.unmatched_responses.wrapping_add(1);
+            }
+            // RFC 9110 section 6.4.1 and RFC 9112 section 6.3: which responses have no body.
+            let mut m = M_RESPONSE;
+            if status == 101 || ((200..300).contains(&status) && req & REQ_CONNECT != 0) {
+                m |= M_TUNNEL;
+                pending.switched = 1;
+            } else if status < 200 || status == 204 || status == 304 || req & REQ_HEAD != 0 {
+                m |= M_NOBODY;
+            }
+            d.mflags = m;
+            if is_final && waiting {
+                // After `switched`: the request direction reads them in this order.
+                pending.head = pending.head.wrapping_add(1);
+            }
+            Event::Response { status, latency_ns }
+        }
     }
+}
+
+/// `min(rest, BLOCK)` for `rest >= 1`, in a form whose range the verifier sees as 1..=BLOCK
+/// (a load helper refuses a length that might be 0).
+#[inline(always)]
+fn block_len(rest: usize) -> usize {
+    let n = if rest < BLOCK { rest } else { BLOCK };
+    (n.wrapping_sub(1) & (BLOCK - 1)) + 1
 }
 
 /// Does the block begin with a message start that fits the direction's role?
@@ -1391,9 +1469,10 @@ fn starts_message(block: &[u8; BLOCK], len: usize, role: u8) -> bool {
 mod user {
     use super::*;
     // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding (sizes are asserted
-    // in the tests: 48, 80, 80, 256).
+    // in the tests: 48, 80, 80, 256, 96).
     unsafe impl aya::Pod for DirFrame {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for FrameCounts {}
     unsafe impl aya::Pod for ConnFrame {}
+    unsafe impl aya::Pod for Scan {}
 }

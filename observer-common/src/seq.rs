@@ -155,7 +155,7 @@ pub fn step(word: u64, seq: u32, payload: u32, syn: bool, fin: bool) -> SeqStep 
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use std::{vec, vec::Vec};
+    use std::vec::Vec;
 
     use super::*;
     use proptest::prelude::*;

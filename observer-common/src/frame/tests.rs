@@ -16,6 +16,8 @@ struct Conn {
     events: Vec<(u8, Event)>,
     completed: [u32; 2],
     loads: usize,
+    /// Per-CPU scratch, reused across segments: its stale contents must not matter.
+    scan: Scan,
     /// Each segment one millisecond after the previous one (else all at `ts`).
     tick: bool,
 }
@@ -29,13 +31,13 @@ impl Conn {
         let mut f = ConnFrame::zeroed();
         f.on_syn(C, isn_c, false);
         f.on_syn(S, isn_s, true);
-        Self { f, seq: [isn_c.wrapping_add(1), isn_s.wrapping_add(1)], ts: 0, events: Vec::new(), completed: [0; 2], loads: 0, tick: true }
+        Self { f, seq: [isn_c.wrapping_add(1), isn_s.wrapping_add(1)], ts: 0, events: Vec::new(), completed: [0; 2], loads: 0, scan: Scan::zeroed(), tick: true }
     }
 
     fn send(&mut self, dir: u8, data: &[u8]) -> Step {
         let seq = self.seq[dir as usize];
         self.seq[dir as usize] = seq.wrapping_add(data.len() as u32);
-        self.at::<MAX_BLOCKS>(dir, seq, data)
+        self.at::<MAX_STEPS>(dir, seq, data)
     }
 
     /// Sends `data` cut into segments at `cuts` (offsets into `data`).
@@ -53,28 +55,27 @@ impl Conn {
         if self.tick {
             self.ts += 1_000_000;
         }
-        let mut steps = Vec::new();
+        let mut events = Vec::new();
         let mut loads = 0;
         let step = self.f.feed_segment::<MAX, _, _>(
+            &mut self.scan,
             dir,
             seq,
             data.len() as u32,
             self.ts,
             |off, block, n| {
                 loads += 1;
-                assert!(n >= 1 && n <= BLOCK);
+                assert!((1..=BLOCK).contains(&n));
                 block[..n].copy_from_slice(&data[off as usize..off as usize + n]);
                 true
             },
-            |s| steps.push(*s),
+            |e| events.push(*e),
         );
         self.loads += loads;
-        for s in steps {
-            if s.event != Event::None {
-                self.events.push((dir, s.event));
-            }
-            self.completed[dir as usize] += s.completed as u32;
+        for e in events {
+            self.events.push((dir, e));
         }
+        self.completed[dir as usize] += step.completed as u32;
         step
     }
 
@@ -106,6 +107,7 @@ fn state_sizes() {
     assert_eq!(size_of::<Pending>(), 80);
     assert_eq!(size_of::<FrameCounts>(), 80);
     assert_eq!(size_of::<ConnFrame>(), 256);
+    assert_eq!(size_of::<Scan>(), 96);
     // The zeroed state is all zero bytes (a fresh map value).
     let z = ConnFrame::zeroed();
     // SAFETY: repr(C) integers only, no padding (sizes above).
@@ -361,7 +363,7 @@ fn until_close() {
     assert!(c.f.fin(S));
     assert_eq!(c.f.phase(S), Phase::Closed);
     // A retransmission after the FIN is not framed.
-    c.at::<MAX_BLOCKS>(S, last, b"HTTP/1.1 200 OK\r\n\r\n");
+    c.at::<MAX_STEPS>(S, last, b"HTTP/1.1 200 OK\r\n\r\n");
     assert_eq!(c.statuses(), vec![200]);
     assert_eq!(c.f.close(), Closed { unanswered: 0, lost: false });
 
@@ -437,7 +439,7 @@ fn sixty_four_bit_lengths() {
     c.send(S, b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n");
     let seq = c.seq[S as usize];
     c.seq[S as usize] = seq.wrapping_add(10_000);
-    c.at::<MAX_BLOCKS>(S, seq.wrapping_add(5000), &[b'x'; 5000]);
+    c.at::<MAX_STEPS>(S, seq.wrapping_add(5000), &[b'x'; 5000]);
     c.send(S, &resp(200, ""));
     assert_eq!(c.statuses(), vec![200, 200]);
 }
@@ -447,12 +449,12 @@ fn retransmissions_count_once() {
     let mut c = Conn::new();
     let req = get("/");
     c.send(C, &req);
-    c.at::<MAX_BLOCKS>(C, 1001, &req);
+    c.at::<MAX_STEPS>(C, 1001, &req);
     let r = resp(200, "0123456789");
     let seq = c.seq[S as usize];
     c.send(S, &r[..20]);
-    c.at::<MAX_BLOCKS>(S, seq, &r[..20]); // again
-    c.at::<MAX_BLOCKS>(S, seq + 10, &r[10..]); // overlapping the first, with the rest
+    c.at::<MAX_STEPS>(S, seq, &r[..20]); // again
+    c.at::<MAX_STEPS>(S, seq + 10, &r[10..]); // overlapping the first, with the rest
     c.seq[S as usize] = seq + r.len() as u32;
     c.send(S, &resp(200, "x")); // unanswered: unmatched
     assert_eq!(c.statuses(), vec![200, 200]);
@@ -485,7 +487,7 @@ fn gaps_where_bytes_matter() {
     let mut c = Conn::new();
     c.send(C, &get("/a"));
     let seq = c.seq[C as usize];
-    let s = c.at::<MAX_BLOCKS>(C, seq + 5, &get("/b"));
+    let s = c.at::<MAX_STEPS>(C, seq + 5, &get("/b"));
     assert_eq!(s.event, Event::Lost(LostReason::Gap));
     assert_eq!(c.f.lost(C), Some(LostReason::Gap));
     // A gap past the end of a body.
@@ -493,7 +495,7 @@ fn gaps_where_bytes_matter() {
     c.send(C, &get("/"));
     c.send(S, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
     let seq = c.seq[S as usize];
-    c.at::<MAX_BLOCKS>(S, seq + 11, b"TTP/1.1 200 OK\r\n\r\n");
+    c.at::<MAX_STEPS>(S, seq + 11, b"TTP/1.1 200 OK\r\n\r\n");
     assert_eq!(c.losses(), vec![(S, LostReason::Gap)]);
     // Framing the rest of the connection stops; the close cannot tell what was answered.
     c.send(C, &get("/"));
@@ -550,35 +552,39 @@ fn malformed_heads_and_chunks() {
 }
 
 #[test]
-fn block_budget() {
-    // A 3000-byte head in one segment needs 47 blocks.
+fn step_budget() {
+    // A 3000-byte head in one segment takes 3000 turns.
     let mut head = b"GET / HTTP/1.1\r\n".to_vec();
     while head.len() < 3000 {
         head.extend_from_slice(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
     }
     head.extend_from_slice(b"\r\n");
     let mut c = Conn::new();
-    let s = c.at::<MAX_BLOCKS>(C, 1001, &head);
+    let s = c.at::<2048>(C, 1001, &head);
     assert_eq!(s.event, Event::Lost(LostReason::Budget));
+    assert_eq!(c.losses(), vec![(C, LostReason::Budget)]);
     let mut c = Conn::new();
-    let s = c.at::<64>(C, 1001, &head);
-    assert_eq!(s.event, Event::None);
+    let s = c.at::<MAX_STEPS>(C, 1001, &head);
+    assert_eq!(s.event, Event::Request { method: Method::Get });
     assert_eq!((c.f.counts.requests, c.completed[C as usize]), (1, 1));
-    // The same head in MSS-sized segments fits the default budget.
+    // A megabyte of body in one (GSO-sized) segment: a handful of turns.
     let mut c = Conn::new();
-    c.send_cut(C, &head, &[1448, 2896]);
-    assert_eq!((c.f.counts.requests, c.completed[C as usize]), (1, 1));
+    let mut msg = b"POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    msg.extend(vec![b'x'; 1_000_000]);
+    msg.extend(get("/"));
+    let s = c.at::<200>(C, 1001, &msg);
+    assert_eq!((s.event, c.f.counts.requests, c.completed[C as usize]), (Event::Request { method: Method::Get }, 2, 2));
 }
 
 #[test]
 fn joining_midway_starts_at_a_message() {
     let mut c = Conn::new();
     c.f = ConnFrame::zeroed(); // no SYN seen
-    assert_eq!(c.at::<MAX_BLOCKS>(S, 10, b"tail of an old body").event, Event::None);
+    assert_eq!(c.at::<MAX_STEPS>(S, 10, b"tail of an old body").event, Event::None);
     assert_eq!(c.f.phase(S), Phase::Unsynced);
-    c.at::<MAX_BLOCKS>(C, 50, &get("/"));
+    c.at::<MAX_STEPS>(C, 50, &get("/"));
     assert_eq!(c.f.request_dir(), Some(C));
-    c.at::<MAX_BLOCKS>(S, 29, &resp(200, ""));
+    c.at::<MAX_STEPS>(S, 29, &resp(200, ""));
     assert_eq!(c.statuses(), vec![200]);
     assert_eq!(c.methods(), vec![Method::Get]);
     assert_eq!(c.f.counts.latency_count, 1);
@@ -586,7 +592,7 @@ fn joining_midway_starts_at_a_message() {
     let mut c = Conn::new();
     c.f = ConnFrame::zeroed();
     c.f.set_request_dir(C);
-    c.at::<MAX_BLOCKS>(S, 10, &get("/"));
+    c.at::<MAX_STEPS>(S, 10, &get("/"));
     assert_eq!(c.f.phase(S), Phase::Unsynced);
 }
 
@@ -639,7 +645,7 @@ proptest! {
                 let seq = c.seq[S as usize];
                 c.send(S, &r[at..cut]);
                 if dup {
-                    c.at::<MAX_BLOCKS>(S, seq, &r[at..cut]);
+                    c.at::<MAX_STEPS>(S, seq, &r[at..cut]);
                 }
                 at = cut;
             }
