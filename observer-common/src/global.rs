@@ -41,12 +41,10 @@ pub enum Counter {
     SeqContention = 16,
     /// New `HTTP_FRAMES` entries the map refused (should stay 0: the map is LRU).
     FrameInsertFailures = 17,
-    /// Times the kernel framer lost a direction's place (handed to user space).
-    FrameLost = 18,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 19;
+pub const COUNTERS: u32 = 18;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -68,7 +66,6 @@ impl Counter {
         Counter::EventsBacklog,
         Counter::SeqContention,
         Counter::FrameInsertFailures,
-        Counter::FrameLost,
     ];
 
     /// The name used in metrics and the API.
@@ -92,7 +89,6 @@ impl Counter {
             Counter::EventsBacklog => "events_backlog_bytes",
             Counter::SeqContention => "seq_contention",
             Counter::FrameInsertFailures => "frame_insert_failures",
-            Counter::FrameLost => "frame_lost",
         }
     }
 }

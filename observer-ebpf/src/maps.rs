@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
-    frame::ConnFrame,
+    frame::{ConnFrame, Scan},
     global::COUNTERS,
     http::{HttpHints, PayloadEvent},
     tracepoint::{NetnsFilter, SkbSegs, TpLayout},
@@ -33,6 +33,13 @@ pub static HTTP_FRAMES: LruHashMap<ConnKey, ConnFrame> = LruHashMap::with_max_en
 pub static FRAME_ARGS: PerCpuArray<crate::frame::FrameArgs> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static FRAME_SCRATCH: PerCpuArray<ConnFrame> = PerCpuArray::with_max_entries(1, 0);
+/// Times the kernel framer lost a direction's place, per CPU, by `LostReason` (index).
+#[map]
+pub static FRAME_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
+
+/// Where the framer keeps a segment's block and position between `bpf_loop` turns.
+#[map]
+pub static FRAME_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Host-wide counters, per CPU (see `observer_common::global::Counter`).
 #[map]

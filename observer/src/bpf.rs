@@ -11,6 +11,7 @@ use aya::{
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
+    frame::ConnFrame,
     http::HttpHints,
     tracepoint::{NetnsFilter, SkbSegs, TpLayout},
 };
@@ -89,6 +90,10 @@ pub struct Maps {
     pub conns: HashMap<MapData, ConnKey, ConnStats>,
     pub global: PerCpuArray<MapData, u64>,
     pub http_hints: HashMap<MapData, ConnKey, HttpHints>,
+    /// The kernel's HTTP framing per connection (`observer_common::frame`).
+    pub http_frames: HashMap<MapData, ConnKey, ConnFrame>,
+    /// Times the kernel framer lost its place, per CPU, by `LostReason`.
+    pub frame_lost: PerCpuArray<MapData, u64>,
 }
 
 /// The ring buffers the daemon drains.
@@ -143,6 +148,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
         .map_max_entries("EVENTS", sizes.events_bytes)
         .map_max_entries("PAYLOAD", sizes.payload_bytes)
         .map_max_entries("HTTP_HINTS", sizes.connections)
+        .map_max_entries("HTTP_FRAMES", sizes.connections)
         .override_global("NETNS_FILTER", &netns, true)
         .override_global("RETRANSMIT_SEGS", &skb_segs, true)
         .override_global("HTTP_PORTS_ONLY", &ports_only, true);
@@ -223,6 +229,8 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
     let payload = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(BpfError::Map("PAYLOAD"))?).map_err(|_| BpfError::Map("PAYLOAD"))?;
     let http_hints = HashMap::try_from(ebpf.take_map("HTTP_HINTS").ok_or(BpfError::Map("HTTP_HINTS"))?).map_err(|_| BpfError::Map("HTTP_HINTS"))?;
+    let frame_lost = PerCpuArray::try_from(ebpf.take_map("FRAME_LOST").ok_or(BpfError::Map("FRAME_LOST"))?).map_err(|_| BpfError::Map("FRAME_LOST"))?;
+    let http_frames = HashMap::try_from(ebpf.take_map("HTTP_FRAMES").ok_or(BpfError::Map("HTTP_FRAMES"))?).map_err(|_| BpfError::Map("HTTP_FRAMES"))?;
     let trace = RingBuf::try_from(ebpf.take_map("TRACE").ok_or(BpfError::Map("TRACE"))?).map_err(|_| BpfError::Map("TRACE"))?;
     let trace_maps = TraceMaps {
         filters: std::sync::Mutex::new(HashMap::try_from(ebpf.take_map("TRACE_FILTERS").ok_or(BpfError::Map("TRACE_FILTERS"))?).map_err(|_| BpfError::Map("TRACE_FILTERS"))?),
@@ -230,7 +238,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     };
     Ok((
         Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, program_ids },
-        Maps { conns, global, http_hints },
+        Maps { conns, global, http_hints, http_frames, frame_lost },
         Rings { events, payload, trace },
         trace_maps,
     ))
@@ -317,7 +325,7 @@ fn classify_load_error(e: EbpfError) -> BpfError {
         EbpfError::MapError(aya::maps::MapError::CreateError { ref name, ref io_error }) if io_error.raw_os_error() == Some(libc::EINVAL) => {
             match name.as_str() {
                 "EVENTS" | "PAYLOAD" | "TRACE" | "AYA_LOGS" => BpfError::MissingFeature { feature: "BPF ring buffers (BPF_MAP_TYPE_RINGBUF)", since: "5.8", kernel },
-                "CONNS" | "HTTP_HINTS" => BpfError::MissingFeature { feature: "LRU hash maps (BPF_MAP_TYPE_LRU_HASH)", since: "4.10", kernel },
+                "CONNS" | "HTTP_HINTS" | "HTTP_FRAMES" => BpfError::MissingFeature { feature: "LRU hash maps (BPF_MAP_TYPE_LRU_HASH)", since: "4.10", kernel },
                 _ => BpfError::Load(e),
             }
         }

@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context, Result};
 use observer_common::{
     conn::{ConnEvent, ConnEventKind, ConnKey, ConnStats, Role},
+    frame::{ConnFrame, LostReason},
     global::Counter,
 };
 
@@ -73,6 +74,15 @@ pub struct App {
 }
 
 impl App {
+    /// The kernel's HTTP framing state of every connection (or of `only`).
+    fn kernel_frames(&self, only: Option<&ConnKey>) -> std::collections::HashMap<ConnKey, ConnFrame> {
+        let maps = self.maps.lock().expect("maps lock poisoned");
+        match only {
+            Some(k) => maps.http_frames.get(k, 0).ok().map(|f| (*k, f)).into_iter().collect(),
+            None => maps.http_frames.iter().filter_map(Result::ok).collect(),
+        }
+    }
+
     /// Every entry of the kernel map.
     pub fn kernel_entries(&self) -> Vec<(ConnKey, ConnStats)> {
         let maps = self.maps.lock().expect("maps lock poisoned");
@@ -108,7 +118,8 @@ impl App {
         let history = self.history.lock().expect("history lock poisoned");
         let now = monotonic_ns();
         let live = |k: &ConnKey| self.http.lock().expect("http lock poisoned").get(k).map(|h| h.view(now, &sys::ktime_to_unix_seconds));
-        let mut all = table::merge(kernel, &history, QUIET_NS, &live, only);
+        let frames = self.kernel_frames(only);
+        let mut all = table::merge(kernel, &history, QUIET_NS, &live, &frames, only);
         all.retain(|c| !self.is_own(&c.incarnation.0));
         all
     }
@@ -117,6 +128,12 @@ impl App {
     pub fn connection(&self, key: &ConnKey) -> Option<Connection> {
         let kernel = self.maps.lock().expect("maps lock poisoned").conns.get(key, 0).ok().map(|s| (*key, s));
         self.connections_of(kernel.as_slice(), Some(key)).into_iter().max_by_key(|c| c.incarnation.1)
+    }
+
+    /// Times the kernel framer lost its place, by reason, summed over CPUs.
+    pub fn kernel_framing_lost(&self) -> Vec<(&'static str, u64)> {
+        let maps = self.maps.lock().expect("maps lock poisoned");
+        LostReason::ALL.iter().map(|r| (r.name(), maps.frame_lost.get(&(*r as u32), 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0))).collect()
     }
 
     /// The kernel's global counters, summed over CPUs.
@@ -142,6 +159,7 @@ impl App {
             payload_backlog: max(Counter::PayloadBacklog),
             events_backlog: max(Counter::EventsBacklog),
             seq_contention: sum(Counter::SeqContention),
+            frame_insert_failures: sum(Counter::FrameInsertFailures),
         }
     }
 
@@ -166,7 +184,7 @@ impl App {
             .collect();
         self.metrics.set_top(&top);
         self.metrics.set_programs(&bpf::program_stats(&self.program_ids));
-        self.metrics.render(&self.kernel_counters(), &self.table_gauges(&kernel))
+        self.metrics.render(&self.kernel_counters(), &self.kernel_framing_lost(), &self.table_gauges(&kernel))
     }
 
     pub fn table_gauges(&self, kernel: &[(ConnKey, ConnStats)]) -> TableGauges {
@@ -212,7 +230,8 @@ impl App {
             self.metrics.http(&key, conn.role(), &outcomes);
             conn.into_record()
         });
-        if history.archive(key, stats, http, monotonic_ns()) {
+        let frame = self.kernel_frames(Some(&key)).remove(&key);
+        if history.archive(key, stats, http, frame, monotonic_ns()) {
             self.metrics.connection_closed(&key, &stats);
         }
     }

@@ -12,6 +12,7 @@ mod tracefs;
 mod bpf;
 mod daemon;
 mod http;
+mod kernel_http;
 mod metrics;
 mod query;
 mod sys;

@@ -33,6 +33,7 @@ pub struct KernelCounters {
     pub payload_backlog: u64,
     pub events_backlog: u64,
     pub seq_contention: u64,
+    pub frame_insert_failures: u64,
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -72,6 +73,8 @@ pub struct Metrics {
     program_runs: IntCounterVec,
     trace_lost: IntCounter,
     seq_contention: IntCounter,
+    frame_insert_failures: IntCounter,
+    kernel_framing_lost: IntCounterVec,
     ring_backlog: IntGaugeVec,
     pub ring_size: IntGaugeVec,
     program_run_seconds: CounterVec,
@@ -148,6 +151,8 @@ impl Metrics {
             payload_lost: counter("observer_payload_records_lost_total", "HTTP payload records dropped because the payload ring buffer was full."),
             not_http: counter_vec("observer_not_http_connections_total", "Connections found not to be HTTP/1.x (TLS, binary protocols), never parsed: by the kernel from their first bytes, or by the daemon when those were too few to tell.", &["detected_by"]),
             trace_lost: counter("observer_trace_records_lost_total", "Trace records dropped because the trace ring buffer was full."),
+            frame_insert_failures: counter("observer_http_kernel_frame_insert_failures_total", "Connections whose kernel HTTP framing state the HTTP_FRAMES map refused (should stay 0: the map is LRU)."),
+            kernel_framing_lost: counter_vec("observer_http_kernel_framing_lost_total", "Times the kernel's HTTP framer lost its place in a connection direction, by reason (not_http, gap, head_too_long, bad_length, pipeline_too_deep, unknown_coding, bad_chunk, bad_head, unpaired, budget); the daemon's framer goes on counting that connection.", &["reason"]),
             seq_contention: counter("observer_seq_contention_total", "Segments whose per-direction sequence bookkeeping lost every compare-and-exchange attempt to another CPU (their bytes were counted as new). Should stay 0."),
             ring_backlog: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_backlog_bytes", "Bytes waiting in a ring buffer when a kernel program last wrote to it (fill; compare with observer_ringbuf_size_bytes)."), &["ring"]).expect("valid")),
             ring_size: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_size_bytes", "Size of each ring buffer."), &["ring"]).expect("valid")),
@@ -247,7 +252,7 @@ impl Metrics {
     }
 
     /// Brings the counters up to the kernel's values and renders the text exposition format.
-    pub fn render(&self, k: &KernelCounters, t: &TableGauges) -> String {
+    pub fn render(&self, k: &KernelCounters, framing_lost: &[(&'static str, u64)], t: &TableGauges) -> String {
         let KernelCounters {
             packets_seen,
             not_tcp,
@@ -266,7 +271,12 @@ impl Metrics {
             payload_backlog,
             events_backlog,
             seq_contention,
+            frame_insert_failures,
         } = *k;
+        for (reason, v) in framing_lost {
+            let c = self.kernel_framing_lost.with_label_values(&[reason]);
+            c.inc_by(v.saturating_sub(c.get()));
+        }
         self.ring_backlog.with_label_values(&["payload"]).set(payload_backlog as i64);
         self.ring_backlog.with_label_values(&["events"]).set(events_backlog as i64);
         let evictions = conn_inserts.saturating_sub(t.kernel_entries);
@@ -282,6 +292,7 @@ impl Metrics {
             (&self.not_http.with_label_values(&["kernel"]), not_http),
             (&self.trace_lost, trace_lost),
             (&self.seq_contention, seq_contention),
+            (&self.frame_insert_failures, frame_insert_failures),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {

@@ -6,10 +6,14 @@ use std::{
     time::Duration,
 };
 
-use observer_common::conn::{tcp_state, CloseReason, Closer, ConnKey, ConnStats, Role, FAMILY_IPV4};
+use observer_common::{
+    conn::{tcp_state, CloseReason, Closer, ConnKey, ConnStats, Role, FAMILY_IPV4},
+    frame::ConnFrame,
+};
 use serde::Serialize;
 
 use crate::{
+    kernel_http::KernelHttp,
     http::{HttpRecord, HttpView},
     sys::{ktime_to_unix_seconds, monotonic_ns},
 };
@@ -100,6 +104,9 @@ pub struct Connection {
     pub lifecycle: Vec<LifecycleEvent>,
     /// HTTP/1.x exchanges, when the connection carries HTTP.
     pub http: Option<HttpView>,
+    /// HTTP/1.x as the kernel counted it (`observer_common::frame`), when it followed the
+    /// connection: in shadow mode beside `http`, which they must equal.
+    pub http_kernel: Option<crate::kernel_http::KernelHttp>,
     #[serde(skip)]
     pub incarnation: Incarnation,
 }
@@ -199,6 +206,7 @@ impl Connection {
                 l
             },
             http: None,
+            http_kernel: None,
             incarnation: (*key, first_seen_ns),
         }
     }
@@ -219,6 +227,8 @@ pub struct Closed {
     pub key: ConnKey,
     pub stats: ConnStats,
     pub http: Option<HttpRecord>,
+    /// The kernel's HTTP framing state at the close.
+    pub frame: Option<ConnFrame>,
 }
 
 impl History {
@@ -231,12 +241,12 @@ impl History {
     }
 
     /// Keeps a closed connection; `false` (and nothing changed) when it is kept already.
-    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, http: Option<HttpRecord>, now_ns: u64) -> bool {
+    pub fn archive(&mut self, key: ConnKey, stats: ConnStats, http: Option<HttpRecord>, frame: Option<ConnFrame>, now_ns: u64) -> bool {
         let id = (key, stats.first_seen_ns);
         if self.by_id.contains_key(&id) {
             return false;
         }
-        self.by_id.insert(id, Closed { key, stats, http });
+        self.by_id.insert(id, Closed { key, stats, http, frame });
         self.order.push_back((now_ns, id));
         self.expire(now_ns);
         true
@@ -272,7 +282,7 @@ impl History {
 /// longer holds. HTTP views come from `live_http` for connections still open, from history for
 /// closed ones.
 /// With `only`, history contributes just that four-tuple's incarnations.
-pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, live_http: &dyn Fn(&ConnKey) -> Option<HttpView>, only: Option<&ConnKey>) -> Vec<Connection> {
+pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, live_http: &dyn Fn(&ConnKey) -> Option<HttpView>, frames: &HashMap<ConnKey, ConnFrame>, only: Option<&ConnKey>) -> Vec<Connection> {
     let now = monotonic_ns();
     let closed_view = |c: &Closed| c.http.as_ref().map(|h| h.view(now, &ktime_to_unix_seconds));
     let mut out: Vec<Connection> = kernel
@@ -280,7 +290,12 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
         .map(|(k, s)| {
             let closed = is_closed(s, now, quiet_ns);
             let mut c = Connection::new(k, s, closed, now);
-            c.http = match history.get(&(*k, s.first_seen_ns)) {
+            let archived = history.get(&(*k, s.first_seen_ns));
+            c.http_kernel = match archived {
+                Some(a) => a.frame.as_ref().and_then(|f| KernelHttp::of(f, true)),
+                None => frames.get(k).and_then(|f| KernelHttp::of(f, closed)),
+            };
+            c.http = match archived {
                 Some(archived) => closed_view(archived),
                 None => {
                     if closed {
@@ -298,6 +313,7 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
     out.extend(history.iter().filter(|c| only.is_none_or(|k| *k == c.key) && !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| {
         let mut conn = Connection::new(&c.key, &c.stats, true, now);
         conn.http = closed_view(c);
+        conn.http_kernel = c.frame.as_ref().and_then(|f| KernelHttp::of(f, true));
         conn
     }));
     out
@@ -321,7 +337,7 @@ mod tests {
         for i in 0..5u16 {
             let mut s = ConnStats::zeroed();
             s.first_seen_ns = i as u64;
-            h.archive(key(1000 + i), s, None, 1_000);
+            h.archive(key(1000 + i), s, None, None, 1_000);
         }
         assert_eq!(h.len(), 3, "the oldest beyond the bound go first");
         assert!(!h.contains(&(key(1000), 0)));
@@ -348,17 +364,17 @@ mod tests {
         let mut gone = ConnStats::zeroed();
         gone.first_seen_ns = 5;
         gone.closed_ns = 6;
-        h.archive(key(1), gone, None, 10);
+        h.archive(key(1), gone, None, None, 10);
         let mut live = ConnStats::zeroed();
         live.first_seen_ns = 7;
         live.state = tcp_state::ESTABLISHED;
-        let all = merge(&[(key(2), live), (key(1), gone)], &h, 1, &|_| None, None);
+        let all = merge(&[(key(2), live), (key(1), gone)], &h, 1, &|_| None, &HashMap::new(), None);
         assert_eq!(all.len(), 2, "the archived one that is still in the kernel is shown once");
-        let all = merge(&[(key(2), live)], &h, 1, &|_| None, None);
+        let all = merge(&[(key(2), live)], &h, 1, &|_| None, &HashMap::new(), None);
         assert_eq!(all.len(), 2);
-        let one = merge(&[], &h, 1, &|_| None, Some(&key(1)));
+        let one = merge(&[], &h, 1, &|_| None, &HashMap::new(), Some(&key(1)));
         assert_eq!(one.len(), 1, "only the asked four-tuple's history");
-        assert!(merge(&[], &h, 1, &|_| None, Some(&key(3))).is_empty());
+        assert!(merge(&[], &h, 1, &|_| None, &HashMap::new(), Some(&key(3))).is_empty());
         assert_eq!(all.iter().filter(|c| c.status == "closed").count(), 1);
     }
 }

@@ -162,3 +162,42 @@ impl Metrics {
         v as u64
     }
 }
+
+/// The kernel's own HTTP counts of a connection (`http_kernel`, see docs/api.md).
+#[derive(Clone, Debug, Deserialize)]
+pub struct KernelHttp {
+    pub requests: u64,
+    pub responses: std::collections::BTreeMap<String, u64>,
+    pub in_flight: u64,
+    pub unanswered: u64,
+    pub lost_in: Option<String>,
+    pub lost_out: Option<String>,
+}
+
+/// `http_kernel` of a connection: `None` when absent or null.
+pub fn kernel_http_of(c: &Connection) -> Option<KernelHttp> {
+    match c.extra.get("http_kernel") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("the http_kernel object of {} does not have the documented shape ({e}): {v}", c.connection))),
+    }
+}
+
+/// The differential check: where the kernel framed a settled connection without losing its
+/// place, its counts equal the daemon's (the reference framer) exactly. `Err` says how they differ.
+pub fn kernel_agrees(c: &Connection) -> Result<(), String> {
+    let Some(k) = kernel_http_of(c) else { return Ok(()) };
+    if k.lost_in.is_some() || k.lost_out.is_some() {
+        return Ok(());
+    }
+    let Some(h) = http_of(c) else {
+        return Err(format!("{}: the kernel counted HTTP ({k:?}), the daemon saw none", c.connection));
+    };
+    let l = &h.lifetime;
+    let class = |n: &str| k.responses.get(n).copied().unwrap_or(0);
+    let kernel = (k.requests, class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx"), k.unanswered);
+    let daemon = (l.requests, l.responses_1xx, l.responses_2xx, l.responses_3xx, l.responses_4xx, l.responses_5xx, l.no_response);
+    if kernel != daemon {
+        return Err(format!("{}: kernel (requests, 1xx..5xx, unanswered) {kernel:?} vs daemon {daemon:?}", c.connection));
+    }
+    Ok(())
+}

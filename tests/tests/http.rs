@@ -26,7 +26,7 @@ use std::{
 
 use observer_tests::{
     addr::{self, http_base, GW_CLIENT_IF, GW_UPSTREAM_IF},
-    http_view::{field, http_of, settled, HttpView, Metrics, Window},
+    http_view::{field, http_of, kernel_agrees, settled, HttpView, Metrics, Window},
     nginx::LogEntry,
     poll, root_or_skip,
     scripted::{self, close_with_reset, connect, curl_each, data_segments_out, CurlOp, CurlRun, Peer, Request, ResponseReader, ScriptedServer, Served},
@@ -164,6 +164,11 @@ impl HttpLab {
             last = Some(s);
             ok.then(|| last.clone().expect("just set"))
         });
+        // The kernel's framer counts the same connections: where it kept its place, exactly the same.
+        if let Some(s) = &found {
+            let differ: Vec<String> = s.connections.iter().filter(|c| select(c)).filter_map(|c| kernel_agrees(c).err()).collect();
+            assert!(differ.is_empty(), "kernel and daemon framing disagree:\n{}\n{}", differ.join("\n"), s.pretty());
+        }
         found.unwrap_or_else(|| {
             let m = self.metrics();
             let losses: Vec<String> = ["observer_payload_records_lost_total", "observer_events_lost_total", "observer_http_framing_lost_total"].iter().map(|n| format!("{n} {}", m.value(n, &[]))).collect();

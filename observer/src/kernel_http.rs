@@ -1,0 +1,70 @@
+//! The HTTP counts the kernel keeps per connection (`observer_common::frame`, the `HTTP_FRAMES`
+//! map), as the API shows them: beside the daemon's own view while the kernel framer runs in
+//! shadow mode, so that the two can be compared connection by connection.
+#![forbid(unsafe_code)]
+
+use observer_common::{frame::ConnFrame, http::{DIR_IN, DIR_OUT}};
+use serde::Serialize;
+
+/// Responses by status class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Classes {
+    #[serde(rename = "1xx")]
+    pub informational: u64,
+    #[serde(rename = "2xx")]
+    pub success: u64,
+    #[serde(rename = "3xx")]
+    pub redirection: u64,
+    #[serde(rename = "4xx")]
+    pub client_error: u64,
+    #[serde(rename = "5xx")]
+    pub server_error: u64,
+}
+
+/// One connection's HTTP as the kernel counted it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelHttp {
+    /// Request lines.
+    pub requests: u64,
+    /// Status lines by class (interim 1xx ones included).
+    pub responses: Classes,
+    /// Requests waiting for their final response.
+    pub in_flight: u64,
+    /// Requests the connection ended without answering (once it is closed).
+    pub unanswered: u64,
+    /// Final responses with no request waiting (framing joined midway).
+    pub unmatched_responses: u64,
+    /// Mean time from a request's start to its response's status line.
+    pub latency_avg_ms: Option<f64>,
+    /// Per direction (this host received / sent): null while the kernel follows it, else why it
+    /// lost its place (`not_http`, `gap`, `head_too_long`, ...).
+    pub lost_in: Option<&'static str>,
+    pub lost_out: Option<&'static str>,
+}
+
+impl KernelHttp {
+    /// The view of a connection's kernel state; `None` when it framed nothing (no message and no
+    /// loss: not a connection the kernel followed from its SYN, or no data yet). `closed`: the
+    /// connection ended, so requests still waiting were never answered.
+    pub fn of(f: &ConnFrame, closed: bool) -> Option<Self> {
+        let c = &f.counts;
+        let responses = Classes { informational: c.responses_1xx, success: c.responses_2xx, redirection: c.responses_3xx, client_error: c.responses_4xx, server_error: c.responses_5xx };
+        let (lost_in, lost_out) = (f.lost(DIR_IN).map(|r| r.name()), f.lost(DIR_OUT).map(|r| r.name()));
+        let any_response = c.responses_1xx + c.responses_2xx + c.responses_3xx + c.responses_4xx + c.responses_5xx > 0;
+        if c.requests == 0 && !any_response && lost_in.is_none() && lost_out.is_none() {
+            return None;
+        }
+        let in_flight = u64::from(f.in_flight());
+        let lost = lost_in.is_some() || lost_out.is_some();
+        Some(Self {
+            requests: c.requests,
+            responses,
+            in_flight: if closed { 0 } else { in_flight },
+            unanswered: c.unanswered + if closed && !lost { in_flight } else { 0 },
+            unmatched_responses: c.unmatched_responses,
+            latency_avg_ms: (c.latency_count > 0).then(|| c.latency_sum_ns as f64 / c.latency_count as f64 / 1e6),
+            lost_in,
+            lost_out,
+        })
+    }
+}
