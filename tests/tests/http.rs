@@ -26,7 +26,7 @@ use std::{
 
 use observer_tests::{
     addr::{self, http_base, GW_CLIENT_IF, GW_UPSTREAM_IF},
-    http_view::{field, http_of, kernel_agrees, settled, HttpView, Metrics, Window},
+    http_view::{field, http_of, kernel_agrees, kernel_http_of, settled, HttpView, Metrics, Window},
     nginx::LogEntry,
     poll, root_or_skip,
     scripted::{self, close_with_reset, connect, curl_each, data_segments_out, CurlOp, CurlRun, Peer, Request, ResponseReader, ScriptedServer, Served},
@@ -876,6 +876,15 @@ fn head_responses_do_not_swallow_the_next_response() {
     assert_metrics(&m, "outbound", 80, n, &codes, 0);
 }
 
+/// The kernel framer lost its place in the request direction of `c` for `reason`, and the metric
+/// by reason counted it.
+fn assert_kernel_lost(lab: &HttpLab, c: &Connection, reason: &str) {
+    let k = kernel_http_of(c).unwrap_or_else(|| panic!("{}: no http_kernel", c.connection));
+    assert_eq!(k.lost_in.as_deref(), Some(reason), "{}: {k:?}", c.connection);
+    let counted = lab.metrics().value("observer_http_kernel_framing_lost_total", &[("reason", reason)]);
+    assert!(counted >= 1.0, "observer_http_kernel_framing_lost_total{{reason={reason:?}}} is {counted}");
+}
+
 #[test]
 fn pipelined_requests_in_one_write_are_counted_once_each_in_order() {
     const TEST: &str = "pipelined_requests_in_one_write_are_counted_once_each_in_order";
@@ -937,6 +946,8 @@ fn pipelined_requests_in_one_write_are_counted_once_each_in_order() {
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, n, &statuses, 0);
     assert_metrics(&m, "outbound", 80, n, &statuses, 0);
+    // Eleven requests in one write are deeper than the kernel framer's queue (8): it says so.
+    assert_kernel_lost(&lab, c, "pipeline_too_deep");
 }
 
 #[test]
@@ -1421,6 +1432,9 @@ fn heads_spanning_many_segments_are_counted_once() {
     let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
     assert_recent(c, &h, &[(200, "GET", "/ok"), (404, "GET", "/status/404"), (200, "GET", "/size/100000"), (503, "HEAD", "/status/503")]);
     assert_outbound_nginx(&lab, ops.len());
+    // A 21 KB request head is beyond what the kernel framer follows (16 KiB): it says so, by
+    // reason, and the daemon's framer counted the connection exactly all the same.
+    assert_kernel_lost(&lab, c, "head_too_long");
 
     // Response heads of up to 20 KB from a scripted server, on one keep-alive connection.
     let server = gateway_server(&lab, script);
