@@ -80,12 +80,13 @@ impl Nginx {
     /// (directives inside `server { }`), and waits until it answers on every address. Each server
     /// also answers `/__ready` (not logged), which is how readiness is probed.
     pub fn start(ns: &Netns, name: &str, dir: PathBuf, listen: Vec<SocketAddr>, locations: &str) -> Nginx {
-        Nginx::start_with_capacity(ns, name, dir, listen, locations, None)
+        Nginx::start_with_capacity(ns, name, dir, listen, locations, None, "")
     }
 
     /// [`Nginx::start`], with room for `worker_connections` connections (default 1024), a file
     /// limit to match and a deep listen backlog, when given.
-    fn start_with_capacity(ns: &Netns, name: &str, dir: PathBuf, listen: Vec<SocketAddr>, locations: &str, worker_connections: Option<u32>) -> Nginx {
+    /// `http_extra` goes into the `http` block, before the server (e.g. an `upstream` block).
+    fn start_with_capacity(ns: &Netns, name: &str, dir: PathBuf, listen: Vec<SocketAddr>, locations: &str, worker_connections: Option<u32>, http_extra: &str) -> Nginx {
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let d = dir.display();
         let mut conf = String::new();
@@ -103,6 +104,7 @@ impl Nginx {
             writeln!(conf, "    {temp}_temp_path {d}/{temp};").unwrap();
         }
         writeln!(conf, "    keepalive_timeout 60s;\n    keepalive_requests 10000;").unwrap();
+        conf.push_str(http_extra);
         writeln!(conf, "    server {{").unwrap();
         let backlog = if worker_connections.is_some() { " backlog=4096" } else { "" };
         for a in &listen {
@@ -259,7 +261,16 @@ impl Nginx {
     /// for tests that hold many client connections open at once.
     pub fn proxy_with_worker_connections(topo: &Topology, worker_connections: u32) -> Nginx {
         let (listen, locations) = proxy_config();
-        Nginx::start_with_capacity(&topo.gateway, "proxy", topo.path("proxy"), listen, &locations, Some(worker_connections))
+        Nginx::start_with_capacity(&topo.gateway, "proxy", topo.path("proxy"), listen, &locations, Some(worker_connections), "")
+    }
+
+    /// Like [`Nginx::proxy`], but keeping its upstream connections alive (HTTP/1.1, a pool of
+    /// 32), as production gateways do: a client's keep-alive request then costs no new connection.
+    pub fn proxy_keepalive(topo: &Topology) -> Nginx {
+        let (listen, _) = proxy_config();
+        let upstream = format!("    upstream backend {{ server {}:80; keepalive 32; }}\n", addr::UPSTREAM_V4);
+        let locations = "        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }\n";
+        Nginx::start_with_capacity(&topo.gateway, "proxy", topo.path("proxy"), listen, locations, None, &upstream)
     }
 }
 

@@ -1,38 +1,61 @@
-//! Benchmarks, run by `cargo xtask bench` (ignored by `cargo test`): throughput through the real
-//! nginx proxy with and without the observer, the kernel's own per-program run time
-//! (`kernel.bpf_stats_enabled`), the daemon's memory, and whether counting stayed exact under
-//! load. Targets are printed next to the measurements and checked at the end: a benchmark that
-//! misses one fails, but no test of the suite depends on a timing.
-use std::time::Duration;
+//! Benchmarks, run by `cargo xtask bench` (ignored by `cargo test`): what the observer costs a
+//! gateway, against a baseline without it and against tshark dissecting HTTP on the gateway's
+//! client interface, in one run with the variants interleaved (this machine is noisy: only
+//! figures measured side by side compare). Numbers, never timed assertions: the suite does not
+//! depend on a timing, and the benchmark prints its table whatever the figures are.
+//!
+//! Workloads, through the real nginx proxy of the test topology:
+//! - `keep-alive`: wrk's connections kept alive, and the proxy's upstream connections too
+//!   (HTTP/1.1, a pool of 32);
+//! - `close`: `Connection: close` from the client (a connection per request on both sides).
+//!
+//! Per variant: median throughput and p99 latency of `REPEATS` runs (as ratios to the baseline),
+//! kernel ns per request (the observer's programs, `kernel.bpf_stats_enabled`), user-space CPU µs
+//! per request (the daemon, or tshark), resident memory.
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use observer_tests::{nginx::Nginx, observer::Observer, root_or_skip, Topology};
 
-/// Targets the observer is held to.
-const MAX_AVG_TC_NS: f64 = 2_000.0;
-const MAX_THROUGHPUT_LOSS: f64 = 0.25;
-const MAX_DAEMON_RSS_MIB: f64 = 256.0;
+const SECONDS: u32 = 6;
+const REPEATS: usize = 3;
+const CONNECTIONS: u32 = 50;
 
 struct Wrk {
     requests: u64,
     per_second: f64,
-    non_2xx: u64,
+    p99_ms: f64,
 }
 
-fn wrk(topo: &Topology, connections: u32, seconds: u32, path: &str) -> Wrk {
-    let out = topo.client.run("wrk", ["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", &format!("http://198.18.1.1{path}")]);
+/// wrk's latency line `99%  1.23ms` in milliseconds.
+fn latency_ms(v: &str) -> f64 {
+    let v = v.trim();
+    let (n, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        (v, 1.0)
+    };
+    n.parse::<f64>().unwrap_or(0.0) * scale
+}
+
+fn wrk(topo: &Topology, close: bool) -> Wrk {
+    let mut args = vec!["-t2".to_owned(), format!("-c{CONNECTIONS}"), format!("-d{SECONDS}s"), "--latency".to_owned()];
+    if close {
+        args.extend(["-H".to_owned(), "Connection: close".to_owned()]);
+    }
+    args.push("http://198.18.1.1/ok".to_owned());
+    let out = topo.client.run("wrk", &args);
     let find = |prefix: &str| out.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()));
     let requests = out.lines().find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().parse::<u64>().unwrap_or(0))).unwrap_or(0);
     let per_second = find("Requests/sec:").and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let non_2xx = find("Non-2xx or 3xx responses:").and_then(|v| v.parse().ok()).unwrap_or(0);
-    println!("{out}");
-    Wrk { requests, per_second, non_2xx }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && (l.as_bytes().get(name.len()) == Some(&b'{') || l.as_bytes().get(name.len()) == Some(&b' ')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let p99_ms = find("99%").map(|v| latency_ms(&v)).unwrap_or(0.0);
+    Wrk { requests, per_second, p99_ms }
 }
 
 /// User + system CPU seconds the process has used.
@@ -69,82 +92,119 @@ impl Drop for StatsOn {
     }
 }
 
+/// Total run time (ns) of the observer's programs so far.
+fn kernel_ns(observer: &Observer) -> u64 {
+    let status = observer.status();
+    status["programs"].as_array().map_or(0, |ps| ps.iter().map(|p| p["run_time_ns"].as_u64().unwrap_or(0)).sum())
+}
+
+/// tshark on the gateway's client-side interface, dissecting HTTP as the peer does.
+struct Tshark(Child);
+
+impl Tshark {
+    fn start(topo: &Topology) -> Tshark {
+        let out = std::fs::File::create(topo.path("tshark.out")).expect("tshark output file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", topo.gateway.name(), "tshark", "-i", observer_tests::addr::GW_CLIENT_IF, "-l", "-Y", "http.response", "-T", "fields", "-e", "http.response.code"])
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tshark (cargo xtask bench installs it)");
+        // Capturing starts a moment after the process does.
+        std::thread::sleep(Duration::from_secs(2));
+        Tshark(child)
+    }
+}
+
+impl Drop for Tshark {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Default)]
+struct Sample {
+    per_second: f64,
+    p99_ms: f64,
+    kernel_ns_per_request: f64,
+    user_us_per_request: f64,
+    rss_mib: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+fn run(topo: &Topology, variant: &str, close: bool) -> Sample {
+    match variant {
+        "baseline" => {
+            let w = wrk(topo, close);
+            Sample { per_second: w.per_second, p99_ms: w.p99_ms, ..Sample::default() }
+        }
+        "observer" => {
+            let observer = Observer::start(topo);
+            let _stats = StatsOn::enable();
+            let (k0, c0) = (kernel_ns(&observer), cpu_seconds(observer.pid()));
+            let w = wrk(topo, close);
+            let (k1, c1) = (kernel_ns(&observer), cpu_seconds(observer.pid()));
+            let n = w.requests.max(1) as f64;
+            Sample { per_second: w.per_second, p99_ms: w.p99_ms, kernel_ns_per_request: (k1 - k0) as f64 / n, user_us_per_request: 1e6 * (c1 - c0) / n, rss_mib: rss_mib(observer.pid()) }
+        }
+        "tshark" => {
+            let t = Tshark::start(topo);
+            let pid = t.0.id();
+            let c0 = cpu_seconds(pid);
+            let w = wrk(topo, close);
+            // `ip netns exec` execs tshark in place: the pid is tshark's (its dumpcap child is
+            // not counted, so tshark's cost is if anything understated).
+            let c1 = cpu_seconds(pid);
+            let rss = rss_mib(pid);
+            drop(t);
+            Sample { per_second: w.per_second, p99_ms: w.p99_ms, user_us_per_request: 1e6 * (c1 - c0) / w.requests.max(1) as f64, rss_mib: rss, ..Sample::default() }
+        }
+        _ => unreachable!(),
+    }
+}
+
 #[test]
 #[ignore = "benchmark: run with `cargo xtask bench`"]
-fn throughput_cost_and_exactness_under_load() {
+fn gateway_cost_against_baseline_and_tshark() {
     if !root_or_skip("bench") {
         return;
     }
-    let topo = Topology::new("bench");
-    let _upstream = Nginx::upstream(&topo);
-    let proxy = Nginx::proxy(&topo);
-    let seconds = 8;
-
-    println!("== baseline: nginx proxy, no observer");
-    let base = wrk(&topo, 50, seconds, "/ok");
-
-    println!("== with the observer");
-    let observer = Observer::start(&topo);
-    let _stats = StatsOn::enable();
-    let before_log = proxy.access_log().entries.len() as u64;
-    let cpu_before = cpu_seconds(observer.pid());
-    let with = wrk(&topo, 50, seconds, "/ok");
-    let cpu = cpu_seconds(observer.pid()) - cpu_before;
-    // Everything the kernel saw is in the daemon within a moment: wait until the counts settle.
-    let mut last = -1.0;
-    let mut text = String::new();
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(200));
-        text = observer.metrics();
-        let now = metric(&text, "observer_http_responses_total");
-        if now == last {
-            break;
+    let variants = ["baseline", "observer", "tshark"];
+    let mut table = Vec::new();
+    for (workload, close) in [("keep-alive", false), ("close", true)] {
+        let topo = Topology::new("bench");
+        let _upstream = Nginx::upstream(&topo);
+        let _proxy = if close { Nginx::proxy(&topo) } else { Nginx::proxy_keepalive(&topo) };
+        let mut samples: Vec<Vec<Sample>> = variants.iter().map(|_| Vec::new()).collect();
+        for rep in 0..REPEATS {
+            for (i, v) in variants.iter().enumerate() {
+                let s = run(&topo, v, close);
+                println!("{workload} #{rep} {v:<8} {:>9.0} req/s  p99 {:>7.2} ms  kernel {:>6.0} ns/req  user {:>6.2} µs/req  rss {:>5.0} MiB", s.per_second, s.p99_ms, s.kernel_ns_per_request, s.user_us_per_request, s.rss_mib);
+                samples[i].push(s);
+            }
         }
-        last = now;
-    }
-    let logged = proxy.access_log().entries.len() as u64 - before_log;
-    let status = observer.status();
-    let programs = status["programs"].as_array().cloned().unwrap_or_default();
-    let rss = rss_mib(observer.pid());
-
-    let inbound_requests = text.lines().filter(|l| l.starts_with("observer_http_requests_total{") && l.contains("role=\"inbound\"")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>() as u64;
-    let payload_lost = metric(&text, "observer_payload_records_lost_total") as u64;
-    let events_lost = metric(&text, "observer_events_lost_total") as u64;
-    let framing_lost = metric(&text, "observer_http_framing_lost_total") as u64;
-    let delay_sum = metric(&text, "observer_event_delay_seconds_sum");
-    let delay_count = metric(&text, "observer_event_delay_seconds_count");
-
-    println!("\n== results");
-    let loss = 1.0 - with.per_second / base.per_second.max(1.0);
-    println!("throughput: {:.0} req/s without, {:.0} req/s with the observer ({:+.1}%)", base.per_second, with.per_second, -100.0 * loss);
-    println!("requests: wrk completed {} (non-2xx {}), nginx logged {logged}, observer counted {inbound_requests} inbound", with.requests, with.non_2xx);
-    println!("losses: payload records {payload_lost}, events {events_lost}, framing {framing_lost}");
-    println!("freshness: mean kernel→daemon event delay {:.1} µs over {delay_count} events", 1e6 * delay_sum / delay_count.max(1.0));
-    println!("daemon RSS: {rss:.1} MiB; daemon CPU {cpu:.2} s over the {seconds} s run ({:.0}% of one core, {:.1} µs per request)", 100.0 * cpu / seconds as f64, 1e6 * cpu / logged.max(1) as f64);
-    let mut worst_tc = 0.0f64;
-    for p in &programs {
-        let runs = p["run_count"].as_u64().unwrap_or(0);
-        let ns = p["run_time_ns"].as_u64().unwrap_or(0);
-        let avg = if runs > 0 { ns as f64 / runs as f64 } else { 0.0 };
-        let name = p["program"].as_str().unwrap_or("?");
-        println!("program {name:<28} runs {runs:>10}  avg {avg:>8.0} ns  verified insns {}", p["verified_instructions"]);
-        if name.starts_with("observer_tc_") {
-            worst_tc = worst_tc.max(avg);
+        let m = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+        let (base_rps, base_p99) = (m(0, |s| s.per_second), m(0, |s| s.p99_ms));
+        for (i, v) in variants.iter().enumerate() {
+            table.push(format!(
+                "| {workload} | {v} | {:.0} | {:.2}× | {:.2}× | {} | {} | {} |",
+                m(i, |s| s.per_second),
+                m(i, |s| s.per_second) / base_rps.max(1.0),
+                m(i, |s| s.p99_ms) / base_p99.max(1e-9),
+                if i == 1 { format!("{:.0}", m(i, |s| s.kernel_ns_per_request)) } else { "-".into() },
+                if i == 0 { "-".into() } else { format!("{:.2}", m(i, |s| s.user_us_per_request)) },
+                if i == 0 { "-".into() } else { format!("{:.0}", m(i, |s| s.rss_mib)) },
+            ));
         }
     }
-
-    let mut missed = Vec::new();
-    if worst_tc > MAX_AVG_TC_NS {
-        missed.push(format!("average tc program run time {worst_tc:.0} ns > {MAX_AVG_TC_NS} ns"));
+    println!("\n| workload | variant | req/s (median of {REPEATS} × {SECONDS} s) | throughput | p99 | kernel ns/req | user-space CPU µs/req | RSS MiB |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for row in table {
+        println!("{row}");
     }
-    if loss > MAX_THROUGHPUT_LOSS {
-        missed.push(format!("throughput loss {:.1}% > {:.0}%", 100.0 * loss, 100.0 * MAX_THROUGHPUT_LOSS));
-    }
-    if rss > MAX_DAEMON_RSS_MIB {
-        missed.push(format!("daemon RSS {rss:.0} MiB > {MAX_DAEMON_RSS_MIB} MiB"));
-    }
-    if payload_lost == 0 && events_lost == 0 && inbound_requests != logged {
-        missed.push(format!("no loss reported, yet the observer counted {inbound_requests} requests where nginx logged {logged}"));
-    }
-    assert!(missed.is_empty(), "benchmark targets missed:\n{}", missed.join("\n"));
 }

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Debian packages the end-to-end tests drive: real servers, clients and tools.
 const TEST_PACKAGES: &[&str] = &["iproute2", "nginx-light", "haproxy", "curl", "wrk", "iputils-ping", "bpftool", "tmux", "prometheus", "python3", "procps"];
+/// Debian packages only the benchmark needs: its peer, full packet capture.
+const BENCH_PACKAGES: &[&str] = &["tshark"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 #[derive(Parser)]
@@ -78,7 +80,7 @@ fn run(task: Task) -> Result<()> {
             status(&mut cmd)
         }
         Task::Bench => {
-            setup(false)?;
+            setup_with(false, BENCH_PACKAGES)?;
             cargo(&["build", "--release", "--package", "observer"])?;
             let bin = workspace_root().join("target/release/observer");
             let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -144,10 +146,15 @@ fn bpf_linker_ok() -> bool {
 }
 
 fn setup(build_only: bool) -> Result<()> {
+    setup_with(build_only, &[])
+}
+
+fn setup_with(build_only: bool, extra: &[&str]) -> Result<()> {
     let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
     if !build_only {
         wanted.extend_from_slice(TEST_PACKAGES);
     }
+    wanted.extend_from_slice(extra);
     let apt = Path::new("/usr/bin/apt-get").exists() && Path::new("/usr/bin/dpkg-query").exists();
     let missing: Vec<&str> = if apt { wanted.iter().copied().filter(|p| !dpkg_installed(p)).collect() } else { wanted.clone() };
     let linker_missing = !bpf_linker_ok();
