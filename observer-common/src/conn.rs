@@ -330,6 +330,11 @@ pub struct ConnEvent {
     pub ts_ns: u64,
     pub key: ConnKey,
     pub stats: ConnStats,
+    /// With `Closed`: 1 when `frame` holds the connection's kernel HTTP framing state at its
+    /// close (taken here, not later from the map: the four-tuple may be reused in the meantime).
+    pub frame_valid: u32,
+    pub _pad: u32,
+    pub frame: crate::frame::ConnFrame,
 }
 
 #[cfg(feature = "user")]

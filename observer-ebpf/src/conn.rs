@@ -6,7 +6,7 @@ use observer_common::{
 };
 
 use crate::{
-    maps::{CONNS, CONN_SCRATCH, EVENTS},
+    maps::{CONNS, CONN_SCRATCH, EVENTS, HTTP_FRAMES},
     util::{count, gauge},
 };
 
@@ -60,7 +60,9 @@ fn fresh(now: u64) -> Option<&'static ConnStats> {
 
 /// Sends a lifecycle event; when the ring buffer is full the loss is counted (the map stays exact).
 #[inline(always)]
-pub fn emit(kind: ConnEventKind, detail: u32, key: &ConnKey, stats: *const ConnStats, now: u64) {
+/// `with_frame`: a close of a connection that had a socket here, whose HTTP framing state travels
+/// with the event.
+pub fn emit(kind: ConnEventKind, detail: u32, key: &ConnKey, stats: *const ConnStats, now: u64, with_frame: bool) {
     match EVENTS.reserve::<ConnEvent>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
@@ -71,6 +73,13 @@ pub fn emit(kind: ConnEventKind, detail: u32, key: &ConnKey, stats: *const ConnS
                 (*ev).ts_ns = now;
                 (*ev).key = *key;
                 (*ev).stats = *stats;
+                (*ev).frame_valid = 0;
+                if with_frame {
+                    if let Some(f) = HTTP_FRAMES.get_ptr(key) {
+                        (*ev).frame = *f;
+                        (*ev).frame_valid = 1;
+                    }
+                }
             }
             // As for payload: the daemon drains on a short timer; wake it only for a backlog.
             let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);

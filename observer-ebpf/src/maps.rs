@@ -83,6 +83,10 @@ pub static SCRATCH: PerCpuArray<PayloadEvent> = PerCpuArray::with_max_entries(1,
 #[map]
 pub static HTTP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(256, 0);
 
+/// 1: run the kernel's HTTP framer (`frame`); 0: not (the default while it is experimental).
+#[unsafe(no_mangle)]
+pub static KERNEL_HTTP: Global<u32> = Global::new(0);
+
 /// 0: look for HTTP on every port (by content); 1: only on the ports in `HTTP_PORTS`.
 #[unsafe(no_mangle)]
 pub static HTTP_PORTS_ONLY: Global<u32> = Global::new(0);

@@ -173,8 +173,8 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
         }
     }
     match new {
-        tcp_state::ESTABLISHED => conn::emit(ConnEventKind::Opened, 0, &k, p, now),
-        tcp_state::CLOSE => conn::emit(ConnEventKind::Closed, old as u32, &k, p, now),
+        tcp_state::ESTABLISHED => conn::emit(ConnEventKind::Opened, 0, &k, p, now, false),
+        tcp_state::CLOSE => conn::emit(ConnEventKind::Closed, old as u32, &k, p, now, true),
         _ => {}
     }
     Some(())
@@ -237,6 +237,6 @@ fn reset(ctx: &TracePointContext, l: &TpLayout, sent: bool) -> Option<()> {
         }
     }
     count(if sent { Counter::ResetsSent } else { Counter::ResetsReceived });
-    conn::emit(ConnEventKind::Reset, if sent { 1 } else { 2 }, &k, p, now);
+    conn::emit(ConnEventKind::Reset, if sent { 1 } else { 2 }, &k, p, now, false);
     Some(())
 }

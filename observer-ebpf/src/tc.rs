@@ -243,7 +243,8 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         let s = &mut *stats;
         if f & packet::TCP_RST != 0 && s.state == 0 && s.closed_ns == 0 {
             s.closed_ns = now;
-            conn::emit(ConnEventKind::Closed, 0, &key, stats, now);
+            // No socket: never HTTP framed here, no framing state to carry.
+            conn::emit(ConnEventKind::Closed, 0, &key, stats, now, false);
         }
     }
     trace::record(
@@ -277,7 +278,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         len: payload_len,
     };
     http::forward(ctx, &key, stats, &seg, now);
-    if payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0 {
+    if crate::maps::KERNEL_HTTP.load() == 1 && (payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0) {
         if let Some(a) = crate::maps::FRAME_ARGS.get_ptr_mut(0) {
             // SAFETY: this CPU's slot, read by the call below.
             unsafe {

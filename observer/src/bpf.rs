@@ -129,7 +129,7 @@ impl crate::trace::KernelFilters for TraceMaps {
 
 /// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
 /// starts forwarding the programs' aya-log records to this process's log.
-pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16]) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
+pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16], kernel_http: bool) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
     if EBPF_OBJECT.is_empty() {
         return Err(BpfError::NotBuilt);
     }
@@ -142,6 +142,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     let netns = netns_filter();
     let skb_segs = skb_segs();
     let ports_only: u32 = u32::from(!http_ports.is_empty());
+    let kernel_http: u32 = u32::from(kernel_http);
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries("CONNS", sizes.connections)
@@ -151,7 +152,8 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
         .map_max_entries("HTTP_FRAMES", sizes.connections)
         .override_global("NETNS_FILTER", &netns, true)
         .override_global("RETRANSMIT_SEGS", &skb_segs, true)
-        .override_global("HTTP_PORTS_ONLY", &ports_only, true);
+        .override_global("HTTP_PORTS_ONLY", &ports_only, true)
+        .override_global("KERNEL_HTTP", &kernel_http, true);
     for ((_, _, _, global), layout) in TRACEPOINTS.iter().zip(&layouts) {
         if let Ok(layout) = layout {
             loader.override_global(global, layout, true);

@@ -47,6 +47,8 @@ pub struct Config {
     pub top_k: usize,
     /// Ports whose connections are parsed as HTTP; empty: every port, detected by content.
     pub http_ports: Vec<u16>,
+    /// Run the kernel's HTTP framer too (`http_kernel`).
+    pub kernel_http: bool,
 }
 
 /// What the API handlers and the pump share.
@@ -202,7 +204,9 @@ impl App {
     }
 
     /// Archives a closed connection once, and counts it.
-    fn finalize(&self, key: ConnKey, at_close: ConnStats) {
+    /// `frame`: the kernel's HTTP framing state taken at the close (from the close event); `None`
+    /// reads the map (the sweep, for connections no event reported closed).
+    fn finalize(&self, key: ConnKey, at_close: ConnStats, frame: Option<ConnFrame>) {
         if self.is_own(&key) {
             return;
         }
@@ -230,7 +234,7 @@ impl App {
             self.metrics.http(&key, conn.role(), &outcomes);
             conn.into_record()
         });
-        let frame = self.kernel_frames(Some(&key)).remove(&key);
+        let frame = frame.or_else(|| self.kernel_frames(Some(&key)).remove(&key));
         if history.archive(key, stats, http, frame, monotonic_ns()) {
             self.metrics.connection_closed(&key, &stats);
         }
@@ -245,7 +249,7 @@ impl App {
             .filter(|(_, s)| table::is_closed(s, now, QUIET_NS) && now.saturating_sub(s.closed_ns.max(s.last_seen_ns)) >= CLOSE_GRACE.as_nanos() as u64)
             .collect();
         for (k, s) in closed {
-            self.finalize(k, s);
+            self.finalize(k, s, None);
         }
         self.history.lock().expect("history lock poisoned").expire(now);
         self.sweeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -270,7 +274,7 @@ impl App {
                 let app = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(CLOSE_GRACE).await;
-                    app.finalize(ev.key, ev.stats);
+                    app.finalize(ev.key, ev.stats, (ev.frame_valid == 1).then_some(ev.frame));
                 });
             }
             _ => {}
@@ -419,7 +423,7 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
-    let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports)?;
+    let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http)?;
     let (events_drain, events_drain_rx) = tokio::sync::mpsc::channel(64);
     let (payload_drain, payload_drain_rx) = tokio::sync::mpsc::channel(64);
     let app = Arc::new(App {

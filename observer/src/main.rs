@@ -64,6 +64,11 @@ enum Command {
         /// (labelled local and remote address:port); 0 turns them off.
         #[arg(long, default_value_t = 20, value_name = "K")]
         top_k: usize,
+        /// Also count HTTP in the kernel (experimental, shadow mode): each connection's counts
+        /// appear as `http_kernel` beside the daemon's `http`. Costs kernel time per head byte
+        /// (docs/benchmarks.md); off by default until it replaces the payload path.
+        #[arg(long)]
+        kernel_http: bool,
     },
     /// List connections from a running daemon, as a table (or JSON).
     Connections {
@@ -157,7 +162,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k } => {
+        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, kernel_http } => {
             let config = daemon::Config {
                 interfaces,
                 listen,
@@ -166,6 +171,7 @@ fn main() -> std::process::ExitCode {
                 closed_max,
                 http_ports,
                 top_k,
+                kernel_http,
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }

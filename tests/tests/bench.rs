@@ -9,6 +9,9 @@
 //!   (HTTP/1.1, a pool of 32);
 //! - `close`: `Connection: close` from the client (a connection per request on both sides).
 //!
+//! Variants: baseline (nothing attached), observer (as operators run it), observer with
+//! `--kernel-http` (the kernel's own HTTP framer as well), tshark.
+//!
 //! Per variant: median throughput and p99 latency of `REPEATS` runs (as ratios to the baseline),
 //! kernel ns per request (the observer's programs, `kernel.bpf_stats_enabled`), user-space CPU µs
 //! per request (the daemon, or tshark), resident memory.
@@ -143,8 +146,8 @@ fn run(topo: &Topology, variant: &str, close: bool) -> Sample {
             let w = wrk(topo, close);
             Sample { per_second: w.per_second, p99_ms: w.p99_ms, ..Sample::default() }
         }
-        "observer" => {
-            let observer = Observer::start(topo);
+        "observer" | "observer+kernel-http" => {
+            let observer = if variant == "observer" { Observer::start_default(topo) } else { Observer::start(topo) };
             let _stats = StatsOn::enable();
             let (k0, c0) = (kernel_ns(&observer), cpu_seconds(observer.pid()));
             let w = wrk(topo, close);
@@ -174,7 +177,7 @@ fn gateway_cost_against_baseline_and_tshark() {
     if !root_or_skip("bench") {
         return;
     }
-    let variants = ["baseline", "observer", "tshark"];
+    let variants = ["baseline", "observer", "observer+kernel-http", "tshark"];
     let mut table = Vec::new();
     for (workload, close) in [("keep-alive", false), ("close", true)] {
         let topo = Topology::new("bench");
@@ -184,7 +187,7 @@ fn gateway_cost_against_baseline_and_tshark() {
         for rep in 0..REPEATS {
             for (i, v) in variants.iter().enumerate() {
                 let s = run(&topo, v, close);
-                println!("{workload} #{rep} {v:<8} {:>9.0} req/s  p99 {:>7.2} ms  kernel {:>6.0} ns/req  user {:>6.2} µs/req  rss {:>5.0} MiB", s.per_second, s.p99_ms, s.kernel_ns_per_request, s.user_us_per_request, s.rss_mib);
+                println!("{workload} #{rep} {v:<20} {:>9.0} req/s  p99 {:>7.2} ms  kernel {:>6.0} ns/req  user {:>6.2} µs/req  rss {:>5.0} MiB", s.per_second, s.p99_ms, s.kernel_ns_per_request, s.user_us_per_request, s.rss_mib);
                 samples[i].push(s);
             }
         }
@@ -196,7 +199,7 @@ fn gateway_cost_against_baseline_and_tshark() {
                 m(i, |s| s.per_second),
                 m(i, |s| s.per_second) / base_rps.max(1.0),
                 m(i, |s| s.p99_ms) / base_p99.max(1e-9),
-                if i == 1 { format!("{:.0}", m(i, |s| s.kernel_ns_per_request)) } else { "-".into() },
+                if i == 1 || i == 2 { format!("{:.0}", m(i, |s| s.kernel_ns_per_request)) } else { "-".into() },
                 if i == 0 { "-".into() } else { format!("{:.2}", m(i, |s| s.user_us_per_request)) },
                 if i == 0 { "-".into() } else { format!("{:.0}", m(i, |s| s.rss_mib)) },
             ));
