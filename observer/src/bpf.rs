@@ -149,7 +149,8 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
         .map_max_entries("EVENTS", sizes.events_bytes)
         .map_max_entries("PAYLOAD", sizes.payload_bytes)
         .map_max_entries("HTTP_HINTS", sizes.connections)
-        .map_max_entries("HTTP_FRAMES", sizes.connections)
+        // LRU maps are preallocated: without the kernel framer, a token size instead of ~20 MiB.
+        .map_max_entries("HTTP_FRAMES", if kernel_http == 1 { sizes.connections } else { 64 })
         .override_global("NETNS_FILTER", &netns, true)
         .override_global("RETRANSMIT_SEGS", &skb_segs, true)
         .override_global("HTTP_PORTS_ONLY", &ports_only, true)
