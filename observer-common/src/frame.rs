@@ -1058,7 +1058,7 @@ pub struct Closed {
 }
 
 /// HTTP framing of one connection: both directions, the requests waiting for responses, and the
-/// counts. 256 bytes, plain integers: a BPF map value.
+/// counts. 264 bytes, plain integers: a BPF map value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnFrame {
@@ -1066,11 +1066,15 @@ pub struct ConnFrame {
     pub dirs: [DirFrame; 2],
     pub pending: Pending,
     pub counts: FrameCounts,
+    /// The client's initial sequence number, from the SYN that started this state (0: not seen):
+    /// tells which connection on a reused four-tuple the state belongs to.
+    pub client_isn: u32,
+    pub _pad: u32,
 }
 
 impl ConnFrame {
     pub const fn zeroed() -> Self {
-        Self { dirs: [DirFrame::zeroed(), DirFrame::zeroed()], pending: Pending::zeroed(), counts: FrameCounts::zeroed() }
+        Self { dirs: [DirFrame::zeroed(), DirFrame::zeroed()], pending: Pending::zeroed(), counts: FrameCounts::zeroed(), client_isn: 0, _pad: 0 }
     }
 
     /// The direction carrying requests, once known (from a client's SYN or the first message).
@@ -1238,7 +1242,7 @@ impl ConnFrame {
         let role = self.role(i);
         let other_lost = self.dirs[i ^ 1].phase == P_LOST;
         let end = scan.seq.wrapping_add(scan.len);
-        let ConnFrame { dirs, pending, counts } = self;
+        let ConnFrame { dirs, pending, counts, .. } = self;
         let d = &mut dirs[i];
         if d.phase == P_UNSYNCED {
             // Only a segment that begins with a message start (where it belongs) syncs.
@@ -1469,7 +1473,7 @@ fn starts_message(block: &[u8; BLOCK], len: usize, role: u8) -> bool {
 mod user {
     use super::*;
     // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding (sizes are asserted
-    // in the tests: 48, 80, 80, 256, 96).
+    // in the tests: 48, 80, 80, 264, 96).
     unsafe impl aya::Pod for DirFrame {}
     unsafe impl aya::Pod for Pending {}
     unsafe impl aya::Pod for FrameCounts {}

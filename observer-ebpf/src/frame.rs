@@ -100,6 +100,9 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
     // `observer_common::frame`, "Concurrency").
     let c = unsafe { &mut *conn };
     if a.syn != 0 {
+        if fresh_start {
+            c.client_isn = a.seq;
+        }
         c.on_syn(a.dir, a.seq, a.ack != 0);
         return 0;
     }

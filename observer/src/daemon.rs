@@ -27,6 +27,9 @@ const QUIET_NS: u64 = 1_000_000_000;
 /// A closed connection is archived this long after its CLOSE, so that the resets and final ACKs
 /// the stack sends right after the state change are in its counters.
 const CLOSE_GRACE: Duration = Duration::from_millis(300);
+/// How long after its close the sweep finalises a connection that had a socket here (its close
+/// event, drained every 10 ms, normally did it 300 ms after the close; this is for lost events).
+const SWEEP_SOCKET_GRACE: Duration = Duration::from_secs(3);
 /// How often the payload and event ring buffers are drained when the kernel has not woken us:
 /// the bound on how stale the daemon's view can be.
 const PAYLOAD_POLL: Duration = Duration::from_millis(10);
@@ -234,7 +237,8 @@ impl App {
             self.metrics.http(&key, conn.role(), &outcomes);
             conn.into_record()
         });
-        let frame = frame.or_else(|| self.kernel_frames(Some(&key)).remove(&key));
+        // From the map only if it is still this connection's (the four-tuple may be reused).
+        let frame = frame.or_else(|| self.kernel_frames(Some(&key)).remove(&key).filter(|f| crate::kernel_http::belongs(f, &stats)));
         if history.archive(key, stats, http, frame, monotonic_ns()) {
             self.metrics.connection_closed(&key, &stats);
         }
@@ -246,7 +250,12 @@ impl App {
         let closed: Vec<(ConnKey, ConnStats)> = self
             .kernel_entries()
             .into_iter()
-            .filter(|(_, s)| table::is_closed(s, now, QUIET_NS) && now.saturating_sub(s.closed_ns.max(s.last_seen_ns)) >= CLOSE_GRACE.as_nanos() as u64)
+            .filter(|(_, s)| {
+                // A connection with a socket here gets a close event, which carries its final
+                // HTTP framing state: the sweep takes it only once that event is overdue.
+                let grace = if s.state != 0 { SWEEP_SOCKET_GRACE } else { CLOSE_GRACE };
+                table::is_closed(s, now, QUIET_NS) && now.saturating_sub(s.closed_ns.max(s.last_seen_ns)) >= grace.as_nanos() as u64
+            })
             .collect();
         for (k, s) in closed {
             self.finalize(k, s, None);

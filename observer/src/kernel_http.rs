@@ -3,7 +3,11 @@
 //! shadow mode, so that the two can be compared connection by connection.
 #![forbid(unsafe_code)]
 
-use observer_common::{frame::ConnFrame, http::{DIR_IN, DIR_OUT}};
+use observer_common::{
+    conn::{ConnStats, Role},
+    frame::ConnFrame,
+    http::{DIR_IN, DIR_OUT},
+};
 use serde::Serialize;
 
 /// Responses by status class.
@@ -40,6 +44,17 @@ pub struct KernelHttp {
     /// lost its place (`not_http`, `gap`, `head_too_long`, ...).
     pub lost_in: Option<&'static str>,
     pub lost_out: Option<&'static str>,
+}
+
+/// Does `f` belong to the connection whose counters are `s` (and not to another one on the same,
+/// reused, four-tuple)? The framing state keeps the client's initial sequence number.
+pub fn belongs(f: &ConnFrame, s: &ConnStats) -> bool {
+    let client_isn = match Role::from_u8(s.role) {
+        Role::Inbound => s.isn_in,
+        Role::Outbound => s.isn_out,
+        Role::Unknown => return f.client_isn == 0,
+    };
+    f.client_isn == client_isn
 }
 
 impl KernelHttp {

@@ -293,7 +293,7 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
             let archived = history.get(&(*k, s.first_seen_ns));
             c.http_kernel = match archived {
                 Some(a) => a.frame.as_ref().and_then(|f| KernelHttp::of(f, true)),
-                None => frames.get(k).and_then(|f| KernelHttp::of(f, closed)),
+                None => frames.get(k).filter(|f| crate::kernel_http::belongs(f, s)).and_then(|f| KernelHttp::of(f, closed)),
             };
             c.http = match archived {
                 Some(archived) => closed_view(archived),

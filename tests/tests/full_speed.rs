@@ -89,15 +89,11 @@ fn per_connection_kernel_counts_equal_the_access_log_at_full_speed() {
         daemon: BTreeMap<String, u64>,
     }
     let mut by_port: BTreeMap<u16, Port> = BTreeMap::new();
-    let mut without_view = Vec::new();
     for c in &conns {
         let port = c.remote.port();
-        let Some(k) = kernel_http_of(c) else {
-            if read.contains_key(&port) {
-                without_view.push(c.connection.clone());
-            }
-            continue;
-        };
+        // No view: the kernel framed nothing on this connection (wrk may open one and close it
+        // unused when it stops). A port whose requests were missed shows up below as a difference.
+        let Some(k) = kernel_http_of(c) else { continue };
         let p = by_port.entry(port).or_default();
         if k.lost_in.is_some() || k.lost_out.is_some() {
             p.lost.push(format!("{:?} / {:?}", k.lost_in, k.lost_out));
@@ -117,7 +113,8 @@ fn per_connection_kernel_counts_equal_the_access_log_at_full_speed() {
             }
         }
     }
-    assert!(without_view.is_empty(), "{} connections that carried requests have no kernel HTTP view: {:?}", without_view.len(), &without_view[..without_view.len().min(10)]);
+    let without_view: Vec<&u16> = read.keys().filter(|p| !by_port.contains_key(p)).collect();
+    assert!(without_view.is_empty(), "{} client ports that carried requests have no kernel HTTP view: {:?}", without_view.len(), &without_view[..without_view.len().min(10)]);
     let mut wrong = Vec::new();
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     let mut daemon_differs = 0;

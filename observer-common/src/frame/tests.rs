@@ -106,12 +106,12 @@ fn state_sizes() {
     assert_eq!(size_of::<DirFrame>(), 48);
     assert_eq!(size_of::<Pending>(), 80);
     assert_eq!(size_of::<FrameCounts>(), 80);
-    assert_eq!(size_of::<ConnFrame>(), 256);
+    assert_eq!(size_of::<ConnFrame>(), 264);
     assert_eq!(size_of::<Scan>(), 96);
     // The zeroed state is all zero bytes (a fresh map value).
     let z = ConnFrame::zeroed();
     // SAFETY: repr(C) integers only, no padding (sizes above).
-    let bytes: &[u8; 256] = unsafe { &*(&z as *const ConnFrame as *const [u8; 256]) };
+    let bytes: &[u8; 264] = unsafe { &*(&z as *const ConnFrame as *const [u8; 264]) };
     assert!(bytes.iter().all(|b| *b == 0));
 }
 
