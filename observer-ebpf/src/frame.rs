@@ -3,7 +3,7 @@
 //! connection's `HTTP_FRAMES` entry, without copying a byte of a body.
 //!
 //! Shadow mode for now: the daemon's framer (payload forwarded by `http.rs`) still makes the HTTP
-//! view; the kernel's counts sit beside it (`http.kernel` in the API), and the end-to-end tests
+//! view; the kernel's counts sit beside it (`http_kernel` in the API), and the end-to-end tests
 //! require both to agree.
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},

@@ -27,10 +27,12 @@ pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(
 #[map]
 pub static HTTP_FRAMES: LruHashMap<ConnKey, ConnFrame> = LruHashMap::with_max_entries(65_536, 0);
 
-/// The classifier's arguments for `frame::observer_http_frame`, and where a new
-/// `HTTP_FRAMES` entry is assembled (too big for the stack).
+/// The classifier's arguments for `frame::observer_http_frame` (a global function takes the
+/// context only).
 #[map]
 pub static FRAME_ARGS: PerCpuArray<crate::frame::FrameArgs> = PerCpuArray::with_max_entries(1, 0);
+/// A zeroed `ConnFrame`, never written: new `HTTP_FRAMES` entries are inserted from it (too big
+/// for the stack).
 #[map]
 pub static FRAME_SCRATCH: PerCpuArray<ConnFrame> = PerCpuArray::with_max_entries(1, 0);
 /// Times the kernel framer lost a direction's place, per CPU, by `LostReason` (index).

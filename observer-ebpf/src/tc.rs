@@ -163,7 +163,11 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     let mut retransmit = false;
     let mut new_bytes = payload_len as u32;
     let mut resent_bytes = 0u32;
-    if f & packet::TCP_RST == 0 {
+    // A segment that occupies no sequence space (a pure ACK, the common case) changes nothing:
+    // it leaves before the call.
+    let wire_dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
+    let occupies = payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0;
+    if occupies && f & packet::TCP_RST == 0 {
         // SAFETY: `stats` is a non-null pointer to a map value.
         let word = unsafe {
             match dir {
@@ -251,7 +255,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         ctx,
         &key,
         &trace::Packet {
-            dir: if dir == Direction::Ingress { DIR_IN } else { DIR_OUT },
+            dir: wire_dir,
             tcp_flags: f,
             seq: tcp.seq,
             ack: tcp.ack,
@@ -270,7 +274,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         }
     };
     let seg = http::Seg {
-        dir: if dir == Direction::Ingress { DIR_IN } else { DIR_OUT },
+        dir: wire_dir,
         first_byte: syn_seen && tcp.seq == isn.wrapping_add(1),
         seq: tcp.seq,
         flags: f,
@@ -287,7 +291,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
                 (*a).seq = tcp.seq;
                 (*a).len = payload_len as u32;
                 (*a).off = payload_off as u32;
-                (*a).dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
+                (*a).dir = wire_dir;
                 (*a).syn = (f & packet::TCP_SYN != 0) as u8;
                 (*a).ack = (f & packet::TCP_ACK != 0) as u8;
                 (*a).fin = (f & packet::TCP_FIN != 0) as u8;

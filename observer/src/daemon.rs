@@ -79,13 +79,21 @@ pub struct App {
 }
 
 impl App {
-    /// The kernel's HTTP framing state of every connection (or of `only`).
+    /// The kernel's HTTP framing state of every connection (or of `only`); none at all when the
+    /// kernel framer is off.
     fn kernel_frames(&self, only: Option<&ConnKey>) -> std::collections::HashMap<ConnKey, ConnFrame> {
-        let maps = self.maps.lock().expect("maps lock poisoned");
-        match only {
-            Some(k) => maps.http_frames.get(k, 0).ok().map(|f| (*k, f)).into_iter().collect(),
-            None => maps.http_frames.iter().filter_map(Result::ok).collect(),
+        if !self.config.kernel_http {
+            return std::collections::HashMap::new();
         }
+        match only {
+            Some(k) => self.kernel_frame(k).map(|f| (*k, f)).into_iter().collect(),
+            None => self.maps.lock().expect("maps lock poisoned").http_frames.iter().filter_map(Result::ok).collect(),
+        }
+    }
+
+    /// The kernel's HTTP framing state of one four-tuple.
+    fn kernel_frame(&self, key: &ConnKey) -> Option<ConnFrame> {
+        self.maps.lock().expect("maps lock poisoned").http_frames.get(key, 0).ok()
     }
 
     /// Every entry of the kernel map.
@@ -238,7 +246,7 @@ impl App {
             conn.into_record()
         });
         // From the map only if it is still this connection's (the four-tuple may be reused).
-        let frame = frame.or_else(|| self.kernel_frames(Some(&key)).remove(&key).filter(|f| crate::kernel_http::belongs(f, &stats)));
+        let frame = frame.or_else(|| self.kernel_frame(&key).filter(|f| crate::kernel_http::belongs(f, &stats)));
         if history.archive(key, stats, http, frame, monotonic_ns()) {
             self.metrics.connection_closed(&key, &stats);
         }
