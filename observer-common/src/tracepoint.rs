@@ -42,11 +42,18 @@ pub struct SkbSegs {
     pub enabled: u32,
     /// Offset of `tcp_gso_segs` from the start of the skb.
     pub offset: u32,
+    /// 1 when `total_retrans` (below) was found.
+    pub total_enabled: u32,
+    /// Offset of `total_retrans` in `struct tcp_sock`: the retransmission record's socket is
+    /// read for the kernel's own count, which then is the connection's `retransmits` exactly
+    /// (since 6.13 the record also fires for attempts that failed, some after the kernel counted
+    /// them and some before: only the socket can say which).
+    pub total_retrans: u32,
 }
 
 impl SkbSegs {
     pub const fn disabled() -> Self {
-        Self { enabled: 0, offset: 0 }
+        Self { enabled: 0, offset: 0, total_enabled: 0, total_retrans: 0 }
     }
 }
 

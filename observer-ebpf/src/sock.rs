@@ -30,14 +30,14 @@ pub fn observer_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn observer_tcp_retransmit(ctx: TracePointContext) -> u32 {
-    let _ = retransmit(&ctx, &LAYOUT_RETRANSMIT.load());
+    let _ = retransmit(&ctx, &LAYOUT_RETRANSMIT.load(), true);
     0
 }
 
 /// SYN-ACKs a listener sends again: the connection's socket starts with them in total_retrans.
 #[tracepoint]
 pub fn observer_tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
-    let _ = retransmit(&ctx, &LAYOUT_RETRANSMIT_SYNACK.load());
+    let _ = retransmit(&ctx, &LAYOUT_RETRANSMIT_SYNACK.load(), false);
     0
 }
 
@@ -181,22 +181,43 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
 }
 
 #[inline(always)]
-fn retransmit(ctx: &TracePointContext, l: &TpLayout) -> Option<()> {
+/// `own_socket`: the record's socket is the connection's (not a listener's, as for SYN-ACKs).
+fn retransmit(ctx: &TracePointContext, l: &TpLayout, own_socket: bool) -> Option<()> {
     if l.present == 0 || !ours(ctx, l) {
-        return None;
-    }
-    // Since 6.13 the record carries the result: a failed retransmission sent nothing.
-    // The kernel counts a retransmission in total_retrans before handing it to the device, so a
-    // positive result (NET_XMIT_DROP/CN: the queue dropped it) was still counted; a negative one
-    // failed before that.
-    if l.err != ABSENT && field::<i32>(ctx, l.err)? < 0 {
         return None;
     }
     let k = key(ctx, l)?;
     let p = conn::get_or_create(&k, unsafe { bpf_ktime_get_ns() })?;
+    let g = RETRANSMIT_SEGS.load();
+    // The socket's own count, read after the kernel updated it (the record fires at the end of
+    // the attempt): the connection's count is set to it, the global counter grows by the
+    // difference. Retransmissions of one socket run under its lock, one at a time.
+    if own_socket && g.total_enabled == 1 {
+        if let Some(sk) = field::<u64>(ctx, l.skaddr) {
+            // SAFETY: a probe read of kernel memory; a failure falls back to the record.
+            if let Ok(total) = unsafe { bpf_probe_read_kernel((sk + g.total_retrans as u64) as *const u32) } {
+                // SAFETY: non-null map value pointer.
+                let old = unsafe { (*p).retransmits };
+                let total = total as u64;
+                if total > old {
+                    unsafe { (*p).retransmits = total };
+                    if let Some(c) = crate::maps::GLOBAL.get_ptr_mut(Counter::Retransmits as u32) {
+                        // SAFETY: per-CPU slot.
+                        unsafe { *c += total - old };
+                    }
+                }
+                return Some(());
+            }
+        }
+    }
+    // Before 6.13 the record fires only for a retransmission that was sent (and counted).
+    // Since 6.13 it carries the result: a negative one mostly failed before the kernel counted
+    // it, a positive one (NET_XMIT_DROP/CN: the queue dropped it) was counted.
+    if l.err != ABSENT && field::<i32>(ctx, l.err)? < 0 {
+        return None;
+    }
     // A GSO skb retransmits several segments at once: count them as the kernel's total_retrans.
     let mut segs = 1u64;
-    let g = RETRANSMIT_SEGS.load();
     if g.enabled == 1 {
         if let Some(skb) = field::<u64>(ctx, l.skbaddr) {
             // SAFETY: a probe read of kernel memory; failure keeps the count at 1.

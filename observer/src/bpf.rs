@@ -288,7 +288,11 @@ fn skb_segs() -> SkbSegs {
         let btf = crate::btf::Btf::from_sys_fs()?;
         let cb = btf.offset_of("sk_buff", &["cb"])?;
         let segs = btf.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?;
-        Ok(SkbSegs { enabled: 1, offset: cb + segs })
+        let total = btf.offset_of("tcp_sock", &["total_retrans"]);
+        if let Err(e) = &total {
+            log::warn!("retransmissions are counted from the tracepoint's records, not read from the socket ({e:#})");
+        }
+        Ok(SkbSegs { enabled: 1, offset: cb + segs, total_enabled: u32::from(total.is_ok()), total_retrans: total.unwrap_or(0) })
     })();
     found.unwrap_or_else(|e| {
         log::warn!("retransmissions will count skbs, not segments ({e:#})");
