@@ -22,6 +22,43 @@ pub const SEG_RST: u8 = 0x4;
 /// With `SEG_SYN`: the SYN carried ACK too (a SYN-ACK, from the listening side).
 pub const SEG_ACK: u8 = 0x8;
 
+/// The record is not payload but one message the kernel framed (`observer_common::frame`, run
+/// with `--kernel-http`): [`MSG_INFO`] bytes ([`MsgInfo`]); for a request then [`START_LEN`]
+/// bytes, the first `start_len` of which are the start of its request line, and up to
+/// [`MSG_TAIL`] bytes that follow them in the segment that classified it. `seq` is the
+/// message's first byte.
+pub const SEG_MSG: u8 = 0x10;
+/// Bytes of [`MsgInfo`] at the start of a message record's data.
+pub const MSG_INFO: usize = 8;
+/// At most this many bytes of a request line after its first [`START_LEN`] travel with its record.
+pub const MSG_TAIL: usize = 64;
+/// [`MsgInfo::kind`]
+pub const MSG_REQUEST: u8 = 1;
+pub const MSG_RESPONSE: u8 = 2;
+/// [`MsgInfo::flags`]: the connection's first request (a four-tuple reused by a new connection
+/// starts counting afresh).
+pub const MSG_FIRST: u8 = 0x1;
+
+/// What a message record says about its message, in the record's first bytes: kind, method,
+/// flags, start_len, status (little-endian u16), two unused bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsgInfo {
+    pub kind: u8,
+    /// [`Method`] as u8 for a request (0: another method).
+    pub method: u8,
+    pub flags: u8,
+    /// A request: how many of the [`START_LEN`] bytes after the info are its line's.
+    pub start_len: u8,
+    /// A response's status code.
+    pub status: u16,
+}
+
+impl MsgInfo {
+    pub const fn decode(b: &[u8; MSG_INFO]) -> Self {
+        Self { kind: b[0], method: b[1], flags: b[2], start_len: b[3], status: b[4] as u16 | (b[5] as u16) << 8 }
+    }
+}
+
 /// Header of one `PAYLOAD` record; `len` payload bytes follow it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -109,6 +146,21 @@ impl Method {
             Method::Trace => "TRACE",
             Method::Patch => "PATCH",
         }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Method::Get,
+            2 => Method::Head,
+            3 => Method::Post,
+            4 => Method::Put,
+            5 => Method::Delete,
+            6 => Method::Connect,
+            7 => Method::Options,
+            8 => Method::Trace,
+            9 => Method::Patch,
+            _ => return None,
+        })
     }
 }
 

@@ -2,24 +2,34 @@
 //! direction of a connection at its message boundaries and count requests and responses into the
 //! connection's `HTTP_FRAMES` entry, without copying a byte of a body.
 //!
-//! Shadow mode for now: the daemon's framer (payload forwarded by `http.rs`) still makes the HTTP
-//! view; the kernel's counts sit beside it (`http_kernel` in the API), and the end-to-end tests
-//! require both to agree.
+//! Each request and response it counts goes to the daemon as one small message record (status,
+//! method, the start of a request line), instead of the payload: the payload of a direction the
+//! kernel frames is not forwarded at all. A direction it loses its place in is handed to the
+//! daemon's framer (`http.rs` forwards its payload from the point of loss on).
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::generated::{bpf_loop, bpf_skb_load_bytes},
 };
 use observer_common::{
     conn::ConnKey,
-    frame::{ConnFrame, Event, Scan, Turn, BLOCK, MAX_STEPS},
+    frame::{ConnFrame, Event, LostReason, Phase, Scan, Turn, BLOCK, MAX_STEPS},
     global::Counter,
+    http::{PayloadHeader, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, MSG_TAIL, SEG_MSG, START_LEN},
 };
 
 use crate::{
-    maps::{FRAME_ARGS, FRAME_LOST, FRAME_SCAN, FRAME_SCRATCH, HTTP_FRAMES},
-    util::count,
+    maps::{CONNS, FRAME_ARGS, FRAME_LOST, FRAME_SCAN, FRAME_SCRATCH, HTTP_FRAMES, PAYLOAD, SCRATCH},
+    util::{add, count, gauge},
 };
+
+/// `observer_http_frame` returns: the kernel frames this segment's direction, nothing to forward.
+pub const HANDLED: u32 = 1;
+/// It lost its place in this direction (or never had it): forward the payload from
+/// `FrameArgs::from_seq` on (what comes before it was counted here).
+pub const FORWARD_FROM: u32 = 2;
+/// No framing state for this connection (joined midway, or the map refused it): forward all.
+pub const FORWARD_ALL: u32 = 0;
 
 /// What the classifier hands the framer (through `FRAME_ARGS`: a global function takes scalars
 /// and the context only).
@@ -36,6 +46,9 @@ pub struct FrameArgs {
     pub syn: u8,
     pub ack: u8,
     pub fin: u8,
+    /// Out: with [`FORWARD_FROM`], the first byte the daemon's framer needs.
+    pub from_seq: u32,
+    pub _pad: u32,
 }
 
 /// The `bpf_loop` callback's context, on the global function's stack.
@@ -77,9 +90,10 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
     let conn = match existing {
         Some(p) => p,
         None => {
-            // Framed from the first byte only: a connection seen from its SYN.
-            if a.syn == 0 {
-                return 0;
+            // Framed from the first byte only: a connection seen from its SYN (on a port HTTP
+            // is looked for on).
+            if a.syn == 0 || !crate::http::port_wanted(&a.key) {
+                return FORWARD_ALL;
             }
             let Some(zeroed) = FRAME_SCRATCH.get_ptr(0) else { return 0 };
             // The scratch value is never written: it stays zeroed (a zeroed struct assigned at
@@ -104,7 +118,7 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
             c.client_isn = a.seq;
         }
         c.on_syn(a.dir, a.seq, a.ack != 0);
-        return 0;
+        return HANDLED;
     }
     if a.len > 0 {
         let Some(scan) = FRAME_SCAN.get_ptr_mut(0) else { return 0 };
@@ -123,7 +137,100 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
     if a.fin != 0 {
         c.fin(a.dir);
     }
-    0
+    // Who frames what comes next of this direction. Not HTTP after all (this direction, or the
+    // other one, whose answers then are no HTTP responses): nobody.
+    let d = &c.dirs[(a.dir & 1) as usize];
+    let o = &c.dirs[((a.dir & 1) ^ 1) as usize];
+    let phase = d.phase;
+    let not_http = d.lost == LostReason::NotHttp as u8 || o.phase == Phase::Lost as u8 && o.lost == LostReason::NotHttp as u8;
+    if phase == Phase::Lost as u8 && !not_http || phase == Phase::Unsynced as u8 {
+        let from = d.next_seq;
+        if let Some(out) = FRAME_ARGS.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot.
+            unsafe { (*out).from_seq = from };
+        }
+        return if phase == Phase::Lost as u8 { FORWARD_FROM } else { FORWARD_ALL };
+    }
+    HANDLED
+}
+
+const HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
+
+/// Sends one counted message to the daemon (a `SEG_MSG` record in the payload ring). A record
+/// the full ring refuses is counted, globally and on the connection (whose view then says it
+/// lost records: its kernel counts stay exact).
+#[inline(always)]
+fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
+    let Some(a) = FRAME_ARGS.get_ptr(0) else { return };
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU slots; the classifier wrote the args, the scratch record is ours while
+    // this program runs.
+    let (a, ev) = unsafe { (&*a, &mut *ev) };
+    let dir = (scan.dir & 1) as usize;
+    let d = &conn.dirs[dir];
+    let start = d.next_seq.wrapping_sub(d.head_len as u32);
+    let mut extra = 0u32;
+    // The record's `MsgInfo`, byte by byte (see `MsgInfo::decode`).
+    ev.data[2] = 0;
+    ev.data[3] = 0;
+    match e {
+        Event::Request { method } => {
+            ev.data[0] = MSG_REQUEST;
+            ev.data[1] = *method as u8;
+            let c = &conn.counts;
+            if c.requests == 1 && c.responses_1xx | c.responses_2xx | c.responses_3xx | c.responses_4xx | c.responses_5xx == 0 {
+                ev.data[2] = MSG_FIRST;
+            }
+            // The line's first bytes (kept by the framer, whichever segments they came in),
+            // then what follows them in this segment.
+            ev.data[3] = d.start_len;
+            ev.data[MSG_INFO..MSG_INFO + START_LEN].copy_from_slice(&d.start);
+            extra = START_LEN as u32;
+            let at = d.next_seq.wrapping_sub(scan.seq);
+            if at < scan.len {
+                let avail = scan.len - at;
+                let want = if avail < MSG_TAIL as u32 { avail } else { MSG_TAIL as u32 };
+                let want = ((want.wrapping_sub(1)) & (MSG_TAIL as u32 - 1)) + 1;
+                // SAFETY: `data` holds PAYLOAD_WINDOW >= MSG_INFO + START_LEN + MSG_TAIL bytes.
+                let rc = unsafe { bpf_skb_load_bytes(t.skb as *const _, t.off.wrapping_add(at), ev.data.as_mut_ptr().add(MSG_INFO + START_LEN) as *mut _, want) };
+                if rc == 0 {
+                    extra += want;
+                }
+            }
+        }
+        Event::Response { status, .. } => {
+            ev.data[0] = MSG_RESPONSE;
+            ev.data[1] = 0;
+            ev.data[4] = *status as u8;
+            ev.data[5] = (*status >> 8) as u8;
+        }
+        _ => return,
+    }
+    ev.header.key = a.key;
+    ev.header.ts_ns = scan.ts_ns;
+    ev.header.seq = start;
+    ev.header.len = (MSG_INFO as u32 + extra) as u16;
+    ev.header.dir = dir as u8;
+    ev.header.flags = SEG_MSG;
+    let len = HEADER_LEN + MSG_INFO + extra as usize;
+    if len > HEADER_LEN + MSG_INFO + START_LEN + MSG_TAIL {
+        return;
+    }
+    // SAFETY: the scratch record is at least `len` bytes long.
+    let bytes = unsafe { core::slice::from_raw_parts(ev as *const _ as *const u8, len) };
+    let backlog = PAYLOAD.query(BPF_RB_AVAIL_DATA as u64);
+    gauge(Counter::PayloadBacklog, backlog);
+    let wake = if backlog > crate::conn::WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
+    match PAYLOAD.output::<[u8]>(bytes, wake) {
+        Ok(()) => count(Counter::PayloadSent),
+        Err(_) => {
+            count(Counter::PayloadLost);
+            if let Some(s) = CONNS.get_ptr_mut(&a.key) {
+                // SAFETY: the connection's map value.
+                unsafe { add(&mut (*s).payload_records_lost, 1) };
+            }
+        }
+    }
 }
 
 /// One turn: one byte outside bodies, or one jump over body bytes. 1 ends the loop.
@@ -142,6 +249,18 @@ extern "C" fn turn(_index: u64, ctx: *mut c_void) -> i64 {
         Turn::Continue => 0,
         Turn::Event(e) => {
             counted(&e);
+            if let Event::Lost(LostReason::NotHttp) = e {
+                // Counted once per connection: at its first message, unless the other
+                // direction said so already.
+                let c = &conn.counts;
+                let other = &conn.dirs[((scan.dir & 1) ^ 1) as usize];
+                let other_said = other.phase == Phase::Lost as u8 && other.lost == LostReason::NotHttp as u8;
+                if c.requests | c.responses_1xx | c.responses_2xx | c.responses_3xx | c.responses_4xx | c.responses_5xx == 0 && !other_said {
+                    count(Counter::NotHttp);
+                }
+            } else {
+                send_msg(t, conn, scan, &e);
+            }
             0
         }
         Turn::Done => 1,

@@ -30,6 +30,12 @@ pub struct Seg {
     pub len: usize,
 }
 
+/// `--http-port`: HTTP is looked for on the listed ports only.
+#[inline(always)]
+pub fn port_wanted(key: &ConnKey) -> bool {
+    HTTP_PORTS_ONLY.load() != 1 || HTTP_PORTS.get_ptr(&key.local_port).is_some() || HTTP_PORTS.get_ptr(&key.remote_port).is_some()
+}
+
 #[inline(always)]
 pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg, now: u64) {
     let syn = seg.flags & TCP_SYN != 0;
@@ -38,7 +44,7 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
     if seg.len == 0 && !syn && !end {
         return;
     }
-    if HTTP_PORTS_ONLY.load() == 1 && HTTP_PORTS.get_ptr(&key.local_port).is_none() && HTTP_PORTS.get_ptr(&key.remote_port).is_none() {
+    if !port_wanted(key) {
         return;
     }
     let mut start = seg.seq;

@@ -273,7 +273,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             Direction::Egress => ((*stats).isn_out, (*stats).syn_seen & 2 != 0),
         }
     };
-    let seg = http::Seg {
+    let mut seg = http::Seg {
         dir: wire_dir,
         first_byte: syn_seen && tcp.seq == isn.wrapping_add(1),
         seq: tcp.seq,
@@ -281,8 +281,8 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         off: payload_off,
         len: payload_len,
     };
-    http::forward(ctx, &key, stats, &seg, now);
-    if crate::maps::KERNEL_HTTP.load() == 1 && (payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0) {
+    // With the kernel framer, what it frames never goes to the daemon: only what it lost.
+    if crate::maps::KERNEL_HTTP.load() == 1 && occupies {
         if let Some(a) = crate::maps::FRAME_ARGS.get_ptr_mut(0) {
             // SAFETY: this CPU's slot, read by the call below.
             unsafe {
@@ -296,9 +296,33 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
                 (*a).ack = (f & packet::TCP_ACK != 0) as u8;
                 (*a).fin = (f & packet::TCP_FIN != 0) as u8;
             }
-            crate::frame::observer_http_frame(ctx.skb.skb);
+            match crate::frame::observer_http_frame(ctx.skb.skb) {
+                crate::frame::HANDLED => return Ok(()),
+                // SAFETY: as above; written by the call.
+                crate::frame::FORWARD_FROM => {
+                    // What comes before `from` was counted here: the daemon gets the rest.
+                    // SAFETY: as above; written by the call.
+                    let from = unsafe { (*a).from_seq };
+                    let ahead = from.wrapping_sub(seg.seq);
+                    if ahead as i32 > 0 {
+                        if ahead as usize >= seg.len {
+                            if f & (packet::TCP_FIN | packet::TCP_RST) == 0 {
+                                return Ok(());
+                            }
+                            seg.len = 0;
+                        } else {
+                            seg.seq = from;
+                            seg.off += ahead as usize;
+                            seg.len -= ahead as usize;
+                        }
+                        seg.first_byte = false;
+                    }
+                }
+                _ => {}
+            }
         }
     }
+    http::forward(ctx, &key, stats, &seg, now);
     Ok(())
 }
 

@@ -64,11 +64,13 @@ enum Command {
         /// (labelled local and remote address:port); 0 turns them off.
         #[arg(long, default_value_t = 20, value_name = "K")]
         top_k: usize,
-        /// Also count HTTP in the kernel (experimental, shadow mode): each connection's counts
-        /// appear as `http_kernel` beside the daemon's `http`. Costs kernel time per head byte
-        /// (docs/benchmarks.md); off by default until it replaces the payload path.
-        #[arg(long)]
-        kernel_http: bool,
+        /// Where HTTP/1.x is framed. `kernel`: the tc programs count each connection's requests
+        /// and responses where the bytes are, send the daemon one small record per message, and
+        /// hand a direction they lose their place in to the daemon's framer. `daemon`: every data
+        /// segment's payload goes to the daemon, which frames it (the reference; it costs more
+        /// per request). The kernel framer needs bpf_loop (Linux 5.17+).
+        #[arg(long, value_enum, default_value = "kernel", value_name = "WHERE")]
+        http_framing: HttpFraming,
     },
     /// List connections from a running daemon, as a table (or JSON).
     Connections {
@@ -158,11 +160,18 @@ impl ListOpts {
     }
 }
 
+/// `observer run --http-framing`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum HttpFraming {
+    Kernel,
+    Daemon,
+}
+
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, kernel_http } => {
+        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing } => {
             let config = daemon::Config {
                 interfaces,
                 listen,
@@ -171,7 +180,7 @@ fn main() -> std::process::ExitCode {
                 closed_max,
                 http_ports,
                 top_k,
-                kernel_http,
+                kernel_http: http_framing == HttpFraming::Kernel,
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }

@@ -176,19 +176,6 @@ impl Observer {
     /// Starts `observer run --interface I... --listen API EXTRA...` in the gateway namespace and
     /// waits (up to [`STARTUP`]) until `/healthz` answers; panics with its output otherwise.
     pub fn start_with(topo: &Topology, interfaces: &[&str], extra: &[&str]) -> Observer {
-        // The kernel's HTTP framer runs in every test, so that its counts are checked against
-        // the daemon's (and the access logs) wherever a test looks at HTTP.
-        let mut extra = extra.to_vec();
-        extra.push("--kernel-http");
-        Observer::start_exactly(topo, interfaces, &extra)
-    }
-
-    /// The daemon as operators run it by default: without the kernel's HTTP framer.
-    pub fn start_default(topo: &Topology) -> Observer {
-        Observer::start_exactly(topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], &[])
-    }
-
-    fn start_exactly(topo: &Topology, interfaces: &[&str], extra: &[&str]) -> Observer {
         let bin = observer_bin();
         let mut args: Vec<String> = vec!["run".into()];
         for i in interfaces {

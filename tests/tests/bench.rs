@@ -9,8 +9,9 @@
 //!   (HTTP/1.1, a pool of 32);
 //! - `close`: `Connection: close` from the client (a connection per request on both sides).
 //!
-//! Variants: baseline (nothing attached), observer (as operators run it), observer with
-//! `--kernel-http` (the kernel's own HTTP framer as well), tshark.
+//! Variants: baseline (nothing attached), observer (as operators run it: HTTP framed in the
+//! kernel), observer with `--http-framing daemon` (every payload forwarded and framed by the
+//! daemon: the design before), tshark.
 //!
 //! Per variant: median throughput and p99 latency of `REPEATS` runs (as ratios to the baseline),
 //! kernel ns per request (the observer's programs, `kernel.bpf_stats_enabled`), user-space CPU µs
@@ -146,8 +147,9 @@ fn run(topo: &Topology, variant: &str, close: bool) -> Sample {
             let w = wrk(topo, close);
             Sample { per_second: w.per_second, p99_ms: w.p99_ms, ..Sample::default() }
         }
-        "observer" | "observer+kernel-http" => {
-            let observer = if variant == "observer" { Observer::start_default(topo) } else { Observer::start(topo) };
+        "observer" | "observer-daemon-framing" => {
+            let extra: &[&str] = if variant == "observer" { &[] } else { &["--http-framing", "daemon"] };
+            let observer = Observer::start_with(topo, &[observer_tests::GW_CLIENT_IF, observer_tests::GW_UPSTREAM_IF], extra);
             let _stats = StatsOn::enable();
             let (k0, c0) = (kernel_ns(&observer), cpu_seconds(observer.pid()));
             let w = wrk(topo, close);
@@ -177,7 +179,7 @@ fn gateway_cost_against_baseline_and_tshark() {
     if !root_or_skip("bench") {
         return;
     }
-    let variants = ["baseline", "observer", "observer+kernel-http", "tshark"];
+    let variants = ["baseline", "observer", "observer-daemon-framing", "tshark"];
     let mut table = Vec::new();
     for (workload, close) in [("keep-alive", false), ("close", true)] {
         let topo = Topology::new("bench");

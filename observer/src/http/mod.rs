@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use observer_common::{
     conn::{ConnKey, Role},
-    http::{classify, HttpHints, Start, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, SEG_ACK, SEG_FIN, SEG_SYN, START_LEN},
+    http::{classify, HttpHints, Method, MsgInfo, Start, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, SEG_ACK, SEG_FIN, SEG_MSG, SEG_SYN, START_LEN},
 };
 use serde::Serialize;
 
@@ -209,6 +209,9 @@ pub struct HttpConn {
     tunneled: bool,
     counted_not_http: bool,
     hints: HttpHints,
+    /// Per direction: the kernel framed it (message records) and the daemon's framer was never
+    /// handed its bytes.
+    kernel_framed: [bool; 2],
     pub last_activity_ns: u64,
 }
 
@@ -234,6 +237,7 @@ impl HttpConn {
             tunneled: false,
             counted_not_http: false,
             hints: HttpHints::default(),
+            kernel_framed: [false; 2],
             last_activity_ns: 0,
         }
     }
@@ -256,7 +260,9 @@ impl HttpConn {
     }
 
     pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
-        let in_sync = self.dirs.iter().all(|d| d.stream.is_synced() && !d.framer.is_broken());
+        // A direction the daemon's framer was never handed is the kernel's (`--kernel-http`).
+        let kernel = self.kernel_framed.iter().any(|&k| k);
+        let in_sync = self.dirs.iter().all(|d| (kernel && d.stream.next().is_none()) || (d.stream.is_synced() && !d.framer.is_broken()));
         make_view(&self.lifetime, self.seconds.iter(), self.last_status, self.pending.len(), self.framing_lost, in_sync, self.recent.iter(), now_ns, to_unix)
     }
 
@@ -445,6 +451,25 @@ impl HttpConn {
     }
 }
 
+/// Method and target from the first bytes of a request line (as many as the kernel's message
+/// record carries: a target cut short ends in `…`).
+fn request_line(bytes: &[u8], method: u8) -> (String, String) {
+    let known = Method::from_u8(method).map(Method::name);
+    let mut parts = bytes.splitn(3, |&b| b == b' ');
+    let (m, t, rest) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
+    let method = match known {
+        Some(k) => k.to_string(),
+        None if !m.is_empty() && t.is_some() => String::from_utf8_lossy(m).into_owned(),
+        None => "?".to_string(),
+    };
+    let target = match (t, rest) {
+        (Some(t), Some(_)) => String::from_utf8_lossy(t).into_owned(),
+        (Some(t), None) if !t.is_empty() => format!("{}…", String::from_utf8_lossy(t)),
+        _ => "?".to_string(),
+    };
+    (method, target)
+}
+
 /// Every connection's HTTP state, fed by the kernel's payload records.
 pub struct HttpTable {
     conns: HashMap<ConnKey, HttpConn>,
@@ -482,10 +507,10 @@ impl HttpTable {
         self.conns.get(key)
     }
 
-    /// One payload record from the kernel.
-    pub fn on_record(&mut self, key: ConnKey, dir: u8, seq: u32, flags: u8, data: &[u8], ts_ns: u64) -> Update {
-        if flags & SEG_SYN != 0 && flags & SEG_ACK == 0 && self.conns.get(&key).is_some_and(|c| c.messages > 0 || !c.pending.is_empty()) {
-            // A new connection on a four-tuple used before: keep the old one for its close.
+    /// The connection of `key`, made if new. `fresh`: a new connection starts on this
+    /// four-tuple (its SYN, its first request): one used before is kept apart for its close.
+    fn conn(&mut self, key: ConnKey, fresh: bool, ts_ns: u64) -> &mut HttpConn {
+        if fresh && self.conns.get(&key).is_some_and(|c| c.messages > 0 || !c.pending.is_empty()) {
             if let Some(old) = self.conns.remove(&key) {
                 self.retired.insert(key, old);
             }
@@ -498,6 +523,43 @@ impl HttpTable {
         }
         let conn = self.conns.entry(key).or_insert_with(HttpConn::new);
         conn.last_activity_ns = ts_ns;
+        conn
+    }
+
+    /// One message the kernel framed and counted (`--kernel-http`): a `SEG_MSG` record.
+    fn on_message(&mut self, key: ConnKey, dir: u8, data: &[u8], ts_ns: u64) -> Update {
+        let mut update = Update::default();
+        let Some(info) = data.get(..MSG_INFO).and_then(|b| <&[u8; MSG_INFO]>::try_from(b).ok()).map(MsgInfo::decode) else { return update };
+        if dir > DIR_OUT || (info.kind != MSG_REQUEST && info.kind != MSG_RESPONSE) {
+            return update;
+        }
+        let conn = self.conn(key, info.kind == MSG_REQUEST && info.flags & MSG_FIRST != 0, ts_ns);
+        conn.kernel_framed[dir as usize] = true;
+        let head = if info.kind == MSG_REQUEST {
+            let rest = &data[MSG_INFO..];
+            let start = rest.get(..START_LEN).unwrap_or(rest);
+            let line: Vec<u8> = start.iter().take(info.start_len.into()).chain(rest.get(START_LEN..).unwrap_or_default()).copied().collect();
+            let (method, target) = request_line(&line, info.method);
+            Head::Request { method, target, body: BodyMode::None, upgrade: false }
+        } else {
+            Head::Response { status: info.status, body: BodyMode::None }
+        };
+        conn.on_head(dir, head, ts_ns, &mut update.outcomes);
+        if conn.role == Role::Unknown {
+            if let Some(r) = conn.request_dir {
+                conn.role = if r == DIR_IN { Role::Inbound } else { Role::Outbound };
+            }
+        }
+        update.role = conn.role;
+        update
+    }
+
+    /// One payload record from the kernel.
+    pub fn on_record(&mut self, key: ConnKey, dir: u8, seq: u32, flags: u8, data: &[u8], ts_ns: u64) -> Update {
+        if flags & SEG_MSG != 0 {
+            return self.on_message(key, dir, data, ts_ns);
+        }
+        let conn = self.conn(key, flags & SEG_SYN != 0 && flags & SEG_ACK == 0, ts_ns);
         log::trace!("{key}: record dir {dir} seq {seq} flags {flags:#x} len {}", data.len());
         let mut update = Update::default();
         if conn.not_http || conn.tunneled || dir > DIR_OUT {
