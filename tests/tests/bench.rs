@@ -149,7 +149,7 @@ fn run(topo: &Topology, variant: &str, close: bool) -> Sample {
         }
         "observer" | "observer-daemon-framing" => {
             let extra: &[&str] = if variant == "observer" { &[] } else { &["--http-framing", "daemon"] };
-            let observer = Observer::start_with(topo, &[observer_tests::GW_CLIENT_IF, observer_tests::GW_UPSTREAM_IF], extra);
+            let observer = Observer::start_with(topo, &[observer_tests::addr::GW_CLIENT_IF, observer_tests::addr::GW_UPSTREAM_IF], extra);
             let _stats = StatsOn::enable();
             let (k0, c0) = (kernel_ns(&observer), cpu_seconds(observer.pid()));
             let w = wrk(topo, close);

@@ -881,7 +881,7 @@ fn head_responses_do_not_swallow_the_next_response() {
 fn assert_kernel_lost(lab: &HttpLab, c: &Connection, reason: &str) {
     let k = kernel_http_of(c).unwrap_or_else(|| panic!("{}: no http_kernel", c.connection));
     assert_eq!(k.lost_in.as_deref(), Some(reason), "{}: {k:?}", c.connection);
-    let counted = lab.metrics().value("observer_http_kernel_framing_lost_total", &[("reason", reason)]);
+    let counted = lab.metrics().value("observer_http_fallback_total", &[("reason", reason)]);
     assert!(counted >= 1.0, "observer_http_kernel_framing_lost_total{{reason={reason:?}}} is {counted}");
 }
 
