@@ -723,6 +723,66 @@ mod tests {
         }
     }
 
+    /// A kernel message record's data for a request line (as `observer_ebpf::frame` builds it:
+    /// info, the first START_LEN bytes, then up to MSG_TAIL more), or a response.
+    fn msg_request(line: &[u8], first: bool) -> Vec<u8> {
+        let start_len = line.len().min(START_LEN);
+        let method = if line.starts_with(b"GET ") { Method::Get as u8 } else { 0 };
+        let mut d = vec![MSG_REQUEST, method, if first { MSG_FIRST } else { 0 }, start_len as u8, 0, 0, 0, 0];
+        let mut start = [0u8; START_LEN];
+        start[..start_len].copy_from_slice(&line[..start_len]);
+        d.extend_from_slice(&start);
+        d.extend_from_slice(&line[start_len..line.len().min(START_LEN + observer_common::http::MSG_TAIL)]);
+        d
+    }
+
+    fn msg_response(status: u16) -> Vec<u8> {
+        vec![MSG_RESPONSE, 0, 0, 0, status as u8, (status >> 8) as u8, 0, 0]
+    }
+
+    #[test]
+    fn request_lines_from_message_records() {
+        assert_eq!(request_line(b"GET /api/orders?id=1 HTTP/1.1\r\nHost: x", Method::Get as u8), ("GET".into(), "/api/orders?id=1".into()));
+        // Cut short: the target says so.
+        assert_eq!(request_line(b"GET /a/very/long/pa", Method::Get as u8), ("GET".into(), "/a/very/long/pa…".into()));
+        // A method the kernel does not know by name comes from the bytes.
+        assert_eq!(request_line(b"PROPFIND /dav HTTP/1.1", 0), ("PROPFIND".into(), "/dav".into()));
+        assert_eq!(request_line(b"", 0), ("?".into(), "?".into()));
+    }
+
+    /// Kernel framing: requests and responses arrive as message records; the view is the same as
+    /// if the daemon had framed the payload. Then the response direction is handed over (the
+    /// kernel lost its place at a status line): the daemon's framer starts there and pairs its
+    /// responses with the requests the kernel's records queued.
+    #[test]
+    fn message_records_then_a_hand_off_pair_in_order() {
+        let mut t = HttpTable::new(16);
+        let key = ConnKey::zeroed();
+        let mut outcomes = Vec::new();
+        let mut feed = |t: &mut HttpTable, dir: u8, seq: u32, flags: u8, data: &[u8], ts: u64| outcomes.extend(t.on_record(key, dir, seq, flags, data, ts).outcomes);
+        feed(&mut t, C, 1001, SEG_MSG, &msg_request(b"GET /one HTTP/1.1\r\nHost: x\r\n", true), 10);
+        feed(&mut t, S, 5001, SEG_MSG, &msg_response(200), 20);
+        feed(&mut t, C, 1100, SEG_MSG, &msg_request(b"GET /two HTTP/1.1\r\n", false), 30);
+        feed(&mut t, C, 1200, SEG_MSG, &msg_request(b"GET /three HTTP/1.1\r\n", false), 40);
+        // The kernel handed the responses over from the first byte of the next one.
+        feed(&mut t, S, 6000, 0, &resp(503, "busy"), 50);
+        feed(&mut t, S, 6000 + resp(503, "busy").len() as u32, 0, &resp(404, ""), 60);
+        let c = t.get(&key).unwrap();
+        assert_eq!(c.role(), Role::Inbound);
+        assert_eq!(c.lifetime(), Counts { requests: 3, responses_2xx: 1, responses_4xx: 1, responses_5xx: 1, ..Counts::default() });
+        let recent: Vec<(u16, Option<String>)> = c.recent.iter().map(|e| (e.status, e.target.clone())).collect();
+        assert_eq!(recent, vec![(200, Some("/one".into())), (503, Some("/two".into())), (404, Some("/three".into()))]);
+        let v = c.view(100, &|_| 0.0);
+        assert!(v.in_sync && v.framing_lost == 0, "{v:?}");
+        // A new connection on the same four-tuple starts afresh; the old one waits for its close.
+        feed(&mut t, C, 9001, SEG_MSG, &msg_request(b"GET /again HTTP/1.1\r\n", true), 70);
+        assert_eq!(t.get(&key).unwrap().lifetime(), Counts { requests: 1, ..Counts::default() });
+        let (old, _) = t.close(&key, 80, &StreamEnds::default()).unwrap();
+        assert_eq!(old.lifetime().requests, 3);
+        let latencies: Vec<Option<u64>> = outcomes.iter().filter_map(|o| if let Outcome::Response { latency_ns, .. } = o { Some(*latency_ns) } else { None }).collect();
+        assert_eq!(latencies, vec![Some(10), Some(20), Some(20)]);
+    }
+
     fn resp(status: u16, body: &str) -> Vec<u8> {
         format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
     }
