@@ -83,3 +83,42 @@ impl KernelHttp {
         })
     }
 }
+
+impl KernelHttp {
+    /// The lifetime counts as the daemon's view writes them.
+    pub fn counts(&self) -> crate::http::Counts {
+        let r = &self.responses;
+        crate::http::Counts {
+            requests: self.requests,
+            responses_1xx: r.informational,
+            responses_2xx: r.success,
+            responses_3xx: r.redirection,
+            responses_4xx: r.client_error,
+            responses_5xx: r.server_error,
+            no_response: self.unanswered,
+        }
+    }
+
+    /// The kernel followed both directions all along: its counts are exact.
+    pub fn in_step(&self) -> bool {
+        self.lost_in.is_none() && self.lost_out.is_none()
+    }
+}
+
+/// A connection's HTTP view with the kernel's exact lifetime counts, where the kernel kept its
+/// place: the view is built from the kernel's message records, and a record the full ring
+/// refused would leave it short. `closed`: every record has arrived, so a difference means
+/// records were lost, and the view says it is not in sync (its windows and recent exchanges miss
+/// what they carried).
+pub fn reconcile(view: &mut crate::http::HttpView, k: &KernelHttp, closed: bool) {
+    if !k.in_step() {
+        return;
+    }
+    let exact = k.counts();
+    if view.lifetime.counts != exact {
+        if closed {
+            view.in_sync = false;
+        }
+        view.lifetime = exact.into();
+    }
+}

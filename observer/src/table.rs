@@ -306,6 +306,9 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
                     live_http(k)
                 }
             };
+            if let (Some(h), Some(kh)) = (c.http.as_mut(), c.http_kernel.as_ref()) {
+                crate::kernel_http::reconcile(h, kh, archived.is_some());
+            }
             c
         })
         .collect();
@@ -314,6 +317,9 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
         let mut conn = Connection::new(&c.key, &c.stats, true, now);
         conn.http = closed_view(c);
         conn.http_kernel = c.frame.as_ref().and_then(|f| KernelHttp::of(f, true));
+        if let (Some(h), Some(kh)) = (conn.http.as_mut(), conn.http_kernel.as_ref()) {
+            crate::kernel_http::reconcile(h, kh, true);
+        }
         conn
     }));
     out
