@@ -287,6 +287,17 @@ const ROLE_UNKNOWN: u8 = 0;
 const ROLE_REQUEST: u8 = 1;
 const ROLE_RESPONSE: u8 = 2;
 
+/// [`DirFrame::skippable`]: no skip; the rest of a line (up to LF); the rest of a header name.
+const SKIP_NONE: u8 = 0;
+const SKIP_TO_LF: u8 = 1;
+const SKIP_NAME: u8 = 2;
+
+/// Is `b` one of the bytes a skip of `kind` takes?
+#[inline(always)]
+const fn skips(kind: u8, b: u8) -> bool {
+    if kind == SKIP_TO_LF { b != LF } else { b != b':' && b != b' ' && b != b'\t' && b != CR && b != LF }
+}
+
 const CR: u8 = b'\r';
 const LF: u8 = b'\n';
 const NAME_MAX: usize = 32;
@@ -420,6 +431,27 @@ impl DirFrame {
         } else {
             self.next_seq
         }
+    }
+
+    /// Can the head byte `b` at `next_seq`, and those like it after it, be taken without a
+    /// look: in the rest of the start line once classified, and in the value of a header framing
+    /// does not read, only the LF ending the line matters; in a name that matches none of the
+    /// names framing reads, only what ends it (`:`) or breaks it (whitespace, CR, LF). Taking such
+    /// bytes one by one changes nothing but `next_seq` and `head_len` (`name_idx` only matters
+    /// while a name still matches).
+    #[inline(always)]
+    pub fn skippable(&self, b: u8) -> u8 {
+        if self.phase != P_HEAD {
+            return SKIP_NONE;
+        }
+        let kind = if self.line == L_START_LINE || (self.line == L_VALUE && self.hdr != HDR_CL && self.hdr != HDR_TE) {
+            SKIP_TO_LF
+        } else if self.line == L_NAME && self.hdr == 0 {
+            SKIP_NAME
+        } else {
+            SKIP_NONE
+        };
+        if kind != SKIP_NONE && skips(kind, b) { kind } else { SKIP_NONE }
     }
 
     /// The direction wants bytes at `next_seq` (it is framing, not waiting, switched or lost).
@@ -1289,6 +1321,31 @@ impl ConnFrame {
             off = 0;
         }
         let b = scan.block[(off as usize) & (BLOCK - 1)];
+        // Bytes of a head that framing only counts (see `DirFrame::skippable`): one turn takes
+        // all of them up to the block's end or the byte that matters.
+        let skip = d.skippable(b);
+        if skip != SKIP_NONE {
+            let mut k = 1u32;
+            let mut j = off + 1;
+            while j < scan.blk_len && k < BLOCK as u32 {
+                if !skips(skip, scan.block[(j as usize) & (BLOCK - 1)]) {
+                    break;
+                }
+                k += 1;
+                j += 1;
+            }
+            // The head's bound applies byte for byte: stop on the byte that crosses it.
+            let room = (MAX_HEAD - if d.head_len < MAX_HEAD { d.head_len } else { MAX_HEAD }) as u32;
+            if k > room {
+                d.next_seq = d.next_seq.wrapping_add(room + 1);
+                d.head_len = MAX_HEAD + 1;
+                d.lose(LostReason::HeadTooLong);
+                return Turn::Event(Event::Lost(LostReason::HeadTooLong));
+            }
+            d.next_seq = d.next_seq.wrapping_add(k);
+            d.head_len = d.head_len.wrapping_add(k as u16);
+            return Turn::Continue;
+        }
         d.next_seq = d.next_seq.wrapping_add(1);
         match d.byte(role, b, &mut scan.completed) {
             None => Turn::Continue,

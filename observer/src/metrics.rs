@@ -2,7 +2,10 @@
 //! `port` (the service port: local for inbound connections, remote for outbound) takes at most
 //! [`MAX_PORT_LABELS`] distinct values, then `other`.
 #![forbid(unsafe_code)]
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+};
 
 use observer_common::conn::{ConnKey, ConnStats, Role};
 use prometheus::{
@@ -12,6 +15,10 @@ use prometheus::{
 use crate::bpf::Attachment;
 
 pub const MAX_PORT_LABELS: usize = 64;
+
+fn port_name(port: Option<u16>) -> String {
+    port.map_or_else(|| "other".to_owned(), |p| p.to_string())
+}
 
 /// What the kernel counted, read at scrape time.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -85,6 +92,16 @@ pub struct Metrics {
     /// The (local, remote) label pairs of the per-connection series now exported.
     top_labels: Mutex<HashSet<(String, String)>>,
     ports: Mutex<HashSet<u16>>,
+    /// The HTTP series by (role, port label, status; 0 for the per-port ones), looked up once:
+    /// a message costs one hash lookup instead of formatting and hashing its label values.
+    http_series: Mutex<HashMap<(u8, Option<u16>, u16), HttpSeries>>,
+}
+
+/// The series one HTTP outcome adds to.
+#[derive(Clone)]
+enum HttpSeries {
+    Port { requests: IntCounter, unanswered: IntCounter },
+    Status { responses: IntCounter, latency: Histogram },
 }
 
 /// One connection of the top K, for the per-connection series.
@@ -164,19 +181,21 @@ impl Metrics {
             top_failed: reg(&r, IntGaugeVec::new(Opts::new("observer_connection_failed_10s", "Per connection, top K only: 5xx responses and unanswered requests over the last 10 s."), &["local", "remote"]).expect("valid")),
             top_labels: Mutex::new(HashSet::new()),
             ports: Mutex::new(HashSet::new()),
+            http_series: Mutex::new(HashMap::new()),
             registry: r,
         }
     }
 
     /// The `port` label of a connection: its service port, or `other` past the bound.
     fn port_label(&self, key: &ConnKey, role: Role) -> String {
+        port_name(self.service_port(key, role))
+    }
+
+    /// The connection's service port as labelled: `None` for `other`.
+    fn service_port(&self, key: &ConnKey, role: Role) -> Option<u16> {
         let port = if role == Role::Outbound { key.remote_port } else { key.local_port };
         let mut ports = self.ports.lock().expect("ports lock");
-        if ports.contains(&port) || (ports.len() < MAX_PORT_LABELS && ports.insert(port)) {
-            port.to_string()
-        } else {
-            "other".to_owned()
-        }
+        (ports.contains(&port) || (ports.len() < MAX_PORT_LABELS && ports.insert(port))).then_some(port)
     }
 
     pub fn connection_opened(&self, key: &ConnKey, stats: &ConnStats) {
@@ -193,20 +212,39 @@ impl Metrics {
         if outcomes.is_empty() {
             return;
         }
-        let port = self.port_label(key, role);
+        let port = self.service_port(key, role);
+        let mut series = self.http_series.lock().expect("http series lock");
+        // Bounded: roles × MAX_PORT_LABELS + 1 ports × (three-digit statuses + 1).
+        let mut get = |status: u16| -> HttpSeries {
+            if let Some(s) = series.get(&(role as u8, port, status)) {
+                return s.clone();
+            }
+            let name = port_name(port);
+            let s = if status == 0 {
+                HttpSeries::Port { requests: self.http_requests.with_label_values(&[role.name(), &name]), unanswered: self.http_unanswered.with_label_values(&[role.name(), &name]) }
+            } else {
+                let class = format!("{}xx", status / 100);
+                HttpSeries::Status {
+                    responses: self.http_responses.with_label_values(&[role.name(), &name, &class, &status.to_string()]),
+                    latency: self.http_latency.with_label_values(&[role.name(), &name, &class]),
+                }
+            };
+            series.insert((role as u8, port, status), s.clone());
+            s
+        };
         for o in outcomes {
-            match o {
-                Outcome::Request { .. } => self.http_requests.with_label_values(&[role.name(), &port]).inc(),
-                Outcome::Response { status, latency_ns } => {
-                    let class = format!("{}xx", status / 100);
-                    self.http_responses.with_label_values(&[role.name(), &port, &class, &status.to_string()]).inc();
+            match (o, get(if let Outcome::Response { status, .. } = o { (*status).max(1) } else { 0 })) {
+                (Outcome::Request { .. }, HttpSeries::Port { requests, .. }) => requests.inc(),
+                (Outcome::Response { latency_ns, .. }, HttpSeries::Status { responses, latency }) => {
+                    responses.inc();
                     if let Some(l) = latency_ns {
-                        self.http_latency.with_label_values(&[role.name(), &port, &class]).observe(*l as f64 / 1e9);
+                        latency.observe(*l as f64 / 1e9);
                     }
                 }
-                Outcome::NoResponse(n) => self.http_unanswered.with_label_values(&[role.name(), &port]).inc_by(*n),
-                Outcome::FramingLost => self.http_framing_lost.inc(),
-                Outcome::NotHttp => self.not_http.with_label_values(&["daemon"]).inc(),
+                (Outcome::NoResponse(n), HttpSeries::Port { unanswered, .. }) => unanswered.inc_by(*n),
+                (Outcome::FramingLost, _) => self.http_framing_lost.inc(),
+                (Outcome::NotHttp, _) => self.not_http.with_label_values(&["daemon"]).inc(),
+                _ => {}
             }
         }
     }

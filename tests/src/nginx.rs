@@ -268,7 +268,9 @@ impl Nginx {
     /// 32), as production gateways do: a client's keep-alive request then costs no new connection.
     pub fn proxy_keepalive(topo: &Topology) -> Nginx {
         let (listen, _) = proxy_config();
-        let upstream = format!("    upstream backend {{ server {}:80; keepalive 32; }}\n", addr::UPSTREAM_V4);
+        // Idle connections kept per worker: more than a benchmark's concurrent clients, so every
+        // upstream connection is reused.
+        let upstream = format!("    upstream backend {{ server {}:80; keepalive 128; }}\n", addr::UPSTREAM_V4);
         let locations = "        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; }\n";
         Nginx::start_with_capacity(&topo.gateway, "proxy", topo.path("proxy"), listen, locations, None, &upstream)
     }
