@@ -287,6 +287,10 @@ const ROLE_UNKNOWN: u8 = 0;
 const ROLE_REQUEST: u8 = 1;
 const ROLE_RESPONSE: u8 = 2;
 
+/// `DirFrame::line` once lost: the loss came between messages; the daemon was told.
+const LOST_IDLE: u8 = 0x40;
+const HANDED_OFF: u8 = 0x80;
+
 /// [`DirFrame::skippable`]: no skip; the rest of a line (up to LF); the rest of a header name.
 const SKIP_NONE: u8 = 0;
 const SKIP_TO_LF: u8 = 1;
@@ -477,9 +481,29 @@ impl DirFrame {
 
     #[inline(always)]
     fn lose(&mut self, why: LostReason) -> Option<Stop> {
+        // `line` means nothing once lost: it keeps whether the loss came between messages.
+        self.line = if self.phase == P_IDLE { LOST_IDLE } else { 0 };
         self.phase = P_LOST;
         self.lost = why as u8;
         Some(Stop::Lost(why))
+    }
+
+    /// Lost, and a message starts at `next_seq`: the loss came between messages (a gap found
+    /// there), or at a message framing could not count (`PipelineTooDeep`, `Unpaired`).
+    #[inline(always)]
+    pub fn lost_at_boundary(&self) -> bool {
+        self.phase == P_LOST && (self.line & LOST_IDLE != 0 || self.lost == LostReason::PipelineTooDeep as u8 || self.lost == LostReason::Unpaired as u8)
+    }
+
+    /// Lost, and the daemon was not told yet ([`Self::set_handed_off`]).
+    #[inline(always)]
+    pub fn hand_off_pending(&self) -> bool {
+        self.phase == P_LOST && self.line & HANDED_OFF == 0
+    }
+
+    #[inline(always)]
+    pub fn set_handed_off(&mut self) {
+        self.line |= HANDED_OFF;
     }
 
     /// A message is complete: the next byte starts another (or, after a request that asked to

@@ -28,6 +28,12 @@ pub const SEG_ACK: u8 = 0x8;
 /// [`MSG_TAIL`] bytes that follow them in the segment that classified it. `seq` is the
 /// message's first byte.
 pub const SEG_MSG: u8 = 0x10;
+/// A header-only record: the kernel framer lost its place in this direction (`--http-framing
+/// kernel`) and hands it to the daemon's framer from `seq` on (the payload follows in ordinary
+/// records). With [`SEG_BOUNDARY`], a message starts at `seq`: the daemon's framer starts there,
+/// whatever order the bytes come in; without, it starts at the next record that begins a message.
+pub const SEG_HANDOFF: u8 = 0x20;
+pub const SEG_BOUNDARY: u8 = 0x40;
 /// Bytes of [`MsgInfo`] at the start of a message record's data.
 pub const MSG_INFO: usize = 8;
 /// At most this many bytes of a request line after its first [`START_LEN`] travel with its record.

@@ -15,7 +15,7 @@ use observer_common::{
     conn::ConnKey,
     frame::{ConnFrame, Event, LostReason, Phase, Scan, Turn, BLOCK, MAX_STEPS},
     global::Counter,
-    http::{PayloadHeader, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, MSG_TAIL, SEG_MSG, START_LEN},
+    http::{PayloadHeader, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, MSG_TAIL, SEG_BOUNDARY, SEG_HANDOFF, SEG_MSG, START_LEN},
 };
 
 use crate::{
@@ -139,15 +139,21 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
     }
     // Who frames what comes next of this direction. Not HTTP after all (this direction, or the
     // other one, whose answers then are no HTTP responses): nobody.
-    let d = &c.dirs[(a.dir & 1) as usize];
     let o = &c.dirs[((a.dir & 1) ^ 1) as usize];
+    let o_not_http = o.phase == Phase::Lost as u8 && o.lost == LostReason::NotHttp as u8;
+    let d = &mut c.dirs[(a.dir & 1) as usize];
     let phase = d.phase;
-    let not_http = d.lost == LostReason::NotHttp as u8 || o.phase == Phase::Lost as u8 && o.lost == LostReason::NotHttp as u8;
+    let not_http = d.lost == LostReason::NotHttp as u8 || o_not_http;
     if phase == Phase::Lost as u8 && !not_http || phase == Phase::Unsynced as u8 {
         let from = d.next_seq;
         if let Some(out) = FRAME_ARGS.get_ptr_mut(0) {
             // SAFETY: this CPU's slot.
             unsafe { (*out).from_seq = from };
+        }
+        if d.hand_off_pending() {
+            // Lost in this segment: tell the daemon's framer where it takes over.
+            send_handoff(from, a.dir as u32, d.lost_at_boundary() as u32);
+            d.set_handed_off();
         }
         return if phase == Phase::Lost as u8 { FORWARD_FROM } else { FORWARD_ALL };
     }
@@ -155,6 +161,33 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
 }
 
 const HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
+
+/// The hand-off record (`SEG_HANDOFF`, header only), once per lost direction. Out of line, to
+/// keep its stack off the framer's.
+#[inline(never)]
+fn send_handoff(seq: u32, dir: u32, boundary: u32) {
+    let Some(a) = FRAME_ARGS.get_ptr(0) else { return };
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slots: the classifier's arguments, and the scratch record, ours while
+    // this program runs.
+    let (a, ev) = unsafe { (&*a, &mut *ev) };
+    ev.header.key = a.key;
+    ev.header.ts_ns = a.ts_ns;
+    ev.header.seq = seq;
+    ev.header.len = 0;
+    ev.header.dir = (dir & 1) as u8;
+    ev.header.flags = SEG_HANDOFF | if boundary != 0 { SEG_BOUNDARY } else { 0 };
+    match PAYLOAD.output::<PayloadHeader>(&ev.header, 0) {
+        Ok(()) => count(Counter::PayloadSent),
+        Err(_) => {
+            count(Counter::PayloadLost);
+            if let Some(s) = CONNS.get_ptr_mut(&a.key) {
+                // SAFETY: the connection's map value.
+                unsafe { add(&mut (*s).payload_records_lost, 1) };
+            }
+        }
+    }
+}
 
 /// Sends one counted message to the daemon (a `SEG_MSG` record in the payload ring). A record
 /// the full ring refuses is counted, globally and on the connection (whose view then says it

@@ -660,3 +660,44 @@ proptest! {
         prop_assert_eq!(c.f.counts, whole.f.counts);
     }
 }
+
+/// Where the daemon's framer takes over a lost direction: a gap found between messages is a
+/// message boundary (the next message starts at `next_seq`); a gap inside a message is not.
+/// A direction is handed off once.
+#[test]
+fn losses_say_whether_a_message_starts_where_they_stopped() {
+    // Between messages: one request counted, the next segment skips ahead.
+    let mut c = Conn::new();
+    let first = get("/a");
+    c.send(C, &first);
+    let lost_at = c.seq[C as usize];
+    c.at::<MAX_STEPS>(C, lost_at + 40, &get("/c"));
+    let d = &c.f.dirs[C as usize];
+    assert_eq!((d.lost_reason(), d.next_seq), (Some(LostReason::Gap), lost_at));
+    assert!(d.lost_at_boundary() && d.hand_off_pending());
+    c.f.dirs[C as usize].set_handed_off();
+    assert!(!c.f.dirs[C as usize].hand_off_pending());
+    assert!(c.f.dirs[C as usize].lost_at_boundary(), "telling the daemon keeps the boundary");
+
+    // Inside a head: not a boundary.
+    let mut c = Conn::new();
+    let req = get("/a");
+    c.send(C, &req[..5]);
+    let at = c.seq[C as usize];
+    c.at::<MAX_STEPS>(C, at + 10, &req[15..]);
+    let d = &c.f.dirs[C as usize];
+    assert_eq!(d.lost_reason(), Some(LostReason::Gap));
+    assert!(!d.lost_at_boundary() && d.hand_off_pending());
+
+    // At a message it could not count (more than PENDING_DEPTH waiting): its first byte.
+    let mut c = Conn::new();
+    for i in 0..=PENDING_DEPTH {
+        c.send(C, &get(&format!("/{i}")));
+    }
+    let d = &c.f.dirs[C as usize];
+    assert_eq!(d.lost_reason(), Some(LostReason::PipelineTooDeep));
+    assert!(d.lost_at_boundary());
+    assert_eq!(d.next_seq, 1001 + (get("/0").len() * PENDING_DEPTH) as u32);
+    // Not lost: nothing to hand off.
+    assert!(!c.f.dirs[S as usize].hand_off_pending() && !c.f.dirs[S as usize].lost_at_boundary());
+}

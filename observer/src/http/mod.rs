@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 
 use observer_common::{
     conn::{ConnKey, Role},
-    http::{classify, HttpHints, Method, MsgInfo, Start, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, SEG_ACK, SEG_FIN, SEG_MSG, SEG_SYN, START_LEN},
+    http::{classify, HttpHints, Method, MsgInfo, Start, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN},
 };
 use serde::Serialize;
 
@@ -212,6 +212,8 @@ pub struct HttpConn {
     /// Per direction: the kernel framed it (message records) and the daemon's framer was never
     /// handed its bytes.
     kernel_framed: [bool; 2],
+    /// Per direction: the kernel handed it to the daemon's framer (`SEG_HANDOFF`).
+    handed_off: [bool; 2],
     pub last_activity_ns: u64,
 }
 
@@ -238,6 +240,7 @@ impl HttpConn {
             counted_not_http: false,
             hints: HttpHints::default(),
             kernel_framed: [false; 2],
+            handed_off: [false; 2],
             last_activity_ns: 0,
         }
     }
@@ -262,7 +265,7 @@ impl HttpConn {
     pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
         // A direction the daemon's framer was never handed is the kernel's (`--kernel-http`).
         let kernel = self.kernel_framed.iter().any(|&k| k);
-        let in_sync = self.dirs.iter().all(|d| (kernel && d.stream.next().is_none()) || (d.stream.is_synced() && !d.framer.is_broken()));
+        let in_sync = self.dirs.iter().zip(self.handed_off).all(|(d, handed)| (kernel && !handed && d.stream.next().is_none()) || (d.stream.is_synced() && !d.framer.is_broken()));
         make_view(&self.lifetime, self.seconds.iter(), self.last_status, self.pending.len(), self.framing_lost, in_sync, self.recent.iter(), now_ns, to_unix)
     }
 
@@ -554,10 +557,38 @@ impl HttpTable {
         update
     }
 
+    /// The kernel lost its place in `dir` and hands it over from `seq`. At a message boundary
+    /// the daemon's framer starts exactly there (bytes reordered around the loss wait for the
+    /// gap to fill); elsewhere it has lost its place too, counted, and starts again at the next
+    /// record that begins a message.
+    fn on_handoff(&mut self, key: ConnKey, dir: u8, seq: u32, boundary: bool, ts_ns: u64) -> Update {
+        let mut update = Update::default();
+        if dir > DIR_OUT {
+            return update;
+        }
+        let conn = self.conn(key, false, ts_ns);
+        conn.handed_off[dir as usize] = true;
+        let d = &mut conn.dirs[dir as usize];
+        if boundary {
+            d.stream.sync(seq);
+            d.framer.reset();
+        } else {
+            d.stream.unsync();
+            d.framer.reset();
+            conn.framing_lost += 1;
+            update.outcomes.push(Outcome::FramingLost);
+        }
+        update.role = conn.role;
+        update
+    }
+
     /// One payload record from the kernel.
     pub fn on_record(&mut self, key: ConnKey, dir: u8, seq: u32, flags: u8, data: &[u8], ts_ns: u64) -> Update {
         if flags & SEG_MSG != 0 {
             return self.on_message(key, dir, data, ts_ns);
+        }
+        if flags & SEG_HANDOFF != 0 {
+            return self.on_handoff(key, dir, seq, flags & SEG_BOUNDARY != 0, ts_ns);
         }
         let conn = self.conn(key, flags & SEG_SYN != 0 && flags & SEG_ACK == 0, ts_ns);
         log::trace!("{key}: record dir {dir} seq {seq} flags {flags:#x} len {}", data.len());
@@ -781,6 +812,42 @@ mod tests {
         assert_eq!(old.lifetime().requests, 3);
         let latencies: Vec<Option<u64>> = outcomes.iter().filter_map(|o| if let Outcome::Response { latency_ns, .. } = o { Some(*latency_ns) } else { None }).collect();
         assert_eq!(latencies, vec![Some(10), Some(20), Some(20)]);
+    }
+
+    /// The kernel lost the request direction at a boundary (a gap between messages) and hands
+    /// it over: the daemon's framer starts exactly there, so the segment after the gap waits for
+    /// the retransmission, and both requests count once, in order. A hand-off elsewhere is a
+    /// loss of place, counted.
+    #[test]
+    fn a_hand_off_at_a_boundary_waits_for_the_gap() {
+        let mut t = HttpTable::new(16);
+        let key = ConnKey::zeroed();
+        let outcomes = std::cell::RefCell::new(Vec::new());
+        let feed = |t: &mut HttpTable, dir: u8, seq: u32, flags: u8, data: &[u8], ts: u64| outcomes.borrow_mut().extend(t.on_record(key, dir, seq, flags, data, ts).outcomes);
+        let (a, b) = (b"GET /b HTTP/1.1\r\n\r\n".to_vec(), b"GET /c HTTP/1.1\r\n\r\n".to_vec());
+        feed(&mut t, C, 1001, SEG_MSG, &msg_request(b"GET /a HTTP/1.1\r\n\r\n", true), 10);
+        feed(&mut t, S, 5001, SEG_MSG, &msg_response(200), 20);
+        feed(&mut t, C, 1020, SEG_HANDOFF | SEG_BOUNDARY, b"", 30);
+        // The segment after the gap first, then the retransmission.
+        feed(&mut t, C, 1020 + a.len() as u32, 0, &b, 40);
+        assert_eq!(t.get(&key).unwrap().lifetime().requests, 1, "waits for the gap");
+        feed(&mut t, C, 1020, 0, &a, 50);
+        feed(&mut t, S, 6000, SEG_HANDOFF | SEG_BOUNDARY, b"", 60);
+        feed(&mut t, S, 6000, 0, &[resp(404, ""), resp(503, "x")].concat(), 70);
+        let c = t.get(&key).unwrap();
+        assert_eq!(c.lifetime(), Counts { requests: 3, responses_2xx: 1, responses_4xx: 1, responses_5xx: 1, ..Counts::default() });
+        let targets: Vec<_> = c.recent.iter().map(|e| e.target.clone().unwrap_or_default()).collect();
+        assert_eq!(targets, vec!["/a", "/b", "/c"]);
+        let v = c.view(100, &|_| 0.0);
+        assert!(v.in_sync && v.framing_lost == 0, "{v:?}");
+        assert!(!outcomes.borrow().contains(&Outcome::FramingLost));
+
+        // Elsewhere (inside a message): lost, and not in sync until a message starts a record.
+        feed(&mut t, C, 2000, SEG_HANDOFF, b"", 80);
+        let v = t.get(&key).unwrap().view(100, &|_| 0.0);
+        assert_eq!(v.framing_lost, 1);
+        assert!(!v.in_sync);
+        assert!(outcomes.borrow().contains(&Outcome::FramingLost));
     }
 
     fn resp(status: u16, body: &str) -> Vec<u8> {
