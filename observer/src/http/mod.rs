@@ -559,8 +559,8 @@ impl HttpTable {
 
     /// The kernel lost its place in `dir` and hands it over from `seq`. At a message boundary
     /// the daemon's framer starts exactly there (bytes reordered around the loss wait for the
-    /// gap to fill); elsewhere it has lost its place too, counted, and starts again at the next
-    /// record that begins a message.
+    /// gap to fill); elsewhere it starts at the next record that begins a message, as when it
+    /// joins a connection midway (the kernel's view says why it stopped).
     fn on_handoff(&mut self, key: ConnKey, dir: u8, seq: u32, boundary: bool, ts_ns: u64) -> Update {
         let mut update = Update::default();
         if dir > DIR_OUT {
@@ -573,10 +573,10 @@ impl HttpTable {
             d.stream.sync(seq);
             d.framer.reset();
         } else {
+            // As when it joins a connection midway: no bytes were lost to it, it waits for a
+            // record that starts a message (`in_sync` false until then).
             d.stream.unsync();
             d.framer.reset();
-            conn.framing_lost += 1;
-            update.outcomes.push(Outcome::FramingLost);
         }
         update.role = conn.role;
         update
@@ -842,12 +842,20 @@ mod tests {
         assert!(v.in_sync && v.framing_lost == 0, "{v:?}");
         assert!(!outcomes.borrow().contains(&Outcome::FramingLost));
 
-        // Elsewhere (inside a message): lost, and not in sync until a message starts a record.
+        // Elsewhere (inside a message): not in sync until a record starts a message.
         feed(&mut t, C, 2000, SEG_HANDOFF, b"", 80);
-        let v = t.get(&key).unwrap().view(100, &|_| 0.0);
-        assert_eq!(v.framing_lost, 1);
-        assert!(!v.in_sync);
-        assert!(outcomes.borrow().contains(&Outcome::FramingLost));
+        assert!(!t.get(&key).unwrap().view(100, &|_| 0.0).in_sync);
+        feed(&mut t, C, 2010, 0, b"ader: x\r\n\r\n", 90);
+        assert!(!t.get(&key).unwrap().view(100, &|_| 0.0).in_sync);
+        feed(&mut t, C, 2030, 0, &get_req("/d"), 100);
+        let c = t.get(&key).unwrap();
+        assert_eq!(c.lifetime().requests, 4);
+        let v = c.view(100, &|_| 0.0);
+        assert!(v.in_sync && v.framing_lost == 0, "{v:?}");
+    }
+
+    fn get_req(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
     }
 
     fn resp(status: u16, body: &str) -> Vec<u8> {
