@@ -1600,6 +1600,28 @@ fn big_then_small(big: &[u64]) -> Vec<(String, u16)> {
     paths
 }
 
+/// Big bodies then small exchanges on one keep-alive connection through the proxy, each
+/// counted exactly on both sides of the proxy.
+fn big_then_small_exchanges_count_exactly(lab: &HttpLab, big: &[u64]) {
+    let seq = big_then_small(big);
+    let ops: Vec<CurlOp> = seq.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
+    let run = curl_ok(lab, &ops);
+    let client_end = one_connection(&run);
+    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
+    assert_eq!(codes, seq.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+    assert_proxy_log(lab, client_end, &codes);
+    let n = ops.len() as u64;
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
+    let c = entry_of(&snap, client_end);
+    let h = assert_http(lab, c, &Window::expected(n, &codes, 0));
+    let want: Vec<(u16, &str, &str)> = seq.iter().map(|(p, s)| (*s, "GET", p.as_str())).collect();
+    assert_recent(c, &h, &want);
+    assert_outbound_nginx(lab, ops.len());
+    let m = lab.metrics();
+    assert_metrics(&m, "inbound", 80, n, &codes, 0);
+    assert_metrics(&m, "outbound", 80, n, &codes, 0);
+}
+
 /// Megabytes of body cross the wire faster than the daemon drains its payload ring (default
 /// size); the exchanges after them must still count.
 #[test]
@@ -1611,27 +1633,11 @@ fn exchanges_after_multi_megabyte_bodies_are_counted() {
     let lab = HttpLab::start(TEST);
     lab.add_size(5_000_000);
     lab.add_size(10_000_000);
-    let seq = big_then_small(&[10_000_000, 5_000_000, 10_000_000]);
-    let ops: Vec<CurlOp> = seq.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
-    let run = curl_ok(&lab, &ops);
-    let client_end = one_connection(&run);
-    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
-    assert_eq!(codes, seq.iter().map(|(_, c)| *c).collect::<Vec<_>>());
-    assert_proxy_log(&lab, client_end, &codes);
-    let n = ops.len() as u64;
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
-    let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
-    let want: Vec<(u16, &str, &str)> = seq.iter().map(|(p, s)| (*s, "GET", p.as_str())).collect();
-    assert_recent(c, &h, &want);
-    assert_outbound_nginx(&lab, ops.len());
-    let m = lab.metrics();
-    assert_metrics(&m, "inbound", 80, n, &codes, 0);
-    assert_metrics(&m, "outbound", 80, n, &codes, 0);
+    big_then_small_exchanges_count_exactly(&lab, &[10_000_000, 5_000_000, 10_000_000]);
 }
 
-/// The same traffic, the same 8 KiB ring, HTTP framed in the kernel: only one small record per
-/// message goes through the ring, nothing is lost, every count is exact.
+/// An 8 KiB ring (the next test overflows it with payload), HTTP framed in the kernel: only one
+/// small record per message goes through the ring, nothing is lost, every count is exact.
 #[test]
 fn a_ring_too_small_for_payload_loses_nothing_when_the_kernel_frames() {
     const TEST: &str = "a_ring_too_small_for_payload_loses_nothing_when_the_kernel_frames";
@@ -1639,24 +1645,8 @@ fn a_ring_too_small_for_payload_loses_nothing_when_the_kernel_frames() {
         return;
     }
     let lab = HttpLab::start_with(TEST, &["--payload-kib", "8"]);
-    let seq = big_then_small(&[1_000_000, 1_000_000, 1_000_000]);
-    let ops: Vec<CurlOp> = seq.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
-    let run = curl_ok(&lab, &ops);
-    let client_end = one_connection(&run);
-    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
-    assert_proxy_log(&lab, client_end, &codes);
-    let n = ops.len() as u64;
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
-    let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
-    assert!(h.in_sync && h.framing_lost == 0, "{h:?}");
-    let want: Vec<(u16, &str, &str)> = seq.iter().map(|(p, s)| (*s, "GET", p.as_str())).collect();
-    assert_recent(c, &h, &want);
-    assert_outbound_nginx(&lab, ops.len());
-    let m = lab.metrics();
-    assert_eq!(m.count("observer_payload_records_lost_total", &[]), 0, "records lost");
-    assert_metrics(&m, "inbound", 80, n, &codes, 0);
-    assert_metrics(&m, "outbound", 80, n, &codes, 0);
+    big_then_small_exchanges_count_exactly(&lab, &[1_000_000, 1_000_000, 1_000_000]);
+    assert_eq!(lab.metrics().count("observer_payload_records_lost_total", &[]), 0, "records lost");
 }
 
 #[test]
