@@ -118,6 +118,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
             "events_bytes": app.config.map_sizes.events_bytes,
             "closed_retention_seconds": app.config.closed_retention.as_secs(),
             "closed_max": app.config.closed_max,
+            "http_framing": if app.config.kernel_http { "kernel" } else { "daemon" },
         },
     }))
 }

@@ -561,6 +561,7 @@ fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     }
     assert_eq!((s["table"]["closed_kept"].as_u64(), s["table"]["open_inbound"].as_u64(), s["table"]["open_outbound"].as_u64()), (Some(3), Some(0), Some(0)), "{s:#}");
     assert_eq!(s["config"]["max_connections"], 65536);
+    assert_eq!(s["config"]["http_framing"], "kernel", "the default");
 }
 
 #[test]
