@@ -295,11 +295,13 @@ const HANDED_OFF: u8 = 0x80;
 const SKIP_NONE: u8 = 0;
 const SKIP_TO_LF: u8 = 1;
 const SKIP_NAME: u8 = 2;
+/// The first bytes of a start line, kept as they are (not the one that completes them).
+const SKIP_START: u8 = 3;
 
 /// Is `b` one of the bytes a skip of `kind` takes?
 #[inline(always)]
 const fn skips(kind: u8, b: u8) -> bool {
-    if kind == SKIP_TO_LF { b != LF } else { b != b':' && b != b' ' && b != b'\t' && b != CR && b != LF }
+    if kind == SKIP_TO_LF || kind == SKIP_START { b != LF } else { b != b':' && b != b' ' && b != b'\t' && b != CR && b != LF }
 }
 
 const CR: u8 = b'\r';
@@ -438,13 +440,17 @@ impl DirFrame {
     }
 
     /// Can the head byte `b` at `next_seq`, and those like it after it, be taken without a
-    /// look: in the rest of the start line once classified, and in the value of a header framing
+    /// look: in a start line, its bytes before the one that completes [`START_LEN`] are only
+    /// kept; in the rest of the start line once classified, and in the value of a header framing
     /// does not read, only the LF ending the line matters; in a name that matches none of the
     /// names framing reads, only what ends it (`:`) or breaks it (whitespace, CR, LF). Taking such
     /// bytes one by one changes nothing but `next_seq` and `head_len` (`name_idx` only matters
     /// while a name still matches).
     #[inline(always)]
     pub fn skippable(&self, b: u8) -> u8 {
+        if self.phase == P_START {
+            return if (self.start_len as usize) < START_LEN - 1 && b != LF { SKIP_START } else { SKIP_NONE };
+        }
         if self.phase != P_HEAD {
             return SKIP_NONE;
         }
@@ -1349,14 +1355,24 @@ impl ConnFrame {
         // all of them up to the block's end or the byte that matters.
         let skip = d.skippable(b);
         if skip != SKIP_NONE {
-            let mut k = 1u32;
-            let mut j = off + 1;
-            while j < scan.blk_len && k < BLOCK as u32 {
-                if !skips(skip, scan.block[(j as usize) & (BLOCK - 1)]) {
+            // The start of a start line is kept (for `classify`), up to its last byte, which
+            // classifies it (the byte-by-byte path).
+            let limit = if skip == SKIP_START { (START_LEN as u32 - 1).wrapping_sub(d.start_len as u32) } else { BLOCK as u32 };
+            let mut k = 0u32;
+            let mut j = off;
+            while j < scan.blk_len && k < limit && k < BLOCK as u32 {
+                let c = scan.block[(j as usize) & (BLOCK - 1)];
+                if !skips(skip, c) {
                     break;
+                }
+                if skip == SKIP_START {
+                    d.start[((d.start_len as u32 + k) as usize) & (START_LEN - 1)] = c;
                 }
                 k += 1;
                 j += 1;
+            }
+            if skip == SKIP_START {
+                d.start_len = d.start_len.wrapping_add(k as u8);
             }
             // The head's bound applies byte for byte: stop on the byte that crosses it.
             let room = (MAX_HEAD - if d.head_len < MAX_HEAD { d.head_len } else { MAX_HEAD }) as u32;
