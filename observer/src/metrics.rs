@@ -94,8 +94,11 @@ pub struct Metrics {
     ports: Mutex<HashSet<u16>>,
     /// The HTTP series by (role, port label, status; 0 for the per-port ones), looked up once:
     /// a message costs one hash lookup instead of formatting and hashing its label values.
-    http_series: Mutex<HashMap<(u8, Option<u16>, u16), HttpSeries>>,
+    http_series: Mutex<HashMap<SeriesKey, HttpSeries>>,
 }
+
+/// Role (as u8), service port (`None`: `other`), status (0 for the per-port series).
+type SeriesKey = (u8, Option<u16>, u16);
 
 /// The series one HTTP outcome adds to.
 #[derive(Clone)]
