@@ -50,7 +50,7 @@ pub struct Config {
     pub top_k: usize,
     /// Ports whose connections are parsed as HTTP; empty: every port, detected by content.
     pub http_ports: Vec<u16>,
-    /// Run the kernel's HTTP framer too (`http_kernel`).
+    /// HTTP framed in the kernel (`--http-framing kernel`), else by the daemon from payload.
     pub kernel_http: bool,
 }
 

@@ -1,6 +1,6 @@
 //! The HTTP counts the kernel keeps per connection (`observer_common::frame`, the `HTTP_FRAMES`
-//! map), as the API shows them: beside the daemon's own view while the kernel framer runs in
-//! shadow mode, so that the two can be compared connection by connection.
+//! map), as the API shows them (`http_kernel`): exact where the kernel kept its place, they are
+//! also the lifetime counts of the connection's `http` view ([`reconcile`]).
 #![forbid(unsafe_code)]
 
 use observer_common::{

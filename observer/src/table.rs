@@ -105,7 +105,7 @@ pub struct Connection {
     /// HTTP/1.x exchanges, when the connection carries HTTP.
     pub http: Option<HttpView>,
     /// HTTP/1.x as the kernel counted it (`observer_common::frame`), when it followed the
-    /// connection: in shadow mode beside `http`, which they must equal.
+    /// connection from its SYN.
     pub http_kernel: Option<crate::kernel_http::KernelHttp>,
     #[serde(skip)]
     pub incarnation: Incarnation,
