@@ -501,6 +501,12 @@ impl DirFrame {
         self.phase == P_LOST && (self.line & LOST_IDLE != 0 || self.lost == LostReason::PipelineTooDeep as u8 || self.lost == LostReason::Unpaired as u8)
     }
 
+    /// Lost because what came was not HTTP/1.x.
+    #[inline(always)]
+    pub fn lost_not_http(&self) -> bool {
+        self.phase == P_LOST && self.lost == LostReason::NotHttp as u8
+    }
+
     /// Lost, and the daemon was not told yet ([`Self::set_handed_off`]).
     #[inline(always)]
     pub fn hand_off_pending(&self) -> bool {
@@ -1019,6 +1025,12 @@ impl FrameCounts {
             unmatched_responses: 0,
             unanswered: 0,
         }
+    }
+
+    /// Any status line counted (interim ones included).
+    #[inline(always)]
+    pub const fn has_responses(&self) -> bool {
+        self.responses_1xx | self.responses_2xx | self.responses_3xx | self.responses_4xx | self.responses_5xx != 0
     }
 
     #[inline(always)]

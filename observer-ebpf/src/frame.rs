@@ -7,7 +7,7 @@
 //! kernel frames is not forwarded at all. A direction it loses its place in is handed to the
 //! daemon's framer (`http.rs` forwards its payload from the point of loss on).
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP},
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},
     cty::c_void,
     helpers::generated::{bpf_loop, bpf_skb_load_bytes},
 };
@@ -20,7 +20,7 @@ use observer_common::{
 
 use crate::{
     maps::{CONNS, FRAME_ARGS, FRAME_LOST, FRAME_SCAN, FRAME_SCRATCH, HTTP_FRAMES, PAYLOAD, SCRATCH},
-    util::{add, count, gauge},
+    util::{add, count},
 };
 
 /// `observer_http_frame` returns: the kernel frames this segment's direction, nothing to forward.
@@ -139,11 +139,10 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
     }
     // Who frames what comes next of this direction. Not HTTP after all (this direction, or the
     // other one, whose answers then are no HTTP responses): nobody.
-    let o = &c.dirs[((a.dir & 1) ^ 1) as usize];
-    let o_not_http = o.phase == Phase::Lost as u8 && o.lost == LostReason::NotHttp as u8;
+    let o_not_http = c.dirs[((a.dir & 1) ^ 1) as usize].lost_not_http();
     let d = &mut c.dirs[(a.dir & 1) as usize];
     let phase = d.phase;
-    let not_http = d.lost == LostReason::NotHttp as u8 || o_not_http;
+    let not_http = d.lost_not_http() || o_not_http;
     if phase == Phase::Lost as u8 && !not_http || phase == Phase::Unsynced as u8 {
         let from = d.next_seq;
         if let Some(out) = FRAME_ARGS.get_ptr_mut(0) {
@@ -177,15 +176,21 @@ fn send_handoff(seq: u32, dir: u32, boundary: u32) {
     ev.header.len = 0;
     ev.header.dir = (dir & 1) as u8;
     ev.header.flags = SEG_HANDOFF | if boundary != 0 { SEG_BOUNDARY } else { 0 };
-    match PAYLOAD.output::<PayloadHeader>(&ev.header, 0) {
-        Ok(()) => count(Counter::PayloadSent),
-        Err(_) => {
-            count(Counter::PayloadLost);
-            if let Some(s) = CONNS.get_ptr_mut(&a.key) {
-                // SAFETY: the connection's map value.
-                unsafe { add(&mut (*s).payload_records_lost, 1) };
-            }
-        }
+    sent(PAYLOAD.output::<PayloadHeader>(&ev.header, 0).is_ok(), &a.key);
+}
+
+/// Counts a record sent, or refused by the full ring: globally, and on the connection (whose
+/// view then says it lost records).
+#[inline(always)]
+fn sent(ok: bool, key: &ConnKey) {
+    if ok {
+        count(Counter::PayloadSent);
+        return;
+    }
+    count(Counter::PayloadLost);
+    if let Some(s) = CONNS.get_ptr_mut(key) {
+        // SAFETY: the connection's map value.
+        unsafe { add(&mut (*s).payload_records_lost, 1) };
     }
 }
 
@@ -210,8 +215,7 @@ fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
         Event::Request { method } => {
             ev.data[0] = MSG_REQUEST;
             ev.data[1] = *method as u8;
-            let c = &conn.counts;
-            if c.requests == 1 && c.responses_1xx | c.responses_2xx | c.responses_3xx | c.responses_4xx | c.responses_5xx == 0 {
+            if conn.counts.requests == 1 && !conn.counts.has_responses() {
                 ev.data[2] = MSG_FIRST;
             }
             // The line's first bytes (kept by the framer, whichever segments they came in),
@@ -251,19 +255,7 @@ fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
     }
     // SAFETY: the scratch record is at least `len` bytes long.
     let bytes = unsafe { core::slice::from_raw_parts(ev as *const _ as *const u8, len) };
-    let backlog = PAYLOAD.query(BPF_RB_AVAIL_DATA as u64);
-    gauge(Counter::PayloadBacklog, backlog);
-    let wake = if backlog > crate::conn::WAKE_BACKLOG { 0 } else { BPF_RB_NO_WAKEUP as u64 };
-    match PAYLOAD.output::<[u8]>(bytes, wake) {
-        Ok(()) => count(Counter::PayloadSent),
-        Err(_) => {
-            count(Counter::PayloadLost);
-            if let Some(s) = CONNS.get_ptr_mut(&a.key) {
-                // SAFETY: the connection's map value.
-                unsafe { add(&mut (*s).payload_records_lost, 1) };
-            }
-        }
-    }
+    sent(PAYLOAD.output::<[u8]>(bytes, crate::http::wake(false)).is_ok(), &a.key);
 }
 
 /// One turn: one byte outside bodies, or one jump over body bytes. 1 ends the loop.
@@ -286,9 +278,7 @@ extern "C" fn turn(_index: u64, ctx: *mut c_void) -> i64 {
                 // Counted once per connection: at its first message, unless the other
                 // direction said so already.
                 let c = &conn.counts;
-                let other = &conn.dirs[((scan.dir & 1) ^ 1) as usize];
-                let other_said = other.phase == Phase::Lost as u8 && other.lost == LostReason::NotHttp as u8;
-                if c.requests | c.responses_1xx | c.responses_2xx | c.responses_3xx | c.responses_4xx | c.responses_5xx == 0 && !other_said {
+                if c.requests == 0 && !c.has_responses() && !conn.dirs[((scan.dir & 1) ^ 1) as usize].lost_not_http() {
                     count(Counter::NotHttp);
                 }
             } else {

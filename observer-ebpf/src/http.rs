@@ -140,6 +140,22 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
     }
 }
 
+/// The wake-up flag for a `PAYLOAD` record. Waking the daemon for every record costs more than
+/// the record: it drains the ring on a short timer, and is woken only when a backlog builds up
+/// (or, `urgent`, at once).
+#[inline(always)]
+pub fn wake(urgent: bool) -> u64 {
+    let backlog = PAYLOAD.query(BPF_RB_AVAIL_DATA as u64);
+    gauge(Counter::PayloadBacklog, backlog);
+    if urgent {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else if backlog > WAKE_BACKLOG {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 #[inline(always)]
 /// Sends one record; a record the full ring refuses is counted globally and on its connection
 /// (whose framing then says it is not in sync).
@@ -149,18 +165,7 @@ fn send(record: *const u8, len: usize, stats: *mut ConnStats, urgent: bool) {
     }
     // SAFETY: `record` points at the per-CPU scratch record, at least `len` bytes long.
     let bytes = unsafe { core::slice::from_raw_parts(record, len) };
-    // Waking the daemon for every record costs more than the record: it drains the ring on a
-    // short timer, and is woken only when a backlog builds up.
-    let backlog = PAYLOAD.query(BPF_RB_AVAIL_DATA as u64);
-    gauge(Counter::PayloadBacklog, backlog);
-    let wake = if urgent {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else if backlog > WAKE_BACKLOG {
-        0
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    };
-    match PAYLOAD.output::<[u8]>(bytes, wake) {
+    match PAYLOAD.output::<[u8]>(bytes, wake(urgent)) {
         Ok(()) => count(Counter::PayloadSent),
         Err(_) => {
             count(Counter::PayloadLost);

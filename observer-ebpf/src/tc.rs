@@ -298,7 +298,6 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             }
             match crate::frame::observer_http_frame(ctx.skb.skb) {
                 crate::frame::HANDLED => return Ok(()),
-                // SAFETY: as above; written by the call.
                 crate::frame::FORWARD_FROM => {
                     // What comes before `from` was counted here: the daemon gets the rest.
                     // SAFETY: as above; written by the call.

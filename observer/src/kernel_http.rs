@@ -65,8 +65,7 @@ impl KernelHttp {
         let c = &f.counts;
         let responses = Classes { informational: c.responses_1xx, success: c.responses_2xx, redirection: c.responses_3xx, client_error: c.responses_4xx, server_error: c.responses_5xx };
         let (lost_in, lost_out) = (f.lost(DIR_IN).map(|r| r.name()), f.lost(DIR_OUT).map(|r| r.name()));
-        let any_response = c.responses_1xx + c.responses_2xx + c.responses_3xx + c.responses_4xx + c.responses_5xx > 0;
-        if c.requests == 0 && !any_response && lost_in.is_none() && lost_out.is_none() {
+        if c.requests == 0 && !c.has_responses() && lost_in.is_none() && lost_out.is_none() {
             return None;
         }
         let in_flight = u64::from(f.in_flight());
@@ -82,9 +81,7 @@ impl KernelHttp {
             lost_out,
         })
     }
-}
 
-impl KernelHttp {
     /// The lifetime counts as the daemon's view writes them.
     pub fn counts(&self) -> crate::http::Counts {
         let r = &self.responses;

@@ -236,18 +236,28 @@ impl Metrics {
             s
         };
         for o in outcomes {
-            match (o, get(if let Outcome::Response { status, .. } = o { (*status).max(1) } else { 0 })) {
-                (Outcome::Request { .. }, HttpSeries::Port { requests, .. }) => requests.inc(),
-                (Outcome::Response { latency_ns, .. }, HttpSeries::Status { responses, latency }) => {
-                    responses.inc();
-                    if let Some(l) = latency_ns {
-                        latency.observe(*l as f64 / 1e9);
+            match o {
+                Outcome::Request { .. } => {
+                    if let HttpSeries::Port { requests, .. } = get(0) {
+                        requests.inc();
                     }
                 }
-                (Outcome::NoResponse(n), HttpSeries::Port { unanswered, .. }) => unanswered.inc_by(*n),
-                (Outcome::FramingLost, _) => self.http_framing_lost.inc(),
-                (Outcome::NotHttp, _) => self.not_http.with_label_values(&["daemon"]).inc(),
-                _ => {}
+                // Statuses are three digits: never the per-port key 0.
+                Outcome::Response { status, latency_ns } => {
+                    if let HttpSeries::Status { responses, latency } = get((*status).max(1)) {
+                        responses.inc();
+                        if let Some(l) = latency_ns {
+                            latency.observe(*l as f64 / 1e9);
+                        }
+                    }
+                }
+                Outcome::NoResponse(n) => {
+                    if let HttpSeries::Port { unanswered, .. } = get(0) {
+                        unanswered.inc_by(*n);
+                    }
+                }
+                Outcome::FramingLost => self.http_framing_lost.inc(),
+                Outcome::NotHttp => self.not_http.with_label_values(&["daemon"]).inc(),
             }
         }
     }

@@ -112,6 +112,14 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The kernel's exact counts into the `http` view (`kernel_http::reconcile`); `closed`:
+    /// archived, every record has arrived.
+    fn reconcile_http(&mut self, closed: bool) {
+        if let (Some(h), Some(k)) = (self.http.as_mut(), self.http_kernel.as_ref()) {
+            crate::kernel_http::reconcile(h, k, closed);
+        }
+    }
+
     pub fn new(key: &ConnKey, stats: &ConnStats, closed: bool, now_ns: u64) -> Self {
         let ConnStats {
             packets_in,
@@ -306,9 +314,7 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
                     live_http(k)
                 }
             };
-            if let (Some(h), Some(kh)) = (c.http.as_mut(), c.http_kernel.as_ref()) {
-                crate::kernel_http::reconcile(h, kh, archived.is_some());
-            }
+            c.reconcile_http(archived.is_some());
             c
         })
         .collect();
@@ -317,9 +323,7 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
         let mut conn = Connection::new(&c.key, &c.stats, true, now);
         conn.http = closed_view(c);
         conn.http_kernel = c.frame.as_ref().and_then(|f| KernelHttp::of(f, true));
-        if let (Some(h), Some(kh)) = (conn.http.as_mut(), conn.http_kernel.as_ref()) {
-            crate::kernel_http::reconcile(h, kh, true);
-        }
+        conn.reconcile_http(true);
         conn
     }));
     out

@@ -249,6 +249,16 @@ impl HttpConn {
         self.role
     }
 
+    /// The role, once the direction carrying requests says it.
+    fn settle_role(&mut self) -> Role {
+        if self.role == Role::Unknown {
+            if let Some(r) = self.request_dir {
+                self.role = if r == DIR_IN { Role::Inbound } else { Role::Outbound };
+            }
+        }
+        self.role
+    }
+
     fn bucket(&mut self, ts_ns: u64) -> &mut Counts {
         let sec = ts_ns / 1_000_000_000;
         if self.seconds.back().is_none_or(|(s, _)| *s < sec) {
@@ -548,12 +558,7 @@ impl HttpTable {
             Head::Response { status: info.status, body: BodyMode::None }
         };
         conn.on_head(dir, head, ts_ns, &mut update.outcomes);
-        if conn.role == Role::Unknown {
-            if let Some(r) = conn.request_dir {
-                conn.role = if r == DIR_IN { Role::Inbound } else { Role::Outbound };
-            }
-        }
-        update.role = conn.role;
+        update.role = conn.settle_role();
         update
     }
 
@@ -569,14 +574,13 @@ impl HttpTable {
         let conn = self.conn(key, false, ts_ns);
         conn.handed_off[dir as usize] = true;
         let d = &mut conn.dirs[dir as usize];
+        d.framer.reset();
         if boundary {
             d.stream.sync(seq);
-            d.framer.reset();
         } else {
             // As when it joins a connection midway: no bytes were lost to it, it waits for a
             // record that starts a message (`in_sync` false until then).
             d.stream.unsync();
-            d.framer.reset();
         }
         update.role = conn.role;
         update
@@ -642,12 +646,7 @@ impl HttpTable {
             conn.counted_not_http = true;
             out.push(Outcome::NotHttp);
         }
-        if conn.role == Role::Unknown {
-            if let Some(r) = conn.request_dir {
-                conn.role = if r == DIR_IN { Role::Inbound } else { Role::Outbound };
-            }
-        }
-        update.role = conn.role;
+        update.role = conn.settle_role();
         update.outcomes = out;
         if conn.hints != before {
             update.hints = Some(conn.hints);
