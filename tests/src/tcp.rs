@@ -134,3 +134,95 @@ fn ss_endpoint(a: SocketAddr) -> String {
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
     }
 }
+
+/// `TCP_REPAIR` values and queues (linux/tcp.h).
+const TCP_REPAIR_ON: libc::c_int = 1;
+const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+const TCP_RECV_QUEUE: libc::c_int = 1;
+const TCP_SEND_QUEUE: libc::c_int = 2;
+
+fn set_int(s: &impl AsRawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+    // SAFETY: a valid socket descriptor and a pointer to a live c_int of the size given.
+    let rc = unsafe { libc::setsockopt(s.as_raw_fd(), level, name, (&v as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn get_u32(s: &impl AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<u32> {
+    let mut v: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: a valid socket descriptor, a live u32 and its length.
+    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), level, name, (&mut v as *mut u32).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// The sequence number of the next byte `s` sends and of the next byte it expects, read in repair
+/// mode (`TCP_REPAIR`, CAP_NET_ADMIN), which it leaves without sending anything. `s` must have
+/// nothing unsent.
+pub fn sequence_numbers(s: &TcpStream) -> io::Result<(u32, u32)> {
+    set_int(s, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_ON)?;
+    let read = (|| {
+        set_int(s, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+        let snd = get_u32(s, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
+        set_int(s, libc::IPPROTO_TCP, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+        let rcv = get_u32(s, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
+        Ok((snd, rcv))
+    })();
+    set_int(s, libc::IPPROTO_TCP, libc::TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)?;
+    read
+}
+
+/// The Internet checksum (RFC 1071) of `parts`, concatenated.
+fn checksum(parts: &[&[u8]]) -> u16 {
+    let bytes: Vec<u8> = parts.concat();
+    let mut sum: u32 = bytes.chunks(2).map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one TCP segment (ACK and PSH, `payload`) from `from` to `to` through a raw socket in
+/// `ns`, outside any socket's control: a segment a TCP stack would never send, such as bytes
+/// ahead of what the connection sent so far.
+pub fn send_raw_segment(ns: &Netns, from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, seq: u32, ack: u32, payload: &[u8]) -> io::Result<()> {
+    let mut tcp = Vec::with_capacity(20 + payload.len());
+    tcp.extend(from.port().to_be_bytes());
+    tcp.extend(to.port().to_be_bytes());
+    tcp.extend(seq.to_be_bytes());
+    tcp.extend(ack.to_be_bytes());
+    tcp.extend([5 << 4, 0x18]); // header length 20, ACK | PSH
+    tcp.extend(0xffffu16.to_be_bytes()); // window
+    tcp.extend([0, 0, 0, 0]); // checksum, urgent pointer
+    tcp.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend(from.ip().octets());
+    pseudo.extend(to.ip().octets());
+    pseudo.extend([0, libc::IPPROTO_TCP as u8]);
+    pseudo.extend((tcp.len() as u16).to_be_bytes());
+    let sum = checksum(&[&pseudo, &tcp]);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let to_ip = *to.ip();
+    ns.enter(move || -> io::Result<()> {
+        // SAFETY: plain socket calls on a descriptor this closure owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let addr = libc::sockaddr_in { sin_family: libc::AF_INET as libc::sa_family_t, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to_ip.octets()) }, sin_zero: [0; 8] };
+            let rc = libc::sendto(fd, tcp.as_ptr().cast(), tcp.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if rc != tcp.len() as isize {
+                return Err(err);
+            }
+        }
+        Ok(())
+    })?
+}

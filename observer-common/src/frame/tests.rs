@@ -701,3 +701,23 @@ fn losses_say_whether_a_message_starts_where_they_stopped() {
     // Not lost: nothing to hand off.
     assert!(!c.f.dirs[S as usize].hand_off_pending() && !c.f.dirs[S as usize].lost_at_boundary());
 }
+
+#[test]
+fn the_shortest_header_lines_take_a_turn_per_byte() {
+    // `a:` lines: each of their four bytes is one the framer looks at; a 14 KB head of them in
+    // one (GSO-sized) segment needs more turns than MAX_STEPS.
+    let mut head = b"GET /ok HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for _ in 0..3500 {
+        head.extend_from_slice(b"a:\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut c = Conn::new();
+    let s = c.at::<MAX_STEPS>(C, 1001, &head);
+    assert_eq!(s.event, Event::Lost(LostReason::Budget));
+    assert_eq!((c.f.counts.requests, c.losses()), (1, vec![(C, LostReason::Budget)]));
+    // Cut into MSS-sized segments it fits.
+    let mut c = Conn::new();
+    let cuts: Vec<usize> = (1..head.len() / 1448 + 1).map(|i| i * 1448).collect();
+    c.send_cut(C, &head, &cuts);
+    assert_eq!((c.f.counts.requests, c.losses(), c.completed[C as usize]), (1, vec![], 1));
+}

@@ -308,15 +308,25 @@ impl HttpConn {
         let mut lost = false;
         let ends = end.seq;
         for dir in [DIR_IN, DIR_OUT] {
+            // Bytes behind a gap that never filled. If the kernel handed over every record of
+            // this connection, the hole is on the wire (a segment that never reached this host,
+            // or bytes ahead of anything the peer sent): TCP delivers in order, so the
+            // application never got what lies behind it, and neither is it counted.
+            let mut unfilled = false;
             if self.dirs[dir as usize].stream.has_gap() {
-                lost = true;
-                self.resync_after_gap(dir, out);
+                if end.records_lost {
+                    lost = true;
+                    self.resync_after_gap(dir, out);
+                } else {
+                    unfilled = true;
+                    self.dirs[dir as usize].stream.take_pending();
+                }
             }
             let d = &mut self.dirs[dir as usize];
             d.framer.closed();
             // Bytes the kernel saw and framing never got. (Past the end is fine: a body cut
             // short by an abort was skipped up to where it should have ended.)
-            if let (Some(next), Some(end)) = (d.stream.next(), ends[dir as usize]) {
+            if let (Some(next), Some(end), false) = (d.stream.next(), ends[dir as usize], unfilled) {
                 if observer_common::http::seq_before(next, end) && !self.tunneled && !self.not_http {
                     lost = true;
                 }
@@ -971,17 +981,27 @@ mod tests {
         let (_, out) = c.t.close(&c.key, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], ..Default::default() }).unwrap();
         assert_eq!(out, vec![Outcome::FramingLost], "no invented failure");
 
-        // Lost in the middle: what follows the gap is framed at close, and the loss reported.
-        let mut c = Conn::new();
-        c.send(C, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n");
-        let first = resp(200, "one");
-        let second = resp(503, "");
-        c.at(S, 5001 + first.len() as u32, &second);
-        let end = 5001 + (first.len() + second.len()) as u32;
-        let (conn, out) = c.t.close(&c.key, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], ..Default::default() }).unwrap();
+        // Lost in the middle (the kernel says it lost records of the connection): what follows
+        // the gap is framed at close, and the loss reported.
+        let lost_in_the_middle = |records_lost: bool| {
+            let mut c = Conn::new();
+            c.send(C, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+            let first = resp(200, "one");
+            let second = resp(503, "");
+            c.at(S, 5001 + first.len() as u32, &second);
+            let end = 5001 + (first.len() + second.len()) as u32;
+            c.t.close(&c.key, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], records_lost, ..Default::default() }).unwrap()
+        };
+        let (conn, out) = lost_in_the_middle(true);
         assert!(out.contains(&Outcome::FramingLost), "{out:?}");
         assert!(out.iter().any(|o| matches!(o, Outcome::Response { status: 503, .. })), "{out:?}");
         assert!(!conn.into_record().in_sync);
+        // Every record arrived: the hole is on the wire, and TCP never delivered what lies behind
+        // it. The requests were not answered; nothing was lost to framing.
+        let (conn, out) = lost_in_the_middle(false);
+        assert_eq!(out, vec![Outcome::NoResponse(2)]);
+        let r = conn.into_record();
+        assert_eq!((r.in_sync, r.lifetime.requests, r.lifetime.no_response), (true, 2, 2));
     }
 
     #[test]
