@@ -265,7 +265,7 @@ impl Nginx {
     }
 
     /// Like [`Nginx::proxy`], but keeping its upstream connections alive (HTTP/1.1, a pool of
-    /// 32), as production gateways do: a client's keep-alive request then costs no new connection.
+    /// 128 idle connections), as production gateways do: a client's keep-alive request then costs no new connection.
     pub fn proxy_keepalive(topo: &Topology) -> Nginx {
         let (listen, _) = proxy_config();
         // Idle connections kept per worker: more than a benchmark's concurrent clients, so every
