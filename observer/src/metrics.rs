@@ -2,10 +2,9 @@
 //! `port` (the service port: local for inbound connections, remote for outbound) takes at most
 //! [`MAX_PORT_LABELS`] distinct values, then `other`.
 #![forbid(unsafe_code)]
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
-};
+use std::sync::Mutex;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use observer_common::conn::{ConnKey, ConnStats, Role};
 use prometheus::{

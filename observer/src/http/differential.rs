@@ -434,7 +434,7 @@ fn run<const MAX: usize>(s: &Script, rng: &mut Rng, max_segment: usize) -> Run {
 
 fn reference_item(o: Outcome) -> Item {
     match o {
-        Outcome::Request { method, .. } => Item::Request(method),
+        Outcome::Request { method, .. } => Item::Request(method.to_string()),
         Outcome::Response { status, latency_ns } => Item::Response(status, latency_ns),
         Outcome::NoResponse(n) => Item::NoResponse(n),
         Outcome::FramingLost | Outcome::NotHttp => Item::Lost,

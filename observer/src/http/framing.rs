@@ -26,7 +26,7 @@ pub enum BodyMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Head {
     /// `upgrade`: CONNECT, or an `Upgrade` header: the connection may stop being HTTP.
-    Request { method: String, target: String, body: BodyMode, upgrade: bool },
+    Request { method: super::Text, target: super::Text, body: BodyMode, upgrade: bool },
     /// `body` is what the headers say; the connection adjusts it for HEAD/CONNECT/1xx/204/304.
     Response { status: u16, body: BodyMode },
 }
@@ -278,11 +278,15 @@ impl Framer {
             match r.parse(&self.buf) {
                 Ok(httparse::Status::Partial) => Ok(None),
                 Ok(httparse::Status::Complete(len)) => {
-                    let method = r.method.unwrap_or("").to_owned();
-                    let target: String = r.path.unwrap_or("").chars().take(256).collect();
+                    let method = super::method_text(r.method.unwrap_or(""));
+                    let path = r.path.unwrap_or("");
+                    let target: super::Text = match path.char_indices().nth(256) {
+                        Some((cut, _)) => path[..cut].into(),
+                        None => path.into(),
+                    };
                     // A request without Content-Length or chunked coding has no body.
                     let body = body_from_headers(r.headers)?.unwrap_or(BodyMode::None);
-                    let upgrade = method == "CONNECT" || r.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
+                    let upgrade = &*method == "CONNECT" || r.headers.iter().any(|h| h.name.eq_ignore_ascii_case("upgrade"));
                     Ok(Some((Head::Request { method, target, body, upgrade }, len)))
                 }
                 Err(e) => Err(format!("expected a request line and headers: {e}")),
@@ -362,7 +366,7 @@ mod tests {
     fn pipelined_requests_in_one_write() {
         let mut f = Framer::new(false);
         let found = heads(&mut f, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nGET HEAD /c HTTP/1.1\r\nHost: h\r\n\r\n");
-        let methods: Vec<&str> = found.iter().filter_map(|f| if let Found::Head(Head::Request { method, .. }, _) = f { Some(method.as_str()) } else { None }).collect();
+        let methods: Vec<&str> = found.iter().filter_map(|f| if let Found::Head(Head::Request { method, .. }, _) = f { Some(&**method) } else { None }).collect();
         assert_eq!(methods, vec!["GET", "POST", "HEAD"]);
     }
 

@@ -7,11 +7,16 @@ mod differential;
 pub mod framing;
 pub mod stream;
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, OnceLock},
+};
+
+use foldhash::{HashMap, HashMapExt};
 
 use observer_common::{
     conn::{ConnKey, Role},
-    http::{classify, HttpHints, Method, MsgInfo, Start, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN},
+    http::{classify, HttpHints, Method, MsgInfo, Start, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_TAIL, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN},
 };
 use serde::Serialize;
 
@@ -23,6 +28,17 @@ pub const SKIP_MIN: u64 = 16 * 1024;
 /// Responses remembered per connection for `GET /api/v1/connections/{c}` and `observer trace`.
 pub const RECENT: usize = 32;
 
+/// Text a request carries (method, target): shared, so that the request waiting for its response,
+/// what framing reports and the history entry hold one copy.
+pub type Text = Arc<str>;
+
+/// A method as [`Text`]: the standard ones are allocated once for the daemon's life.
+pub fn method_text(m: &str) -> Text {
+    static KNOWN: OnceLock<Vec<Text>> = OnceLock::new();
+    let known = KNOWN.get_or_init(|| ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"].into_iter().map(Text::from).collect());
+    known.iter().find(|k| ***k == *m).cloned().unwrap_or_else(|| Text::from(m))
+}
+
 /// One response as history remembers it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Exchange {
@@ -31,8 +47,8 @@ pub struct Exchange {
     #[serde(skip)]
     pub ts_ns: u64,
     pub status: u16,
-    pub method: Option<String>,
-    pub target: Option<String>,
+    pub method: Option<Text>,
+    pub target: Option<Text>,
     /// From the request's first byte to the response's status line.
     pub latency_ms: Option<f64>,
 }
@@ -40,7 +56,7 @@ pub struct Exchange {
 /// What framing produced, for the aggregate metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Request { method: String, target: String },
+    Request { method: Text, target: Text },
     Response { status: u16, latency_ns: Option<u64> },
     NoResponse(u64),
     /// Framing lost its place in a stream and starts again at the next message.
@@ -127,8 +143,8 @@ pub struct HttpView {
 }
 
 struct Pending {
-    method: String,
-    target: String,
+    method: Text,
+    target: Text,
     ts_ns: u64,
 }
 
@@ -397,7 +413,7 @@ impl HttpConn {
                 // An interim (1xx) response does not answer the request; 101 does (and ends HTTP).
                 let answered = if status >= 200 || status == 101 { self.pending.pop_front() } else { None };
                 let request_dir = if dir == DIR_IN { DIR_OUT } else { DIR_IN };
-                let switched = status == 101 || ((200..300).contains(&status) && answered.as_ref().is_some_and(|p| p.method == "CONNECT"));
+                let switched = status == 101 || ((200..300).contains(&status) && answered.as_ref().is_some_and(|p| &*p.method == "CONNECT"));
                 if switched {
                     // Both directions now carry another protocol.
                     self.tunneled = true;
@@ -435,7 +451,7 @@ impl HttpConn {
             }
         }
         // Responses framed in this call answer the waiting requests in order.
-        let methods: Vec<String> = self.pending.iter().map(|p| p.method.clone()).collect();
+        let methods: Vec<Text> = self.pending.iter().map(|p| p.method.clone()).collect();
         let mut answered = 0;
         let found = {
             let d = &mut self.dirs[dir as usize];
@@ -445,7 +461,7 @@ impl HttpConn {
                 Head::Request { upgrade: true, .. } => BodyMode::Hold,
                 Head::Request { body, .. } => *body,
                 Head::Response { status, body } => {
-                    let method = methods.get(answered).map(String::as_str);
+                    let method = methods.get(answered).map(|m| &**m);
                     if *status >= 200 || *status == 101 {
                         answered += 1;
                     }
@@ -476,19 +492,19 @@ impl HttpConn {
 
 /// Method and target from the first bytes of a request line (as many as the kernel's message
 /// record carries: a target cut short ends in `…`).
-fn request_line(bytes: &[u8], method: u8) -> (String, String) {
+fn request_line(bytes: &[u8], method: u8) -> (Text, Text) {
     let known = Method::from_u8(method).map(Method::name);
     let mut parts = bytes.splitn(3, |&b| b == b' ');
     let (m, t, rest) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
     let method = match known {
-        Some(k) => k.to_string(),
-        None if !m.is_empty() && t.is_some() => String::from_utf8_lossy(m).into_owned(),
-        None => "?".to_string(),
+        Some(k) => method_text(k),
+        None if !m.is_empty() && t.is_some() => method_text(&String::from_utf8_lossy(m)),
+        None => method_text("?"),
     };
     let target = match (t, rest) {
-        (Some(t), Some(_)) => String::from_utf8_lossy(t).into_owned(),
-        (Some(t), None) if !t.is_empty() => format!("{}…", String::from_utf8_lossy(t)),
-        _ => "?".to_string(),
+        (Some(t), Some(_)) => Text::from(String::from_utf8_lossy(t)),
+        (Some(t), None) if !t.is_empty() => Text::from(format!("{}…", String::from_utf8_lossy(t))),
+        _ => Text::from("?"),
     };
     (method, target)
 }
@@ -559,10 +575,16 @@ impl HttpTable {
         let conn = self.conn(key, info.kind == MSG_REQUEST && info.flags & MSG_FIRST != 0, ts_ns);
         conn.kernel_framed[dir as usize] = true;
         let head = if info.kind == MSG_REQUEST {
+            // The line's kept first bytes, then what followed them, on the stack.
             let rest = &data[MSG_INFO..];
             let start = rest.get(..START_LEN).unwrap_or(rest);
-            let line: Vec<u8> = start.iter().take(info.start_len.into()).chain(rest.get(START_LEN..).unwrap_or_default()).copied().collect();
-            let (method, target) = request_line(&line, info.method);
+            let start = &start[..start.len().min(info.start_len.into())];
+            let tail = rest.get(START_LEN..).unwrap_or_default();
+            let tail = &tail[..tail.len().min(MSG_TAIL)];
+            let mut line = [0u8; START_LEN + MSG_TAIL];
+            line[..start.len()].copy_from_slice(start);
+            line[start.len()..start.len() + tail.len()].copy_from_slice(tail);
+            let (method, target) = request_line(&line[..start.len() + tail.len()], info.method);
             Head::Request { method, target, body: BodyMode::None, upgrade: false }
         } else {
             Head::Response { status: info.status, body: BodyMode::None }
@@ -810,7 +832,7 @@ mod tests {
         let c = t.get(&key).unwrap();
         assert_eq!(c.role(), Role::Inbound);
         assert_eq!(c.lifetime(), Counts { requests: 3, responses_2xx: 1, responses_4xx: 1, responses_5xx: 1, ..Counts::default() });
-        let recent: Vec<(u16, Option<String>)> = c.recent.iter().map(|e| (e.status, e.target.clone())).collect();
+        let recent: Vec<(u16, Option<Text>)> = c.recent.iter().map(|e| (e.status, e.target.clone())).collect();
         assert_eq!(recent, vec![(200, Some("/one".into())), (503, Some("/two".into())), (404, Some("/three".into()))]);
         let v = c.view(100, &|_| 0.0);
         assert!(v.in_sync && v.framing_lost == 0, "{v:?}");
@@ -845,7 +867,7 @@ mod tests {
         feed(&mut t, S, 6000, 0, &[resp(404, ""), resp(503, "x")].concat(), 70);
         let c = t.get(&key).unwrap();
         assert_eq!(c.lifetime(), Counts { requests: 3, responses_2xx: 1, responses_4xx: 1, responses_5xx: 1, ..Counts::default() });
-        let targets: Vec<_> = c.recent.iter().map(|e| e.target.clone().unwrap_or_default()).collect();
+        let targets: Vec<_> = c.recent.iter().map(|e| e.target.as_deref().unwrap_or_default()).collect();
         assert_eq!(targets, vec!["/a", "/b", "/c"]);
         let v = c.view(100, &|_| 0.0);
         assert!(v.in_sync && v.framing_lost == 0, "{v:?}");
