@@ -176,7 +176,11 @@ impl Observer {
     /// Starts `observer run --interface I... --listen API EXTRA...` in the gateway namespace and
     /// waits (up to [`STARTUP`]) until `/healthz` answers; panics with its output otherwise.
     pub fn start_with(topo: &Topology, interfaces: &[&str], extra: &[&str]) -> Observer {
-        let bin = observer_bin();
+        Observer::start_bin(topo, &observer_bin(), interfaces, extra)
+    }
+
+    /// [`Observer::start_with`] with another build of the daemon (e.g. a benchmark's base build).
+    pub fn start_bin(topo: &Topology, bin: &Path, interfaces: &[&str], extra: &[&str]) -> Observer {
         let mut args: Vec<String> = vec!["run".into()];
         for i in interfaces {
             args.extend(["--interface".into(), (*i).into()]);

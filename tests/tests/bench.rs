@@ -18,6 +18,10 @@
 //! kernel), observer with `--http-framing daemon` (every payload forwarded and framed by the
 //! daemon: the design before), tshark.
 //!
+//! Two builds side by side: `OBSERVER_BENCH_BASE=/path/to/observer` adds the variant
+//! `observer-base` (that build, kernel framing) next to `observer` (this build), in the same run.
+//! `OBSERVER_BENCH_WORKLOADS=keep-alive,mixed` runs only those workloads.
+//!
 //! Per variant: median throughput and p99 latency of `REPEATS` runs (as ratios to the baseline),
 //! kernel ns per request (the observer's programs, `kernel.bpf_stats_enabled`), user-space CPU µs
 //! per request (the daemon, or tshark), the fallback fraction (connections whose kernel framer
@@ -299,9 +303,13 @@ fn run(topo: &Topology, proxy: &Nginx, variant: &str, workload: Workload) -> Sam
             let w = wrk(topo, workload);
             Sample { per_second: w.per_second, p99_ms: w.p99_ms, ..Sample::default() }
         }
-        "observer" | "observer-daemon-framing" => {
-            let extra: &[&str] = if variant == "observer" { &[] } else { &["--http-framing", "daemon"] };
-            let observer = Observer::start_with(topo, &[observer_tests::addr::GW_CLIENT_IF, observer_tests::addr::GW_UPSTREAM_IF], extra);
+        "observer" | "observer-base" | "observer-daemon-framing" => {
+            let extra: &[&str] = if variant == "observer-daemon-framing" { &["--http-framing", "daemon"] } else { &[] };
+            let bin = match variant {
+                "observer-base" => std::path::PathBuf::from(std::env::var_os("OBSERVER_BENCH_BASE").expect("OBSERVER_BENCH_BASE")),
+                _ => observer_tests::observer::observer_bin(),
+            };
+            let observer = Observer::start_bin(topo, &bin, &[observer_tests::addr::GW_CLIENT_IF, observer_tests::addr::GW_UPSTREAM_IF], extra);
             let _stats = StatsOn::enable();
             let logged_before = proxy.access_log().entries.len();
             let (p0, c0) = (program_stats(&observer), cpu_seconds(observer.pid()));
@@ -316,7 +324,7 @@ fn run(topo: &Topology, proxy: &Nginx, variant: &str, workload: Workload) -> Sam
                 .map(|r| m.value("observer_http_fallback_total", &[("reason", r)]))
                 .sum();
             let opened = m.value("observer_connections_opened_total", &[]).max(1.0);
-            let fallback = if variant == "observer" { handed / opened } else { 1.0 };
+            let fallback = if variant == "observer-daemon-framing" { 1.0 } else { handed / opened };
             let exact = (workload == Workload::Mixed).then(|| check_exact(&observer, proxy, logged_before));
             Sample {
                 per_second: w.per_second,
@@ -351,9 +359,16 @@ fn gateway_cost_against_baseline_and_tshark() {
     if !root_or_skip("bench") {
         return;
     }
-    let variants = ["baseline", "observer", "observer-daemon-framing", "tshark"];
+    let mut variants = vec!["baseline", "observer", "observer-daemon-framing", "tshark"];
+    if std::env::var_os("OBSERVER_BENCH_BASE").is_some() {
+        variants.insert(2, "observer-base");
+    }
+    let only = std::env::var("OBSERVER_BENCH_WORKLOADS").unwrap_or_default();
     let mut table = Vec::new();
     for workload in [Workload::KeepAlive, Workload::Close, Workload::Mixed] {
+        if !only.is_empty() && !only.split(',').any(|w| w.trim() == workload.name()) {
+            continue;
+        }
         let topo = Topology::new("bench");
         // Connections a second for minutes: without reuse, TIME-WAIT sockets take every local
         // port of the client (and of the proxy's upstream side), and connect() then searches the
@@ -406,9 +421,9 @@ fn gateway_cost_against_baseline_and_tshark() {
                 m(i, |s| s.per_second),
                 m(i, |s| s.per_second) / base_rps.max(1.0),
                 m(i, |s| s.p99_ms) / base_p99.max(1e-9),
-                if i == 1 || i == 2 { format!("{:.0}", m(i, |s| s.kernel_ns_per_request)) } else { "-".into() },
+                if v.starts_with("observer") { format!("{:.0}", m(i, |s| s.kernel_ns_per_request)) } else { "-".into() },
                 if i == 0 { "-".into() } else { format!("{:.2}", m(i, |s| s.user_us_per_request)) },
-                if i == 1 || i == 2 { format!("{:.1} %", 100.0 * m(i, |s| s.fallback)) } else { "-".into() },
+                if v.starts_with("observer") { format!("{:.1} %", 100.0 * m(i, |s| s.fallback)) } else { "-".into() },
                 if i == 0 { "-".into() } else { format!("{:.0}", m(i, |s| s.rss_mib)) },
             ));
         }
