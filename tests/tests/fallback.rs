@@ -107,6 +107,9 @@ fn each_fallback_reason_is_counted_and_the_counts_stay_exact() {
         return;
     }
     let topo = Topology::new(TEST);
+    // TCP sizes a GSO segment to about a millisecond of its pacing rate, at least this many
+    // segments: on a loaded machine the rate alone may cut the tiny-fields response in two.
+    topo.gateway.run("sysctl", ["-q", "-w", "net.ipv4.tcp_min_tso_segs=44"]);
     let at = SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), PORT);
     let scripted = ScriptedServer::start(&topo.gateway, at, server);
     let observer = Observer::start_with(&topo, &[GW_CLIENT_IF], &[]);
