@@ -187,7 +187,7 @@ impl Observer {
         }
         args.extend(["--listen".into(), API.into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let process = topo.gateway.spawn("observer", &bin, &args, &topo.path("observer.log"));
+        let process = topo.gateway.spawn("observer", bin, &args, &topo.path("observer.log"));
         let api: SocketAddr = API.parse().expect("valid address");
         let mut observer = Observer { ns: topo.gateway.clone(), api, client: Mutex::new(None), process };
         let mut last_error = String::new();

@@ -169,7 +169,7 @@ fn per_program(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (
         })
         .filter(|p| p.3 > 0)
         .collect();
-    v.sort_by(|a, b| b.3.cmp(&a.3));
+    v.sort_by_key(|p| std::cmp::Reverse(p.3));
     v.into_iter().map(|(name, per_req, per_run, _)| format!("{name} {per_req:.2} runs/req × {per_run:.0} ns")).collect()
 }
 
