@@ -41,10 +41,13 @@ pub enum Counter {
     SeqContention = 16,
     /// New `HTTP_FRAMES` entries the map refused (should stay 0: the map is LRU).
     FrameInsertFailures = 17,
+    /// Messages the kernel framer counted that its full `HTTP_AGG` map could not add to the
+    /// aggregates (`/metrics` then misses them). Should stay 0.
+    HttpAggFull = 18,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 18;
+pub const COUNTERS: u32 = 19;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -66,6 +69,7 @@ impl Counter {
         Counter::EventsBacklog,
         Counter::SeqContention,
         Counter::FrameInsertFailures,
+        Counter::HttpAggFull,
     ];
 
     /// The name used in metrics and the API.
@@ -89,6 +93,7 @@ impl Counter {
             Counter::EventsBacklog => "events_backlog_bytes",
             Counter::SeqContention => "seq_contention",
             Counter::FrameInsertFailures => "frame_insert_failures",
+            Counter::HttpAggFull => "http_agg_full",
         }
     }
 }

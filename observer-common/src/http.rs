@@ -209,16 +209,61 @@ pub fn classify(b: &[u8; START_LEN], len: usize) -> Start {
     if target_ok { Start::Request(method) } else { Start::Neither }
 }
 
+/// A key of the kernel's HTTP aggregates (`HTTP_AGG`, a per-CPU hash map whose values count):
+/// what the kernel framer counted, by role, service port and status (0: requests). The daemon
+/// reads them at scrape for `/metrics`, so the aggregates stay exact whatever a ring drops.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggKey {
+    /// [`crate::conn::Role`] as `u8`.
+    pub role: u8,
+    pub _pad: u8,
+    /// The service port: local for inbound connections, remote for outbound ones.
+    pub port: u16,
+    /// A response's status code; 0 for requests.
+    pub status: u16,
+    pub _pad2: u16,
+}
+
+impl AggKey {
+    /// The key of a message counted in wire direction `dir` (`DIR_IN`: received) on the connection
+    /// `key`: requests travel toward the server, so a request received (or a response sent) is
+    /// inbound. `status` 0: a request.
+    #[inline(always)]
+    pub fn of(key: &crate::conn::ConnKey, dir: u8, status: u16) -> Self {
+        let inbound = ((dir & 1) == DIR_IN) == (status == 0);
+        let (role, port) = if inbound { (crate::conn::Role::Inbound as u8, key.local_port) } else { (crate::conn::Role::Outbound as u8, key.remote_port) };
+        Self { role, _pad: 0, port, status, _pad2: 0 }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
     // SAFETY: #[repr(C)], integers and byte arrays only.
     unsafe impl aya::Pod for HttpHints {}
+    // SAFETY: #[repr(C)], integers only, no padding the compiler adds.
+    unsafe impl aya::Pod for AggKey {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aggregate_keys_take_role_and_service_port_from_the_direction() {
+        let key = crate::conn::ConnKey { local_port: 80, remote_port: 51234, ..crate::conn::ConnKey::zeroed() };
+        let inbound = crate::conn::Role::Inbound as u8;
+        let outbound = crate::conn::Role::Outbound as u8;
+        // A gateway's listener: requests come in, responses go out.
+        assert_eq!((AggKey::of(&key, DIR_IN, 0).role, AggKey::of(&key, DIR_IN, 0).port), (inbound, 80));
+        assert_eq!((AggKey::of(&key, DIR_OUT, 503).role, AggKey::of(&key, DIR_OUT, 503).port), (inbound, 80));
+        // Its upstream connection: requests go out, responses come in; the port is the remote one.
+        let up = crate::conn::ConnKey { local_port: 40000, remote_port: 8080, ..crate::conn::ConnKey::zeroed() };
+        assert_eq!((AggKey::of(&up, DIR_OUT, 0).role, AggKey::of(&up, DIR_OUT, 0).port), (outbound, 8080));
+        assert_eq!((AggKey::of(&up, DIR_IN, 200).role, AggKey::of(&up, DIR_IN, 200).status), (outbound, 200));
+        assert_eq!(core::mem::size_of::<AggKey>(), 8);
+    }
 
     fn start(s: &[u8]) -> Start {
         let mut b = [0u8; START_LEN];

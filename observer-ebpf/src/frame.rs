@@ -15,11 +15,11 @@ use observer_common::{
     conn::ConnKey,
     frame::{ConnFrame, Event, LostReason, Phase, Scan, Turn, BLOCK, MAX_STEPS},
     global::Counter,
-    http::{PayloadHeader, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, MSG_TAIL, SEG_BOUNDARY, SEG_HANDOFF, SEG_MSG, START_LEN},
+    http::{AggKey, PayloadHeader, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, MSG_TAIL, SEG_BOUNDARY, SEG_HANDOFF, SEG_MSG, START_LEN},
 };
 
 use crate::{
-    maps::{CONNS, FRAME_ARGS, FRAME_LOST, FRAME_SCAN, FRAME_SCRATCH, HTTP_FRAMES, PAYLOAD, SCRATCH},
+    maps::{CONNS, FRAME_ARGS, FRAME_LOST, FRAME_SCAN, FRAME_SCRATCH, HTTP_AGG, HTTP_FRAMES, PAYLOAD, SCRATCH},
     util::{add, count},
 };
 
@@ -49,6 +49,10 @@ pub struct FrameArgs {
     /// Out: with [`FORWARD_FROM`], the first byte the daemon's framer needs.
     pub from_seq: u32,
     pub _pad: u32,
+    /// [`aggregate`]'s key and the value it inserts, here rather than on a stack that has no
+    /// bytes to spare.
+    pub agg: AggKey,
+    pub one: u64,
 }
 
 /// The `bpf_loop` callback's context, on the global function's stack.
@@ -179,6 +183,33 @@ fn send_handoff(seq: u32, dir: u32, boundary: u32) {
     sent(PAYLOAD.output::<PayloadHeader>(&ev.header, 0).is_ok(), &a.key);
 }
 
+/// Adds a counted message to the host-wide aggregates (`HTTP_AGG`): a request (`status` 0) or a
+/// response, seen in wire direction `dir`. Inline, and with its key in map memory: the call chain
+/// down to a `bpf_loop` turn has no stack to spare for another frame (512 bytes in all).
+#[inline(always)]
+fn aggregate(dir: u32, status: u32) {
+    let Some(a) = FRAME_ARGS.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot, written by the classifier before the framer ran; key and value
+    // are map memory, which the map helpers take as well as stack memory.
+    let a = unsafe { &mut *a };
+    a.agg = AggKey::of(&a.key, dir as u8, status as u16);
+    a.one = 1;
+    if let Some(v) = HTTP_AGG.get_ptr_mut(&a.agg) {
+        // SAFETY: this CPU's value; nothing else on this CPU runs while this program does.
+        unsafe { *v += 1 };
+        return;
+    }
+    if HTTP_AGG.insert(&a.agg, &a.one, BPF_NOEXIST as u64).is_ok() {
+        return;
+    }
+    // Another CPU created the key meanwhile (this CPU's slot is then 0), or the map is full.
+    match HTTP_AGG.get_ptr_mut(&a.agg) {
+        // SAFETY: as above.
+        Some(v) => unsafe { *v += 1 },
+        None => count(Counter::HttpAggFull),
+    }
+}
+
 /// Counts a record sent, or refused by the full ring: globally, and on the connection (whose
 /// view then says it lost records).
 #[inline(always)]
@@ -282,6 +313,11 @@ extern "C" fn turn(_index: u64, ctx: *mut c_void) -> i64 {
                     count(Counter::NotHttp);
                 }
             } else {
+                match e {
+                    Event::Request { .. } => aggregate(scan.dir as u32, 0),
+                    Event::Response { status, .. } => aggregate(scan.dir as u32, status as u32),
+                    _ => {}
+                }
                 send_msg(t, conn, scan, &e);
             }
             0

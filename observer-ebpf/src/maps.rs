@@ -2,14 +2,14 @@
 //! daemon overrides `max_entries` at load time from its configuration.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     Global,
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
     frame::{ConnFrame, Scan},
     global::COUNTERS,
-    http::{HttpHints, PayloadEvent},
+    http::{AggKey, HttpHints, PayloadEvent},
     tracepoint::{NetnsFilter, SkbSegs, TpLayout},
 };
 
@@ -38,6 +38,11 @@ pub static FRAME_SCRATCH: PerCpuArray<ConnFrame> = PerCpuArray::with_max_entries
 /// Times the kernel framer lost a direction's place, per CPU, by `LostReason` (index).
 #[map]
 pub static FRAME_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
+
+/// What the kernel framer counted, host-wide, per CPU: requests and responses by role, service
+/// port and status (`observer_common::http::AggKey`). The daemon sums them at scrape.
+#[map]
+pub static HTTP_AGG: PerCpuHashMap<AggKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Where the framer keeps a segment's block and position between `bpf_loop` turns.
 #[map]

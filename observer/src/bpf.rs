@@ -4,7 +4,7 @@
 use std::io;
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{tc, ProgramError, SchedClassifier, TcAttachType, TracePoint},
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
@@ -12,7 +12,7 @@ use aya::{
 use observer_common::{
     conn::{ConnKey, ConnStats},
     frame::ConnFrame,
-    http::HttpHints,
+    http::{AggKey, HttpHints},
     tracepoint::{NetnsFilter, SkbSegs, TpLayout},
 };
 use thiserror::Error;
@@ -94,6 +94,8 @@ pub struct Maps {
     pub http_frames: HashMap<MapData, ConnKey, ConnFrame>,
     /// Times the kernel framer lost its place, per CPU, by `LostReason`.
     pub frame_lost: PerCpuArray<MapData, u64>,
+    /// What the kernel framer counted, per CPU, by role, port and status.
+    pub http_agg: PerCpuHashMap<MapData, AggKey, u64>,
 }
 
 /// The ring buffers the daemon drains.
@@ -233,6 +235,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     let payload = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(BpfError::Map("PAYLOAD"))?).map_err(|_| BpfError::Map("PAYLOAD"))?;
     let http_hints = HashMap::try_from(ebpf.take_map("HTTP_HINTS").ok_or(BpfError::Map("HTTP_HINTS"))?).map_err(|_| BpfError::Map("HTTP_HINTS"))?;
     let frame_lost = PerCpuArray::try_from(ebpf.take_map("FRAME_LOST").ok_or(BpfError::Map("FRAME_LOST"))?).map_err(|_| BpfError::Map("FRAME_LOST"))?;
+    let http_agg = PerCpuHashMap::try_from(ebpf.take_map("HTTP_AGG").ok_or(BpfError::Map("HTTP_AGG"))?).map_err(|_| BpfError::Map("HTTP_AGG"))?;
     let http_frames = HashMap::try_from(ebpf.take_map("HTTP_FRAMES").ok_or(BpfError::Map("HTTP_FRAMES"))?).map_err(|_| BpfError::Map("HTTP_FRAMES"))?;
     let trace = RingBuf::try_from(ebpf.take_map("TRACE").ok_or(BpfError::Map("TRACE"))?).map_err(|_| BpfError::Map("TRACE"))?;
     let trace_maps = TraceMaps {
@@ -241,7 +244,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     };
     Ok((
         Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, program_ids },
-        Maps { conns, global, http_hints, http_frames, frame_lost },
+        Maps { conns, global, http_hints, http_frames, frame_lost, http_agg },
         Rings { events, payload, trace },
         trace_maps,
     ))

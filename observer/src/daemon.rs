@@ -10,6 +10,7 @@ use observer_common::{
     conn::{ConnEvent, ConnEventKind, ConnKey, ConnStats, Role},
     frame::{ConnFrame, LostReason},
     global::Counter,
+    http::AggKey,
 };
 
 use crate::{
@@ -149,6 +150,13 @@ impl App {
         LostReason::ALL.iter().map(|r| (r.name(), maps.frame_lost.get(&(*r as u32), 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0))).collect()
     }
 
+    /// What the kernel framer counted, by role, service port and status (0: requests), summed
+    /// over CPUs.
+    pub fn kernel_http_aggregates(&self) -> Vec<(AggKey, u64)> {
+        let maps = self.maps.lock().expect("maps lock poisoned");
+        maps.http_agg.iter().filter_map(Result::ok).map(|(k, per_cpu)| (k, per_cpu.iter().sum::<u64>())).collect()
+    }
+
     /// The kernel's global counters, summed over CPUs.
     pub fn kernel_counters(&self) -> KernelCounters {
         let maps = self.maps.lock().expect("maps lock poisoned");
@@ -173,6 +181,7 @@ impl App {
             events_backlog: max(Counter::EventsBacklog),
             seq_contention: sum(Counter::SeqContention),
             frame_insert_failures: sum(Counter::FrameInsertFailures),
+            http_agg_full: sum(Counter::HttpAggFull),
         }
     }
 
@@ -197,6 +206,7 @@ impl App {
             .collect();
         self.metrics.set_top(&top);
         self.metrics.set_programs(&bpf::program_stats(&self.program_ids));
+        self.metrics.kernel_http(&self.kernel_http_aggregates());
         self.metrics.render(&self.kernel_counters(), &self.kernel_framing_lost(), &self.table_gauges(&kernel))
     }
 
@@ -242,7 +252,7 @@ impl App {
         // Requests still unanswered when the connection ended are failures.
         let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), &ends);
         let http = http.map(|(conn, outcomes)| {
-            self.metrics.http(&key, conn.role(), &outcomes);
+            self.metrics.http(&key, conn.role(), &outcomes, false);
             conn.into_record()
         });
         // From the map only if it is still this connection's (the four-tuple may be reused).
@@ -322,7 +332,7 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
                     // About once a second: gaps followed by silence.
                     let changed = app.http.lock().expect("http lock poisoned").expire_gaps(monotonic_ns());
                     for (key, role, outcomes) in changed {
-                        app.metrics.http(&key, role, &outcomes);
+                        app.metrics.http(&key, role, &outcomes, false);
                     }
                 }
             }
@@ -347,7 +357,7 @@ fn drain_payload(app: &App, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
         let h = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PayloadHeader>()) };
         let data = &item[HDR..(HDR + h.len as usize).min(item.len())];
         let update = http.on_record(h.key, h.dir, h.seq, h.flags, data, h.ts_ns);
-        app.metrics.http(&h.key, update.role, &update.outcomes);
+        app.metrics.http(&h.key, update.role, &update.outcomes, update.kernel_counted);
         for o in &update.outcomes {
             app.trace.publish(&h.key, || outcome_line(&h.key, o, h.ts_ns));
         }

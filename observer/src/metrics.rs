@@ -6,7 +6,10 @@ use std::sync::Mutex;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use observer_common::conn::{ConnKey, ConnStats, Role};
+use observer_common::{
+    conn::{ConnKey, ConnStats, Role},
+    http::AggKey,
+};
 use prometheus::{
     CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -40,6 +43,7 @@ pub struct KernelCounters {
     pub events_backlog: u64,
     pub seq_contention: u64,
     pub frame_insert_failures: u64,
+    pub http_agg_full: u64,
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -94,6 +98,9 @@ pub struct Metrics {
     /// The HTTP series by (role, port label, status; 0 for the per-port ones), looked up once:
     /// a message costs one hash lookup instead of formatting and hashing its label values.
     http_series: Mutex<HashMap<SeriesKey, HttpSeries>>,
+    /// The kernel's HTTP aggregates as last added ([`Metrics::kernel_http`]).
+    kernel_http_seen: Mutex<HashMap<AggKey, u64>>,
+    http_agg_full: IntCounter,
 }
 
 /// Role (as u8), service port (`None`: `other`), status (0 for the per-port series).
@@ -184,6 +191,8 @@ impl Metrics {
             top_labels: Mutex::new(HashSet::new()),
             ports: Mutex::new(HashSet::new()),
             http_series: Mutex::new(HashMap::new()),
+            kernel_http_seen: Mutex::new(HashMap::new()),
+            http_agg_full: counter("observer_http_kernel_aggregates_full_total", "Messages the kernel framer counted that its full HTTP_AGG map could not add to the aggregates: /metrics misses them (should stay 0)."),
             registry: r,
         }
     }
@@ -195,7 +204,11 @@ impl Metrics {
 
     /// The connection's service port as labelled: `None` for `other`.
     fn service_port(&self, key: &ConnKey, role: Role) -> Option<u16> {
-        let port = if role == Role::Outbound { key.remote_port } else { key.local_port };
+        self.service_port_of(if role == Role::Outbound { key.remote_port } else { key.local_port })
+    }
+
+    /// `port` as labelled: `None` for `other` (past [`MAX_PORT_LABELS`] distinct ports).
+    fn service_port_of(&self, port: u16) -> Option<u16> {
         let mut ports = self.ports.lock().expect("ports lock");
         (ports.contains(&port) || (ports.len() < MAX_PORT_LABELS && ports.insert(port))).then_some(port)
     }
@@ -208,55 +221,84 @@ impl Metrics {
         }
     }
 
-    /// Counts what HTTP framing found on one connection.
-    pub fn http(&self, key: &ConnKey, role: Role, outcomes: &[crate::http::Outcome]) {
+    /// The series of (role, service port, status; 0 for the per-port ones), looked up once.
+    /// Bounded: roles × MAX_PORT_LABELS + 1 ports × (three-digit statuses + 1).
+    fn series(&self, series: &mut HashMap<SeriesKey, HttpSeries>, role: Role, port: Option<u16>, status: u16) -> HttpSeries {
+        if let Some(s) = series.get(&(role as u8, port, status)) {
+            return s.clone();
+        }
+        let name = port_name(port);
+        let s = if status == 0 {
+            HttpSeries::Port { requests: self.http_requests.with_label_values(&[role.name(), &name]), unanswered: self.http_unanswered.with_label_values(&[role.name(), &name]) }
+        } else {
+            let class = format!("{}xx", status / 100);
+            HttpSeries::Status {
+                responses: self.http_responses.with_label_values(&[role.name(), &name, &class, &status.to_string()]),
+                latency: self.http_latency.with_label_values(&[role.name(), &name, &class]),
+            }
+        };
+        series.insert((role as u8, port, status), s.clone());
+        s
+    }
+
+    /// Counts what HTTP framing found on one connection. `kernel_counted`: the requests and
+    /// responses are messages the kernel framer counted, which [`Self::kernel_http`] adds from the
+    /// kernel's own aggregates; only their latency is observed here.
+    pub fn http(&self, key: &ConnKey, role: Role, outcomes: &[crate::http::Outcome], kernel_counted: bool) {
         use crate::http::Outcome;
         if outcomes.is_empty() {
             return;
         }
         let port = self.service_port(key, role);
         let mut series = self.http_series.lock().expect("http series lock");
-        // Bounded: roles × MAX_PORT_LABELS + 1 ports × (three-digit statuses + 1).
-        let mut get = |status: u16| -> HttpSeries {
-            if let Some(s) = series.get(&(role as u8, port, status)) {
-                return s.clone();
-            }
-            let name = port_name(port);
-            let s = if status == 0 {
-                HttpSeries::Port { requests: self.http_requests.with_label_values(&[role.name(), &name]), unanswered: self.http_unanswered.with_label_values(&[role.name(), &name]) }
-            } else {
-                let class = format!("{}xx", status / 100);
-                HttpSeries::Status {
-                    responses: self.http_responses.with_label_values(&[role.name(), &name, &class, &status.to_string()]),
-                    latency: self.http_latency.with_label_values(&[role.name(), &name, &class]),
-                }
-            };
-            series.insert((role as u8, port, status), s.clone());
-            s
-        };
         for o in outcomes {
             match o {
+                Outcome::Request { .. } if kernel_counted => {}
                 Outcome::Request { .. } => {
-                    if let HttpSeries::Port { requests, .. } = get(0) {
+                    if let HttpSeries::Port { requests, .. } = self.series(&mut series, role, port, 0) {
                         requests.inc();
                     }
                 }
                 // Statuses are three digits: never the per-port key 0.
                 Outcome::Response { status, latency_ns } => {
-                    if let HttpSeries::Status { responses, latency } = get((*status).max(1)) {
-                        responses.inc();
+                    if let HttpSeries::Status { responses, latency } = self.series(&mut series, role, port, (*status).max(1)) {
+                        if !kernel_counted {
+                            responses.inc();
+                        }
                         if let Some(l) = latency_ns {
                             latency.observe(*l as f64 / 1e9);
                         }
                     }
                 }
                 Outcome::NoResponse(n) => {
-                    if let HttpSeries::Port { unanswered, .. } = get(0) {
+                    if let HttpSeries::Port { unanswered, .. } = self.series(&mut series, role, port, 0) {
                         unanswered.inc_by(*n);
                     }
                 }
                 Outcome::FramingLost => self.http_framing_lost.inc(),
                 Outcome::NotHttp => self.not_http.with_label_values(&["daemon"]).inc(),
+            }
+        }
+    }
+
+    /// Adds what the kernel framer counted since the last call (its aggregates: totals by role,
+    /// service port and status, 0 for requests) to the request and response counters. Exact
+    /// whatever the rings dropped: the message records only feed the views and the latency.
+    pub fn kernel_http(&self, totals: &[(AggKey, u64)]) {
+        let mut seen = self.kernel_http_seen.lock().expect("kernel http lock");
+        let mut series = self.http_series.lock().expect("http series lock");
+        for (k, total) in totals {
+            let last = seen.entry(*k).or_insert(0);
+            let delta = total.saturating_sub(*last);
+            *last = (*last).max(*total);
+            if delta == 0 {
+                continue;
+            }
+            let role = Role::from_u8(k.role);
+            let port = self.service_port_of(k.port);
+            match self.series(&mut series, role, port, k.status) {
+                HttpSeries::Port { requests, .. } => requests.inc_by(delta),
+                HttpSeries::Status { responses, .. } => responses.inc_by(delta),
             }
         }
     }
@@ -322,6 +364,7 @@ impl Metrics {
             events_backlog,
             seq_contention,
             frame_insert_failures,
+            http_agg_full,
         } = *k;
         for (reason, v) in framing_lost {
             let c = self.kernel_framing_lost.with_label_values(&[reason]);
@@ -343,6 +386,7 @@ impl Metrics {
             (&self.trace_lost, trace_lost),
             (&self.seq_contention, seq_contention),
             (&self.frame_insert_failures, frame_insert_failures),
+            (&self.http_agg_full, http_agg_full),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {

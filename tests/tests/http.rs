@@ -1653,6 +1653,61 @@ fn a_ring_too_small_for_payload_loses_nothing_when_the_kernel_frames() {
     assert_eq!(lab.metrics().count("observer_payload_records_lost_total", &[]), 0, "records lost");
 }
 
+/// `/metrics` counts requests and responses from the kernel's own aggregates: a daemon that
+/// stalls (stopped here, so that nothing drains an 8 KiB ring) loses message records, yet the
+/// aggregates stay exact, and so do the kernel's per-connection counts. Only what the records
+/// carry is short (the views, which say so, and latency observations).
+#[test]
+fn a_stalled_daemon_loses_message_records_yet_metrics_stay_exact() {
+    const TEST: &str = "a_stalled_daemon_loses_message_records_yet_metrics_stay_exact";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = HttpLab::start_with(TEST, &["--payload-kib", "8"]);
+    let cycle: &[(&str, u16)] = &[("/ok", 200), ("/status/404", 404), ("/status/503", 503), ("/redirect", 301), ("/size/100", 200), ("/status/204", 204)];
+    let mix: Vec<(&str, u16)> = cycle.iter().copied().cycle().take(120).collect();
+    let ops: Vec<CurlOp> = mix.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
+    let pid = lab.observer.pid() as libc::pid_t;
+    // SAFETY: signals to the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "stopping the daemon");
+    let run = curl_each(&lab.topo.client, &ops, Duration::from_secs(60));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "resuming the daemon");
+    assert!(run.status.success(), "curl failed: {:?}", run.status);
+    let client_end = one_connection(&run);
+    let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
+    assert_eq!(codes, mix.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+    assert_proxy_log(&lab, client_end, &codes);
+    let n = mix.len() as u64;
+
+    let snap = lab.observer.wait_for("the client's connection, settled", SETTLE, |s| s.with_remote(client_end).first().is_some_and(|c| settled(c)));
+    let c = entry_of(&snap, client_end);
+    let k = kernel_http_of(c).expect("http_kernel");
+    let by_class = |class: u16| codes.iter().filter(|s| **s / 100 == class).count() as u64;
+    let kernel: Vec<u64> = (1..=5).map(|cl| k.responses.get(&format!("{cl}xx")).copied().unwrap_or(0)).collect();
+    assert_eq!((k.requests, kernel, k.lost_in.clone(), k.lost_out.clone()), (n, (1..=5).map(by_class).collect(), None, None), "the kernel's counts of {}", c.connection);
+
+    let m = lab.metrics();
+    assert!(m.count("observer_payload_records_lost_total", &[]) > 0, "the ring lost no record: the scenario did not happen");
+    for role in ["inbound", "outbound"] {
+        let l = [("role", role), ("port", "80")];
+        assert_eq!(m.count("observer_http_requests_total", &l), n, "observer_http_requests_total{l:?}");
+        let mut by_code: BTreeMap<u16, u64> = BTreeMap::new();
+        for s in &codes {
+            *by_code.entry(*s).or_default() += 1;
+        }
+        for (code, want) in &by_code {
+            let (code, class) = (code.to_string(), format!("{}xx", code / 100));
+            let labels = [("role", role), ("port", "80"), ("class", class.as_str()), ("code", code.as_str())];
+            assert_eq!(m.count("observer_http_responses_total", &labels), *want, "observer_http_responses_total{labels:?}");
+        }
+        assert_eq!(m.count("observer_http_requests_unanswered_total", &l), 0, "unanswered{l:?}");
+        let observed = m.count("observer_http_response_latency_seconds_count", &l);
+        assert!(observed <= n, "latency observations {observed} (from the records that arrived) of {n} responses");
+    }
+    assert_eq!(m.count("observer_http_kernel_aggregates_full_total", &[]), 0);
+}
+
 #[test]
 fn payload_lost_to_a_full_ring_is_reported_on_its_connection() {
     const TEST: &str = "payload_lost_to_a_full_ring_is_reported_on_its_connection";

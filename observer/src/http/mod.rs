@@ -532,6 +532,9 @@ pub struct StreamEnds {
 #[derive(Default)]
 pub struct Update {
     pub outcomes: Vec<Outcome>,
+    /// The outcomes are messages the kernel framer counted (a `SEG_MSG` record): they are in the
+    /// kernel's aggregates (`HTTP_AGG`) already, and `/metrics` must not count them twice.
+    pub kernel_counted: bool,
     /// New hints for the kernel, when they changed.
     pub hints: Option<HttpHints>,
     pub role: Role,
@@ -590,6 +593,7 @@ impl HttpTable {
             Head::Response { status: info.status, body: BodyMode::None }
         };
         conn.on_head(dir, head, ts_ns, &mut update.outcomes);
+        update.kernel_counted = true;
         update.role = conn.settle_role();
         update
     }
