@@ -458,6 +458,10 @@ impl DirFrame {
             SKIP_TO_LF
         } else if self.line == L_NAME && self.hdr == 0 {
             SKIP_NAME
+        } else if self.line == L_LINE_START && !matches!(lower(b), b'c' | b't' | b'u') {
+            // A name that starts like none of the names framing reads (ws, `:`, CR and LF, which
+            // end the head or break it, are not skipped: see `skips`).
+            SKIP_NAME
         } else {
             SKIP_NONE
         };
@@ -1370,14 +1374,35 @@ impl ConnFrame {
             // The start of a start line is kept (for `classify`), up to its last byte, which
             // classifies it (the byte-by-byte path).
             let limit = if skip == SKIP_START { (START_LEN as u32 - 1).wrapping_sub(d.start_len as u32) } else { BLOCK as u32 };
+            if skip == SKIP_NAME && d.line == L_LINE_START {
+                // A new field line whose name matches nothing (what `head_byte` does with its
+                // first byte, apart from matching).
+                d.line = L_NAME;
+                d.hdr = 0;
+            }
+            // A field line framing does not read goes in one turn: the rest of its name, the
+            // `:` (a value not read, as `begin_value` says for a name that matched nothing), the
+            // value, and the LF that ends it (`end_value` of such a value, or the end of the
+            // start line, only starts the next line).
+            let mut kind = skip;
             let mut k = 0u32;
             let mut j = off;
             while j < scan.blk_len && k < limit && k < BLOCK as u32 {
                 let c = scan.block[(j as usize) & (BLOCK - 1)];
-                if !skips(skip, c) {
+                if kind == SKIP_NAME && c == b':' {
+                    d.hdr = HDR_OTHER;
+                    d.line = L_VALUE;
+                    d.val = V_LEAD;
+                    d.te = 0;
+                    kind = SKIP_TO_LF;
+                } else if kind == SKIP_TO_LF && c == LF {
+                    d.line = L_LINE_START;
+                    k += 1;
+                    break;
+                } else if !skips(kind, c) {
                     break;
                 }
-                if skip == SKIP_START {
+                if kind == SKIP_START {
                     d.start[((d.start_len as u32 + k) as usize) & (START_LEN - 1)] = c;
                 }
                 k += 1;
