@@ -297,10 +297,14 @@ const SKIP_TO_LF: u8 = 1;
 const SKIP_NAME: u8 = 2;
 /// The first bytes of a start line, kept as they are (not the one that completes them).
 const SKIP_START: u8 = 3;
+/// A name that may still be one framing reads: matched in one turn, up to its `:` or the byte
+/// that rules every such name out.
+const SKIP_MATCH: u8 = 4;
 
 /// Is `b` one of the bytes a skip of `kind` takes?
 #[inline(always)]
 const fn skips(kind: u8, b: u8) -> bool {
+    // SKIP_NAME and SKIP_MATCH: the bytes of a name.
     if kind == SKIP_TO_LF || kind == SKIP_START { b != LF } else { b != b':' && b != b' ' && b != b'\t' && b != CR && b != LF }
 }
 
@@ -458,14 +462,96 @@ impl DirFrame {
             SKIP_TO_LF
         } else if self.line == L_NAME && self.hdr == 0 {
             SKIP_NAME
-        } else if self.line == L_LINE_START && !matches!(lower(b), b'c' | b't' | b'u') {
-            // A name that starts like none of the names framing reads (ws, `:`, CR and LF, which
-            // end the head or break it, are not skipped: see `skips`).
-            SKIP_NAME
+        } else if self.line == L_NAME {
+            SKIP_MATCH
+        } else if self.line == L_LINE_START {
+            // A name that starts like none of the names framing reads, or may be one (ws, `:`,
+            // CR and LF, which end the head or break it, are not skipped: see `skips`).
+            if matches!(lower(b), b'c' | b't' | b'u') { SKIP_MATCH } else { SKIP_NAME }
         } else {
             SKIP_NONE
         };
         if kind != SKIP_NONE && skips(kind, b) { kind } else { SKIP_NONE }
+    }
+
+    /// A name that may be one framing reads, from the byte at `off` of `block` (`len` loaded):
+    /// each byte matched as `head_byte` would, up to the `:` (taken, as `begin_value`), the byte
+    /// that rules out every name framing reads, or a byte that is no name byte (left to
+    /// `head_byte`). Returns the bytes taken.
+    #[inline(always)]
+    fn match_name(&mut self, block: &[u8; BLOCK], off: u32, len: u32) -> u32 {
+        if self.line == L_LINE_START {
+            self.line = L_NAME;
+            self.name_idx = 0;
+            self.hdr = CAND_ALL;
+        }
+        let mut k = 0u32;
+        let mut j = off;
+        while j < len && k < NAME_MAX as u32 {
+            let c = block[(j as usize) & (BLOCK - 1)];
+            if c == b':' {
+                self.begin_value();
+                k += 1;
+                break;
+            }
+            if !skips(SKIP_MATCH, c) {
+                break;
+            }
+            self.name_byte(c);
+            k += 1;
+            j += 1;
+            if self.hdr == 0 {
+                break;
+            }
+        }
+        k
+    }
+
+    /// Bytes of a head that framing only counts (see [`Self::skippable`]), of kind `skip`, from
+    /// the byte at `off` of `block` (`len` loaded). Returns the bytes taken.
+    #[inline(always)]
+    fn skip_bytes(&mut self, block: &[u8; BLOCK], off: u32, len: u32, skip: u8) -> u32 {
+        // The start of a start line is kept (for `classify`), up to its last byte, which
+        // classifies it (the byte-by-byte path).
+        let limit = if skip == SKIP_START { (START_LEN as u32 - 1).wrapping_sub(self.start_len as u32) } else { BLOCK as u32 };
+        if skip == SKIP_NAME && self.line == L_LINE_START {
+            // A new field line whose name matches nothing (what `head_byte` does with its
+            // first byte, apart from matching).
+            self.line = L_NAME;
+            self.hdr = 0;
+        }
+        // A field line framing does not read goes in one turn: the rest of its name, the
+        // `:` (a value not read, as `begin_value` says for a name that matched nothing), the
+        // value, and the LF that ends it (`end_value` of such a value, or the end of the
+        // start line, only starts the next line).
+        let mut kind = skip;
+        let mut k = 0u32;
+        let mut j = off;
+        while j < len && k < limit && k < BLOCK as u32 {
+            let c = block[(j as usize) & (BLOCK - 1)];
+            if kind == SKIP_NAME && c == b':' {
+                self.hdr = HDR_OTHER;
+                self.line = L_VALUE;
+                self.val = V_LEAD;
+                self.te = 0;
+                kind = SKIP_TO_LF;
+            } else if kind == SKIP_TO_LF && c == LF {
+                self.line = L_LINE_START;
+                k += 1;
+                break;
+            } else if !skips(kind, c) {
+                break;
+            }
+            if kind == SKIP_START {
+                self.start[((self.start_len as u32 + k) as usize) & (START_LEN - 1)] = c;
+            }
+            k += 1;
+            j += 1;
+        }
+        if skip == SKIP_START {
+            self.start_len = self.start_len.wrapping_add(k as u8);
+        }
+        k
     }
 
     /// The direction wants bytes at `next_seq` (it is framing, not waiting, switched or lost).
@@ -1373,44 +1459,7 @@ impl ConnFrame {
         if skip != SKIP_NONE {
             // The start of a start line is kept (for `classify`), up to its last byte, which
             // classifies it (the byte-by-byte path).
-            let limit = if skip == SKIP_START { (START_LEN as u32 - 1).wrapping_sub(d.start_len as u32) } else { BLOCK as u32 };
-            if skip == SKIP_NAME && d.line == L_LINE_START {
-                // A new field line whose name matches nothing (what `head_byte` does with its
-                // first byte, apart from matching).
-                d.line = L_NAME;
-                d.hdr = 0;
-            }
-            // A field line framing does not read goes in one turn: the rest of its name, the
-            // `:` (a value not read, as `begin_value` says for a name that matched nothing), the
-            // value, and the LF that ends it (`end_value` of such a value, or the end of the
-            // start line, only starts the next line).
-            let mut kind = skip;
-            let mut k = 0u32;
-            let mut j = off;
-            while j < scan.blk_len && k < limit && k < BLOCK as u32 {
-                let c = scan.block[(j as usize) & (BLOCK - 1)];
-                if kind == SKIP_NAME && c == b':' {
-                    d.hdr = HDR_OTHER;
-                    d.line = L_VALUE;
-                    d.val = V_LEAD;
-                    d.te = 0;
-                    kind = SKIP_TO_LF;
-                } else if kind == SKIP_TO_LF && c == LF {
-                    d.line = L_LINE_START;
-                    k += 1;
-                    break;
-                } else if !skips(kind, c) {
-                    break;
-                }
-                if kind == SKIP_START {
-                    d.start[((d.start_len as u32 + k) as usize) & (START_LEN - 1)] = c;
-                }
-                k += 1;
-                j += 1;
-            }
-            if skip == SKIP_START {
-                d.start_len = d.start_len.wrapping_add(k as u8);
-            }
+            let k = if skip == SKIP_MATCH { d.match_name(&scan.block, off, scan.blk_len) } else { d.skip_bytes(&scan.block, off, scan.blk_len, skip) };
             // The head's bound applies byte for byte: stop on the byte that crosses it.
             let room = (MAX_HEAD - if d.head_len < MAX_HEAD { d.head_len } else { MAX_HEAD }) as u32;
             if k > room {

@@ -35,17 +35,16 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// - `/broken/chunk`: 200, chunked, with a chunk size line that is not hexadecimal;
 /// - `/broken/head`: 404 with a header line without a colon;
 /// - `/big`: 200 with a 4 MB body;
-/// - `/tiny-fields`: 200 with a head of about 14 KB of `c:` lines ([`many_tiny_fields`]), in one
-///   write;
+/// - `/long-length`: 200 with a head of about 14 KB ([`long_length_value`]), in one write;
 /// - a request with a transfer coding other than chunked: 501 (RFC 9112 section 6.1), and close.
 fn server(p: &mut Peer) -> io::Result<()> {
-    let tiny = many_tiny_fields();
+    let long = long_length_value();
     let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 4000000\r\n\r\n".to_vec();
     big.resize(big.len() + 4_000_000, b'x');
     while let Some(req) = p.read_head()? {
         let coded = req.header("transfer-encoding").is_some();
         let (status, bytes, close): (u16, &[u8], bool) = match req.target.as_str() {
-            "/tiny-fields" => (200, tiny.as_bytes(), false),
+            "/long-length" => (200, long.as_bytes(), false),
             "/big" => (200, big.as_slice(), false),
             _ if coded => (501, b"HTTP/1.1 501 Not Implemented\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", true),
             "/ok" => (200, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n", false),
@@ -62,19 +61,13 @@ fn server(p: &mut Peer) -> io::Result<()> {
     Ok(())
 }
 
-/// A response of about 14 KB, its head made of `c:` lines: names that start like
-/// `content-length` are matched byte by byte, so the kernel framer takes three turns for each
-/// four bytes. Written at once, it leaves the gateway
-/// as one GSO segment (what the egress hook sees) once the connection is up to speed (TCP sizes
-/// GSO segments to about a millisecond of its pacing rate): more turns than one segment may take
-/// (`MAX_STEPS`), while the head stays under its 16 KiB bound.
-fn many_tiny_fields() -> String {
-    let mut r = String::from("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n");
-    for _ in 0..3500 {
-        r.push_str("c:\r\n");
-    }
-    r.push_str("\r\nok\n");
-    r
+/// A response of about 14 KB, its head a Content-Length of 14,000 digits (leading zeros, then
+/// 3): a value the kernel framer reads byte by byte, a turn each. Written at once, it leaves the
+/// gateway as one GSO segment (what the egress hook sees) once the connection is up to speed (TCP
+/// sizes GSO segments to about a millisecond of its pacing rate): more turns than one segment may
+/// take (`MAX_STEPS`), while the head stays under its 16 KiB bound.
+fn long_length_value() -> String {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}3\r\n\r\nok\n", "0".repeat(14_000))
 }
 
 /// One case: what the client sends after a first good exchange, what it gets back, and what the
@@ -109,7 +102,7 @@ fn each_fallback_reason_is_counted_and_the_counts_stay_exact() {
     }
     let topo = Topology::new(TEST);
     // TCP sizes a GSO segment to about a millisecond of its pacing rate, at least this many
-    // segments: on a loaded machine the rate alone may cut the tiny-fields response in two.
+    // segments: on a loaded machine the rate alone may cut the long response in two.
     topo.gateway.run("sysctl", ["-q", "-w", "net.ipv4.tcp_min_tso_segs=44"]);
     let at = SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), PORT);
     let scripted = ScriptedServer::start(&topo.gateway, at, server);
@@ -131,7 +124,7 @@ fn each_fallback_reason_is_counted_and_the_counts_stay_exact() {
         // The responses direction is lost in the middle of a head (after a 4 MB response that
         // brings the connection up to speed): the daemon's framer takes it from there, and finds
         // the next response where it starts.
-        Case { name: "budget", first: "/big", request: get("/tiny-fields"), ahead: false, kept: true, statuses: vec![200, 200, 200], lost: (None, Some("budget")) },
+        Case { name: "budget", first: "/big", request: get("/long-length"), ahead: false, kept: true, statuses: vec![200, 200, 200], lost: (None, Some("budget")) },
         // A hole where the next request starts: the daemon's framer takes the requests from
         // there, and the responses from the first one the kernel has no request for.
         Case { name: "gap", first: "/ok", request: get("/injected"), ahead: true, kept: true, statuses: vec![200, 200, 200], lost: (Some("gap"), Some("unpaired")) },

@@ -713,14 +713,22 @@ fn field_lines_framing_does_not_read_take_one_turn_each() {
     let mut c = Conn::new();
     let s = c.at::<4000>(C, 1001, &head);
     assert_eq!((s.event, c.f.counts.requests, c.completed[C as usize]), (Event::Request { method: Method::Get }, 1, 1));
-    // Names that start like `content-length`, `transfer-encoding` or `upgrade` are matched byte
-    // by byte: `c:` lines take three turns (`c`, `:`, the rest of the line); a 14 KB head of them
-    // in one (GSO-sized) segment needs more turns than MAX_STEPS.
+    // Names that start like `content-length`, `transfer-encoding` or `upgrade` are matched in a
+    // turn too (`c:` lines: the name and `:`, then the rest of the line; and a turn more where
+    // a line crosses a block).
     let mut head = b"GET /ok HTTP/1.1\r\nHost: x\r\n".to_vec();
     for _ in 0..3500 {
         head.extend_from_slice(b"c:\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    let mut c = Conn::new();
+    let s = c.at::<7500>(C, 1001, &head);
+    assert_eq!((s.event, c.f.counts.requests, c.completed[C as usize]), (Event::Request { method: Method::Get }, 1, 1));
+    // A value framing reads goes byte by byte: a Content-Length of 14,000 digits in one
+    // (GSO-sized) segment needs more turns than MAX_STEPS.
+    let mut head = b"GET /ok HTTP/1.1\r\nHost: x\r\nContent-Length: ".to_vec();
+    head.extend(core::iter::repeat_n(b'0', 14_000));
+    head.extend_from_slice(b"\r\n\r\n");
     let mut c = Conn::new();
     let s = c.at::<MAX_STEPS>(C, 1001, &head);
     assert_eq!(s.event, Event::Lost(LostReason::Budget));
