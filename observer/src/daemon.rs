@@ -329,8 +329,14 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
                 drain_payload(&app, fd.get_mut());
                 ticks += 1;
                 if ticks.is_multiple_of(100) {
-                    // About once a second: gaps followed by silence.
-                    let changed = app.http.lock().expect("http lock poisoned").expire_gaps(monotonic_ns());
+                    // About once a second: gaps followed by silence (bytes lost to us only if the
+                    // kernel refused records).
+                    let records_lost = app.kernel_counters().payload_lost > 0;
+                    let changed = {
+                        let mut http = app.http.lock().expect("http lock poisoned");
+                        http.set_records_lost(records_lost);
+                        http.expire_gaps(monotonic_ns())
+                    };
                     for (key, role, outcomes) in changed {
                         app.metrics.http(&key, role, &outcomes, false);
                     }

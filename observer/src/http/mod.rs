@@ -332,7 +332,7 @@ impl HttpConn {
             if self.dirs[dir as usize].stream.has_gap() {
                 if end.records_lost {
                     lost = true;
-                    self.resync_after_gap(dir, out);
+                    self.resync_after_gap(dir, true, out);
                 } else {
                     unfilled = true;
                     self.dirs[dir as usize].stream.take_pending();
@@ -370,28 +370,30 @@ impl HttpConn {
         out.push(Outcome::NoResponse(n));
     }
 
-    /// A gap older than the timeout in either direction: its bytes were lost to us (the ring
-    /// was full). Counted, and framing starts again at what waited.
-    fn expire_gaps(&mut self, now_ns: u64, out: &mut Vec<Outcome>) {
+    /// A gap older than the timeout in either direction while the kernel has lost records
+    /// (`records_lost`): its bytes were lost to us (the ring was full). Counted, and framing
+    /// starts again at what waited. (Without lost records a gap is on the wire: it waits for the
+    /// retransmission, or for the close.)
+    fn expire_gaps(&mut self, now_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
         for dir in [DIR_IN, DIR_OUT] {
-            self.expire_gap(dir, now_ns, out);
+            self.expire_gap(dir, now_ns, records_lost, out);
         }
     }
 
-    fn expire_gap(&mut self, dir: u8, now_ns: u64, out: &mut Vec<Outcome>) {
-        if self.dirs[dir as usize].stream.gap_expired(now_ns) {
+    fn expire_gap(&mut self, dir: u8, now_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
+        if self.dirs[dir as usize].stream.gap_expired(now_ns, records_lost) {
             self.framing_lost += 1;
             out.push(Outcome::FramingLost);
-            self.resync_after_gap(dir, out);
+            self.resync_after_gap(dir, records_lost, out);
         }
     }
 
     /// Bytes behind a gap that will never fill: frame them from the next message start on.
-    fn resync_after_gap(&mut self, dir: u8, out: &mut Vec<Outcome>) {
+    fn resync_after_gap(&mut self, dir: u8, records_lost: bool, out: &mut Vec<Outcome>) {
         let waiting = self.dirs[dir as usize].stream.take_pending();
         self.dirs[dir as usize].framer.reset();
         for c in waiting {
-            HttpTable::feed(self, dir, c.seq, &c.data, c.ts_ns, out);
+            HttpTable::feed(self, dir, c.seq, &c.data, c.ts_ns, records_lost, out);
         }
     }
 
@@ -515,6 +517,9 @@ pub struct HttpTable {
     /// Connections whose four-tuple was reused before their close was processed.
     retired: HashMap<ConnKey, HttpConn>,
     max: usize,
+    /// The kernel has refused payload records since the daemon started (the ring was full):
+    /// only then can a gap be bytes lost to the daemon rather than on the wire.
+    records_lost: bool,
 }
 
 /// What the kernel counted of a closed connection's two streams, to check framing saw it all.
@@ -542,7 +547,7 @@ pub struct Update {
 
 impl HttpTable {
     pub fn new(max: usize) -> Self {
-        Self { conns: HashMap::new(), retired: HashMap::new(), max }
+        Self { conns: HashMap::new(), retired: HashMap::new(), max, records_lost: false }
     }
 
     pub fn get(&self, key: &ConnKey) -> Option<&HttpConn> {
@@ -624,6 +629,7 @@ impl HttpTable {
 
     /// One payload record from the kernel.
     pub fn on_record(&mut self, key: ConnKey, dir: u8, seq: u32, flags: u8, data: &[u8], ts_ns: u64) -> Update {
+        let records_lost = self.records_lost;
         if flags & SEG_MSG != 0 {
             return self.on_message(key, dir, data, ts_ns);
         }
@@ -652,7 +658,7 @@ impl HttpTable {
         }
         let before = conn.hints;
         let mut out = Vec::new();
-        Self::feed(conn, dir, seq, data, ts_ns, &mut out);
+        Self::feed(conn, dir, seq, data, ts_ns, records_lost, &mut out);
         if flags & SEG_FIN != 0 {
             conn.dirs[dir as usize].framer.closed();
         }
@@ -690,7 +696,7 @@ impl HttpTable {
         update
     }
 
-    fn feed(conn: &mut HttpConn, dir: u8, seq: u32, data: &[u8], ts_ns: u64, out: &mut Vec<Outcome>) {
+    fn feed(conn: &mut HttpConn, dir: u8, seq: u32, data: &[u8], ts_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
         if !conn.dirs[dir as usize].stream.is_synced() {
             // Start (again) only where a message starts: a request line or a status line.
             let mut b = [0u8; START_LEN];
@@ -716,8 +722,9 @@ impl HttpTable {
                 break;
             }
         }
-        // A gap that never filled: those bytes were lost to us. Start again at what waited.
-        conn.expire_gap(dir, ts_ns, out);
+        // A gap that never filled while records were lost: those bytes were lost to us. Start
+        // again at what waited.
+        conn.expire_gap(dir, ts_ns, records_lost, out);
     }
 
     /// The connection ended: its unanswered requests count as failures. Returns its state.
@@ -728,13 +735,18 @@ impl HttpTable {
         Some((conn, out))
     }
 
+    /// Says whether the kernel has refused payload records (its `PayloadLost` counter moved).
+    pub fn set_records_lost(&mut self, lost: bool) {
+        self.records_lost = lost;
+    }
+
     /// Expires gaps that waited too long on every connection (a connection whose lost bytes are
     /// followed by silence would otherwise never notice). Returns what that changed, by connection.
     pub fn expire_gaps(&mut self, now_ns: u64) -> Vec<(ConnKey, Role, Vec<Outcome>)> {
         let mut changed = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
             let mut out = Vec::new();
-            conn.expire_gaps(now_ns, &mut out);
+            conn.expire_gaps(now_ns, self.records_lost, &mut out);
             if !out.is_empty() {
                 changed.push((*key, conn.role, out));
             }
@@ -1037,6 +1049,8 @@ mod tests {
         let first = resp(200, "one");
         c.at(S, 5001 + first.len() as u32, &resp(404, ""));
         assert!(c.t.expire_gaps(c.ts + 1).is_empty(), "young gaps wait");
+        assert!(c.t.expire_gaps(c.ts + 60 * stream::GAP_TIMEOUT_NS).is_empty(), "no record was lost: the gap is on the wire, it waits");
+        c.t.set_records_lost(true);
         let changed = c.t.expire_gaps(c.ts + 2 * stream::GAP_TIMEOUT_NS);
         assert_eq!(changed.len(), 1);
         assert!(changed[0].2.contains(&Outcome::FramingLost));

@@ -132,9 +132,12 @@ impl Stream {
         !self.pending.is_empty()
     }
 
-    /// Is a gap older than the timeout (its bytes were lost to the daemon, not on the wire)?
-    pub fn gap_expired(&self, now_ns: u64) -> bool {
-        self.pending.values().map(|(_, ts)| *ts).min().is_some_and(|oldest| now_ns.saturating_sub(oldest) > GAP_TIMEOUT_NS) || self.pending_bytes >= MAX_PENDING_BYTES
+    /// Is a gap past waiting for? Older than the timeout, when records may have been lost to
+    /// the daemon (`records_lost`: a gap on the wire fills when the peer retransmits, however
+    /// long that takes); or holding as many bytes as a direction may hold.
+    pub fn gap_expired(&self, now_ns: u64, records_lost: bool) -> bool {
+        let old = self.pending.values().map(|(_, ts)| *ts).min().is_some_and(|oldest| now_ns.saturating_sub(oldest) > GAP_TIMEOUT_NS);
+        (records_lost && old) || self.pending_bytes >= MAX_PENDING_BYTES
     }
 
     /// After a lost gap: the waiting segments, oldest sequence first, to look for a place to
@@ -192,8 +195,9 @@ mod tests {
         let mut s = Stream::default();
         s.sync(0);
         s.push(10, b"later", 5);
-        assert!(!s.gap_expired(5 + GAP_TIMEOUT_NS));
-        assert!(s.gap_expired(6 + GAP_TIMEOUT_NS));
+        assert!(!s.gap_expired(5 + GAP_TIMEOUT_NS, true));
+        assert!(s.gap_expired(6 + GAP_TIMEOUT_NS, true));
+        assert!(!s.gap_expired(60 * GAP_TIMEOUT_NS, false), "no record lost: the gap is on the wire, it waits");
         let waiting = s.take_pending();
         assert_eq!(waiting.len(), 1);
         assert_eq!(waiting[0].seq, 10);
