@@ -4,7 +4,8 @@
 //! in `observer_http_fallback_total`, the connection's `http_kernel` names it, and the counts the
 //! operator reads stay exact, before the fault and after it. The gap is a segment sent from a raw
 //! socket ahead of the client's stream: the host keeps it out of order and never delivers it, so
-//! it must never count.
+//! it must never count, not even after the hole has stayed open longer than the daemon's gap
+//! timeout (no record was lost: the hole is on the wire).
 //!
 //! Reasons forced elsewhere: `head_too_long` (http.rs, heads spanning many segments),
 //! `pipeline_too_deep` and `unpaired` (http.rs, pipelined requests in one write), `not_http`
@@ -27,6 +28,8 @@ use observer_tests::{
 
 const PORT: u16 = 8082;
 const SETTLE: Duration = Duration::from_secs(30);
+/// How long the gap case keeps its hole open: more than the daemon's 1 s gap timeout.
+const GAP_OPEN: Duration = Duration::from_millis(2500);
 
 /// Answers by target, then keeps the connection, except after a broken answer (the client can no
 /// longer know where the next response would start), which it closes:
@@ -141,6 +144,9 @@ fn each_fallback_reason_is_counted_and_the_counts_stay_exact() {
             let (snd, rcv) = tcp::sequence_numbers(&s).expect("the client's sequence numbers (TCP_REPAIR)");
             let (SocketAddr::V4(from), SocketAddr::V4(to)) = (s.local_addr().unwrap(), at) else { unreachable!("IPv4") };
             tcp::send_raw_segment(&topo.client, from, to, snd.wrapping_add(5000), rcv, case.request.as_bytes()).expect("a raw segment");
+            // The hole stays open longer than the daemon's gap timeout: with no record lost, it
+            // is a hole on the wire, and the bytes behind it must wait (never be framed).
+            std::thread::sleep(GAP_OPEN);
         } else {
             s.write_all(case.request.as_bytes()).unwrap();
         }
