@@ -78,8 +78,12 @@ fn body_from_headers(headers: &[httparse::Header<'_>]) -> Result<Option<BodyMode
             return Ok(Some(BodyMode::UntilClose));
         }
         if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).map_err(|_| "a Content-Length that is not text".to_owned())?.trim();
-            let n: u64 = v.parse().map_err(|_| format!("Content-Length {v:?} is not a number"))?;
+            let v = std::str::from_utf8(h.value).map_err(|_| "a Content-Length that is not text".to_owned())?.trim_matches([' ', '\t']);
+            // 1*DIGIT (RFC 9110 section 8.6): no sign, no other whitespace, at most u64.
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("Content-Length {v:?} is not a number"));
+            }
+            let n: u64 = v.parse().map_err(|_| format!("Content-Length {v:?} is beyond 64 bits"))?;
             if length.is_some_and(|l| l != n) {
                 return Err("two different Content-Length values".into());
             }
@@ -268,6 +272,9 @@ impl Framer {
                 Ok(httparse::Status::Partial) => Ok(None),
                 Ok(httparse::Status::Complete(len)) => {
                     let status = r.code.unwrap_or(0);
+                    if !(100..=599).contains(&status) {
+                        return Err(format!("status code {status} is outside 100–599"));
+                    }
                     let body = body_from_headers(r.headers)?.unwrap_or(BodyMode::UntilClose);
                     Ok(Some((Head::Response { status, body }, len)))
                 }
@@ -319,6 +326,22 @@ mod tests {
 
     fn statuses(found: &[Found]) -> Vec<u16> {
         found.iter().filter_map(|f| if let Found::Head(Head::Response { status, .. }, _) = f { Some(*status) } else { None }).collect()
+    }
+
+    #[test]
+    fn strict_lengths_and_status_codes() {
+        for bad in ["+5", "-5", "5 5", "0x5", "", "18446744073709551616"] {
+            let mut f = Framer::new(true);
+            let found = heads(&mut f, format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n").as_bytes());
+            assert!(matches!(found.as_slice(), [Found::Broken(_)]), "Content-Length {bad:?}: {found:?}");
+        }
+        let mut f = Framer::new(true);
+        assert_eq!(statuses(&heads(&mut f, b"HTTP/1.1 200 OK\r\nContent-Length: \t007 \r\n\r\n1234567")), vec![200]);
+        assert!(f.is_idle());
+        for bad in [b"HTTP/1.1 600 Nope\r\n\r\n".as_slice(), b"HTTP/1.1 099 Nope\r\n\r\n"] {
+            let mut f = Framer::new(true);
+            assert!(matches!(heads(&mut f, bad).as_slice(), [Found::Broken(_)]), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
