@@ -301,6 +301,25 @@ const SKIP_START: u8 = 3;
 /// that rules every such name out.
 const SKIP_MATCH: u8 = 4;
 
+/// Bytes of a block of `len` loaded (at most [`BLOCK`]) from offset `off` on, at most `BLOCK`. The
+/// skip loops count up to it rather than compare `off + k` with `len`: the verifier of 6.1
+/// cannot decide that comparison and walked 8192 impossible branches.
+#[inline(always)]
+const fn avail_in_block(off: u32, len: u32) -> u32 {
+    let n = if off < len { len - off } else { 0 };
+    if n > BLOCK as u32 { BLOCK as u32 } else { n }
+}
+
+/// `*v`, read so that the compiler cannot fold it into a loop's other exit test. The skip loops
+/// exit on a constant bound the verifier checks, and separately on this data-dependent one: folded
+/// into one test (`k != min(avail, 32)`), the verifiers of older kernels (6.1) cannot tell the loop
+/// ends and give up after 8192 branches.
+#[inline(always)]
+fn opaque(v: &u32) -> u32 {
+    // SAFETY: a valid, aligned reference.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
 /// Is `b` one of the bytes a skip of `kind` takes?
 #[inline(always)]
 const fn skips(kind: u8, b: u8) -> bool {
@@ -485,10 +504,13 @@ impl DirFrame {
             self.name_idx = 0;
             self.hdr = CAND_ALL;
         }
+        let avail = avail_in_block(off, len);
         let mut k = 0u32;
-        let mut j = off;
-        while j < len && k < NAME_MAX as u32 {
-            let c = block[(j as usize) & (BLOCK - 1)];
+        while k < NAME_MAX as u32 {
+            if k >= opaque(&avail) {
+                break;
+            }
+            let c = block[((off + k) as usize) & (BLOCK - 1)];
             if c == b':' {
                 self.begin_value();
                 k += 1;
@@ -499,7 +521,6 @@ impl DirFrame {
             }
             self.name_byte(c);
             k += 1;
-            j += 1;
             if self.hdr == 0 {
                 break;
             }
@@ -525,10 +546,14 @@ impl DirFrame {
         // value, and the LF that ends it (`end_value` of such a value, or the end of the
         // start line, only starts the next line).
         let mut kind = skip;
+        let avail = avail_in_block(off, len);
+        let bound = if limit < avail { limit } else { avail };
         let mut k = 0u32;
-        let mut j = off;
-        while j < len && k < limit && k < BLOCK as u32 {
-            let c = block[(j as usize) & (BLOCK - 1)];
+        while k < BLOCK as u32 {
+            if k >= opaque(&bound) {
+                break;
+            }
+            let c = block[((off + k) as usize) & (BLOCK - 1)];
             if kind == SKIP_NAME && c == b':' {
                 self.hdr = HDR_OTHER;
                 self.line = L_VALUE;
@@ -546,7 +571,6 @@ impl DirFrame {
                 self.start[((self.start_len as u32 + k) as usize) & (START_LEN - 1)] = c;
             }
             k += 1;
-            j += 1;
         }
         if skip == SKIP_START {
             self.start_len = self.start_len.wrapping_add(k as u8);
