@@ -306,16 +306,17 @@ const SKIP_MATCH: u8 = 4;
 /// cannot decide that comparison and walked 8192 impossible branches.
 #[inline(always)]
 const fn avail_in_block(off: u32, len: u32) -> u32 {
-    let n = if off < len { len - off } else { 0 };
+    let n = len.saturating_sub(off);
     if n > BLOCK as u32 { BLOCK as u32 } else { n }
 }
 
-/// `*v`, read so that the compiler cannot fold it into a loop's other exit test. The skip loops
-/// exit on a constant bound the verifier checks, and separately on this data-dependent one: folded
-/// into one test (`k != min(avail, 32)`), the verifiers of older kernels (6.1) cannot tell the loop
-/// ends and give up after 8192 branches.
+/// `*v`, read so that the compiler knows nothing of it: it cannot fold a bound the verifier must
+/// see into another test, or drop a mask it knows to be a no-op. The skip loops exit on a
+/// constant bound the verifier checks, and separately on this data-dependent one: folded into one
+/// test (`k != min(avail, 32)`), the verifiers of older kernels (6.1) cannot tell the loop ends
+/// and give up after 8192 branches. (The tc programs use it for a length they mask too.)
 #[inline(always)]
-fn opaque(v: &u32) -> u32 {
+pub fn opaque(v: &u32) -> u32 {
     // SAFETY: a valid, aligned reference.
     unsafe { core::ptr::read_volatile(v) }
 }

@@ -157,10 +157,19 @@ impl App {
         maps.http_agg.iter().filter_map(Result::ok).map(|(k, per_cpu)| (k, per_cpu.iter().sum::<u64>())).collect()
     }
 
+    /// One of the kernel's global counters, summed over CPUs.
+    pub fn kernel_counter(&self, c: Counter) -> u64 {
+        Self::summed(&self.maps.lock().expect("maps lock poisoned"), c)
+    }
+
+    fn summed(maps: &Maps, c: Counter) -> u64 {
+        maps.global.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0)
+    }
+
     /// The kernel's global counters, summed over CPUs.
     pub fn kernel_counters(&self) -> KernelCounters {
         let maps = self.maps.lock().expect("maps lock poisoned");
-        let sum = |c: Counter| maps.global.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0);
+        let sum = |c: Counter| Self::summed(&maps, c);
         let max = |c: Counter| maps.global.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0)).unwrap_or(0);
         KernelCounters {
             packets_seen: sum(Counter::PacketsSeen),
@@ -331,7 +340,7 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
                 if ticks.is_multiple_of(100) {
                     // About once a second: gaps followed by silence (bytes lost to us only if the
                     // kernel refused records).
-                    let records_lost = app.kernel_counters().payload_lost > 0;
+                    let records_lost = app.kernel_counter(Counter::PayloadLost) > 0;
                     let changed = {
                         let mut http = app.http.lock().expect("http lock poisoned");
                         http.set_records_lost(records_lost);

@@ -319,10 +319,8 @@ fn run(topo: &Topology, proxy: &Nginx, variant: &str, workload: Workload) -> Sam
             let total = |p: &BTreeMap<String, (u64, u64)>| p.values().map(|(_, ns)| ns).sum::<u64>();
             let (k0, k1) = (total(&p0), total(&p1));
             let m = Metrics::new(observer.metrics());
-            let handed: f64 = ["head_too_long", "bad_length", "pipeline_too_deep", "unknown_coding", "gap", "bad_chunk", "bad_head", "unpaired", "budget"]
-                .iter()
-                .map(|r| m.value("observer_http_fallback_total", &[("reason", r)]))
-                .sum();
+            // Every reason but `not_http` (a connection nobody frames) hands a direction over.
+            let handed = m.value("observer_http_fallback_total", &[]) - m.value("observer_http_fallback_total", &[("reason", "not_http")]);
             let opened = m.value("observer_connections_opened_total", &[]).max(1.0);
             let fallback = if variant == "observer-daemon-framing" { 1.0 } else { handed / opened };
             let exact = (workload == Workload::Mixed).then(|| check_exact(&observer, proxy, logged_before));

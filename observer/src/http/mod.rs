@@ -32,11 +32,21 @@ pub const RECENT: usize = 32;
 /// what framing reports and the history entry hold one copy.
 pub type Text = Arc<str>;
 
-/// A method as [`Text`]: the standard ones are allocated once for the daemon's life.
-pub fn method_text(m: &str) -> Text {
+/// The methods the classifier knows ([`Method`], in the order of their numbers), as [`Text`]
+/// allocated once for the daemon's life.
+fn known_methods() -> &'static [Text] {
     static KNOWN: OnceLock<Vec<Text>> = OnceLock::new();
-    let known = KNOWN.get_or_init(|| ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"].into_iter().map(Text::from).collect());
-    known.iter().find(|k| ***k == *m).cloned().unwrap_or_else(|| Text::from(m))
+    KNOWN.get_or_init(|| (1..=u8::MAX).map_while(Method::from_u8).map(|m| Text::from(m.name())).collect())
+}
+
+/// The shared text of a known method.
+fn known_method(m: Method) -> Text {
+    known_methods()[(m as usize) - 1].clone()
+}
+
+/// A method as [`Text`]: a known one shared, any other allocated.
+pub fn method_text(m: &str) -> Text {
+    known_methods().iter().find(|k| ***k == *m).cloned().unwrap_or_else(|| Text::from(m))
 }
 
 /// One response as history remembers it.
@@ -495,11 +505,11 @@ impl HttpConn {
 /// Method and target from the first bytes of a request line (as many as the kernel's message
 /// record carries: a target cut short ends in `…`).
 fn request_line(bytes: &[u8], method: u8) -> (Text, Text) {
-    let known = Method::from_u8(method).map(Method::name);
+    let known = Method::from_u8(method);
     let mut parts = bytes.splitn(3, |&b| b == b' ');
     let (m, t, rest) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
     let method = match known {
-        Some(k) => method_text(k),
+        Some(k) => known_method(k),
         None if !m.is_empty() && t.is_some() => method_text(&String::from_utf8_lossy(m)),
         None => method_text("?"),
     };
@@ -826,6 +836,11 @@ mod tests {
         // A method the kernel does not know by name comes from the bytes.
         assert_eq!(request_line(b"PROPFIND /dav HTTP/1.1", 0), ("PROPFIND".into(), "/dav".into()));
         assert_eq!(request_line(b"", 0), ("?".into(), "?".into()));
+        // Known methods are shared text, by number.
+        for m in (1..=u8::MAX).map_while(Method::from_u8) {
+            assert_eq!(&*known_method(m), m.name());
+        }
+        assert_eq!(known_methods().len(), 9);
     }
 
     /// Kernel framing: requests and responses arrive as message records; the view is the same as
