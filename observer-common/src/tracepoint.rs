@@ -100,6 +100,40 @@ impl NetnsFilter {
     }
 }
 
+/// Where `struct sock` keeps what the lifecycle hook reads, for the BTF-typed tracepoint
+/// (`tp_btf/inet_sock_set_state`), which gets the socket itself instead of a record: the program
+/// loads the fields directly (no probe-read helper calls). Offsets come from the kernel's BTF;
+/// they sit in read-only data the verifier sees as constants. `present` is 0 when any of them
+/// could not be found (then the classic tracepoint is used).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockLayout {
+    pub present: u16,
+    /// `sk_protocol` (a `u16` since Linux 5.6).
+    pub protocol: u16,
+    /// `__sk_common.skc_family`.
+    pub family: u16,
+    /// `inet_sock.inet_sport`: the local port, network order. Beyond `struct sock`, so read with
+    /// a probe (`skc_num` would be a plain load, but the kernel clears it before the state
+    /// change to CLOSE fires).
+    pub sport: u16,
+    /// `__sk_common.skc_dport`: the remote port, network order.
+    pub dport: u16,
+    /// `__sk_common.skc_rcv_saddr` and `skc_daddr`: IPv4 local and remote addresses.
+    pub rcv_saddr: u16,
+    pub daddr: u16,
+    /// `__sk_common.skc_v6_rcv_saddr` and `skc_v6_daddr`.
+    pub v6_rcv_saddr: u16,
+    pub v6_daddr: u16,
+    pub _pad: u16,
+}
+
+impl SockLayout {
+    pub const fn absent() -> Self {
+        Self { present: 0, protocol: 0, family: 0, sport: 0, dport: 0, rcv_saddr: 0, daddr: 0, v6_rcv_saddr: 0, v6_daddr: 0, _pad: 0 }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -107,4 +141,5 @@ mod user {
     unsafe impl aya::Pod for TpLayout {}
     unsafe impl aya::Pod for NetnsFilter {}
     unsafe impl aya::Pod for SkbSegs {}
+    unsafe impl aya::Pod for SockLayout {}
 }

@@ -10,7 +10,7 @@ use observer_common::{
     frame::{ConnFrame, Scan},
     global::COUNTERS,
     http::{AggKey, HttpHints, PayloadEvent},
-    tracepoint::{NetnsFilter, SkbSegs, TpLayout},
+    tracepoint::{NetnsFilter, SkbSegs, SockLayout, TpLayout},
 };
 
 /// Exact counters per connection, keyed by the canonical four-tuple. LRU: when full, the least
@@ -70,6 +70,9 @@ pub static LAYOUT_RETRANSMIT_SYNACK: Global<TpLayout> = Global::new(TpLayout::ab
 /// Where a retransmitted skb keeps its segment count.
 #[unsafe(no_mangle)]
 pub static RETRANSMIT_SEGS: Global<SkbSegs> = Global::new(SkbSegs::disabled());
+/// Offsets in `struct sock` for the BTF-typed lifecycle hook (`sock::observer_sock_set_state_btf`).
+#[unsafe(no_mangle)]
+pub static SOCK_LAYOUT: Global<SockLayout> = Global::new(SockLayout::absent());
 /// Which network namespace the socket tracepoints report (the daemon's).
 #[unsafe(no_mangle)]
 pub static NETNS_FILTER: Global<NetnsFilter> = Global::new(NetnsFilter::disabled());

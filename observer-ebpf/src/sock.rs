@@ -6,8 +6,8 @@
 //! sockets of the daemon's own namespace are counted (`maps::NETNS_FILTER`).
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
     conn::{tcp_state, Closer, ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
@@ -18,13 +18,23 @@ use observer_common::{
 
 use crate::{
     conn,
-    maps::{LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT, LAYOUT_RETRANSMIT_SYNACK, LAYOUT_SEND_RESET, LAYOUT_SET_STATE, NETNS_FILTER, RETRANSMIT_SEGS},
+    maps::{LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT, LAYOUT_RETRANSMIT_SYNACK, LAYOUT_SEND_RESET, LAYOUT_SET_STATE, NETNS_FILTER, RETRANSMIT_SEGS, SOCK_LAYOUT},
     util::{add, count},
 };
 
 #[tracepoint]
 pub fn observer_sock_set_state(ctx: TracePointContext) -> u32 {
     let _ = set_state(&ctx);
+    0
+}
+
+/// The same state changes through the BTF-typed tracepoint: the kernel hands over the socket
+/// itself, and its fields are plain loads at offsets from the kernel's BTF, the namespace first.
+/// The classic tracepoint above reads every field of its record with a probe-read helper call;
+/// the daemon attaches this one where the kernel allows it, and that one otherwise.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn observer_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = set_state_btf(&ctx);
     0
 }
 
@@ -125,7 +135,7 @@ fn key(ctx: &TracePointContext, l: &TpLayout) -> Option<ConnKey> {
 #[inline(always)]
 fn set_state(ctx: &TracePointContext) -> Option<()> {
     let l = LAYOUT_SET_STATE.load();
-    if l.present == 0 {
+    if l.present == 0 || !ours(ctx, &l) {
         return None;
     }
     let protocol: u16 = field(ctx, l.protocol)?;
@@ -135,10 +145,73 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     let old = field::<i32>(ctx, l.oldstate)? as u8;
     let new = field::<i32>(ctx, l.newstate)? as u8;
     // Listening sockets have no peer: not a connection.
-    if old == tcp_state::LISTEN || new == tcp_state::LISTEN || !ours(ctx, &l) {
+    if old == tcp_state::LISTEN || new == tcp_state::LISTEN {
         return None;
     }
-    let k = key(ctx, &l)?;
+    transition(&key(ctx, &l)?, old, new)
+}
+
+/// A load of a `T` at `off` bytes into a kernel object the BTF-typed tracepoint handed over.
+/// The verifier checks the access against the kernel's type (the offset is a known constant:
+/// read-only data) and the JIT makes a faulting load read 0.
+///
+/// # Safety
+/// `base` is a BTF-typed pointer of the program's context (or one loaded from it), `off` an
+/// offset of a `T`-sized member in its type.
+#[inline(always)]
+unsafe fn load<T: Copy>(base: *const u8, off: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) }
+}
+
+#[inline(always)]
+fn set_state_btf(ctx: &BtfTracePointContext) -> Option<()> {
+    let l = SOCK_LAYOUT.load();
+    let sk: *const u8 = ctx.arg(0);
+    if l.present == 0 || sk.is_null() {
+        return None;
+    }
+    // SAFETY (every `load` below): `sk` is the tracepoint's `struct sock *`, `net` the
+    // `struct net *` in it; offsets from the kernel's BTF.
+    let f = NETNS_FILTER.load();
+    if f.enabled != 0 {
+        let net: *const u8 = unsafe { load(sk, f.sock_net) };
+        if net.is_null() || unsafe { load::<u32>(net, f.net_inum) } != f.inum {
+            return None;
+        }
+    }
+    if unsafe { load::<u16>(sk, l.protocol as u32) } != IPPROTO_TCP as u16 {
+        return None;
+    }
+    let old = ctx.arg::<i32>(1) as u8;
+    let new = ctx.arg::<i32>(2) as u8;
+    if old == tcp_state::LISTEN || new == tcp_state::LISTEN {
+        return None;
+    }
+    let mut k = ConnKey::zeroed();
+    let family: u16 = unsafe { load(sk, l.family as u32) };
+    // SAFETY: a probe read (beyond `struct sock`, where the verifier allows no plain load).
+    k.local_port = u16::from_be(unsafe { bpf_probe_read_kernel(sk.add(l.sport as usize) as *const u16) }.ok()?);
+    k.remote_port = u16::from_be(unsafe { load(sk, l.dport as u32) });
+    if family == FAMILY_IPV4 {
+        k.local_addr[..4].copy_from_slice(&unsafe { load::<u32>(sk, l.rcv_saddr as u32) }.to_ne_bytes());
+        k.remote_addr[..4].copy_from_slice(&unsafe { load::<u32>(sk, l.daddr as u32) }.to_ne_bytes());
+    } else if family == FAMILY_IPV6 {
+        for i in 0..4u32 {
+            let at = i as usize * 4;
+            k.local_addr[at..at + 4].copy_from_slice(&unsafe { load::<u32>(sk, l.v6_rcv_saddr as u32 + i * 4) }.to_ne_bytes());
+            k.remote_addr[at..at + 4].copy_from_slice(&unsafe { load::<u32>(sk, l.v6_daddr as u32 + i * 4) }.to_ne_bytes());
+        }
+    } else {
+        return None;
+    }
+    k.family = family;
+    k.fold_v4_mapped();
+    transition(&k, old, new)
+}
+
+/// A TCP state change `old` → `new` of connection `k`, from either lifecycle hook.
+#[inline(always)]
+fn transition(k: &ConnKey, old: u8, new: u8) -> Option<()> {
     // connect() enters SYN_SENT before it picks the source port: that record has port 0 and
     // names no connection yet (the SYN on the wire, and ESTABLISHED, come with the real one).
     if k.local_port == 0 || k.remote_port == 0 {
@@ -146,7 +219,7 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let opening = new == tcp_state::SYN_SENT || new == tcp_state::SYN_RECV;
-    let p = if opening { conn::open(&k, now)? } else { conn::get_or_create(&k, now)? };
+    let p = if opening { conn::open(k, now)? } else { conn::get_or_create(k, now)? };
     // SAFETY: non-null map value pointer; plain stores, one writer per socket (the socket lock).
     unsafe {
         let s = &mut *p;
@@ -173,8 +246,8 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
         }
     }
     match new {
-        tcp_state::ESTABLISHED => conn::emit(ConnEventKind::Opened, 0, &k, p, now, false),
-        tcp_state::CLOSE => conn::emit(ConnEventKind::Closed, old as u32, &k, p, now, true),
+        tcp_state::ESTABLISHED => conn::emit(ConnEventKind::Opened, 0, k, p, now, false),
+        tcp_state::CLOSE => conn::emit(ConnEventKind::Closed, old as u32, k, p, now, true),
         _ => {}
     }
     Some(())

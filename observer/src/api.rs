@@ -107,6 +107,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
         "attachments": app.attachments,
         "tracepoints": app.tracepoints.iter().map(|(name, attached)| json!({ "tracepoint": name, "attached": attached })).collect::<Vec<_>>(),
         "netns_filter": app.netns_filter,
+        "lifecycle_hook": app.lifecycle_hook,
         "programs": crate::bpf::program_stats(&app.program_ids),
         "traces_active": app.trace.active(),
         "sweeps": app.sweeps.load(std::sync::atomic::Ordering::Relaxed),

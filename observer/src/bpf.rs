@@ -5,16 +5,17 @@ use std::io;
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{tc, ProgramError, SchedClassifier, TcAttachType, TracePoint},
+    programs::{tc, BtfTracePoint, ProgramError, SchedClassifier, TcAttachType, TracePoint},
     util::KernelVersion,
-    Ebpf, EbpfError, EbpfLoader,
+    Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
     frame::ConnFrame,
     http::{AggKey, HttpHints},
-    tracepoint::{NetnsFilter, SkbSegs, TpLayout},
+    tracepoint::{NetnsFilter, SkbSegs, SockLayout, TpLayout},
 };
+use anyhow::Context as _;
 use thiserror::Error;
 
 /// The kernel object built by `build.rs` (empty when built with `OBSERVER_SKIP_EBPF=1`).
@@ -31,6 +32,20 @@ const TRACEPOINTS: [(&str, &str, &str, &str); 5] = [
     ("observer_tcp_receive_reset", "tcp", "tcp_receive_reset", "LAYOUT_RECEIVE_RESET"),
     ("observer_tcp_retransmit_synack", "tcp", "tcp_retransmit_synack", "LAYOUT_RETRANSMIT_SYNACK"),
 ];
+
+/// The BTF-typed twin of the classic `sock:inet_sock_set_state` program.
+const SET_STATE_BTF: &str = "observer_sock_set_state_btf";
+
+/// Which hook follows connections' state changes (`sock:inet_sock_set_state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LifecycleHook {
+    /// The BTF-typed tracepoint where the kernel loads it, else the classic one.
+    Auto,
+    /// Only the BTF-typed tracepoint (`tp_btf`): the socket itself, fields read as plain loads.
+    TpBtf,
+    /// Only the classic tracepoint: a record read through tracefs' layout, a helper call per field.
+    Tracepoint,
+}
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -81,6 +96,8 @@ pub struct Loaded {
     pub tracepoints: Vec<(String, bool)>,
     /// Whether socket events are restricted to this network namespace.
     pub netns_filter: bool,
+    /// What follows state changes: `tp_btf`, `tracepoint`, or `none`.
+    pub lifecycle_hook: &'static str,
     /// Our programs' kernel ids, for their run-time accounting (`kernel.bpf_stats_enabled`).
     pub program_ids: Vec<(&'static str, u32)>,
 }
@@ -131,7 +148,13 @@ impl crate::trace::KernelFilters for TraceMaps {
 
 /// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
 /// starts forwarding the programs' aya-log records to this process's log.
-pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16], kernel_http: bool) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
+pub fn load_and_attach(
+    interfaces: &[String],
+    sizes: MapSizes,
+    http_ports: &[u16],
+    kernel_http: bool,
+    lifecycle: LifecycleHook,
+) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
     if EBPF_OBJECT.is_empty() {
         return Err(BpfError::NotBuilt);
     }
@@ -141,8 +164,14 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
     // Tracepoint record layouts of this kernel, handed to the programs as globals.
     let layouts: Vec<Result<TpLayout, crate::tracefs::TracepointError>> =
         TRACEPOINTS.iter().map(|(_, category, name, _)| crate::tracefs::read_layout(category, name)).collect();
-    let netns = netns_filter();
-    let skb_segs = skb_segs();
+    let btf = crate::btf::Btf::from_sys_fs();
+    if let Err(e) = &btf {
+        log::warn!("{e:#}");
+    }
+    let btf = btf.as_ref().ok();
+    let netns = netns_filter(btf);
+    let skb_segs = skb_segs(btf);
+    let sock_layout = if lifecycle == LifecycleHook::Tracepoint { SockLayout::absent() } else { sock_layout(btf) };
     let ports_only: u32 = u32::from(!http_ports.is_empty());
     let kernel_http: u32 = u32::from(kernel_http);
     let mut loader = EbpfLoader::new();
@@ -154,6 +183,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
         // LRU maps are preallocated: without the kernel framer, a token size instead of ~20 MiB.
         .map_max_entries("HTTP_FRAMES", if kernel_http == 1 { sizes.connections } else { 64 })
         .override_global("NETNS_FILTER", &netns, true)
+        .override_global("SOCK_LAYOUT", &sock_layout, true)
         .override_global("RETRANSMIT_SEGS", &skb_segs, true)
         .override_global("HTTP_PORTS_ONLY", &ports_only, true)
         .override_global("KERNEL_HTTP", &kernel_http, true);
@@ -206,8 +236,24 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
 
     // A missing or unusable tracepoint is reported; the rest keeps working.
     let mut tracepoints = Vec::new();
+    let mut lifecycle_hook = "none";
     for ((program, category, name, _), layout) in TRACEPOINTS.iter().zip(layouts) {
         let full = format!("{category}:{name}");
+        if *program == TRACEPOINTS[0].0 && sock_layout.present == 1 {
+            match attach_btf_tracepoint(&mut ebpf, SET_STATE_BTF, name) {
+                Ok(id) => {
+                    program_ids.push((SET_STATE_BTF, id));
+                    log::info!("attached {SET_STATE_BTF} to tp_btf/{name}");
+                    lifecycle_hook = "tp_btf";
+                    tracepoints.push((full, true));
+                    continue;
+                }
+                Err(e) if lifecycle == LifecycleHook::TpBtf => return Err(e),
+                Err(e) => log::info!("tp_btf/{name}: {e}: the classic tracepoint follows state changes instead"),
+            }
+        } else if *program == TRACEPOINTS[0].0 && lifecycle == LifecycleHook::TpBtf {
+            return Err(BpfError::MissingFeature { feature: "the kernel BTF of struct sock (for --lifecycle-hook tp-btf)", since: "5.5", kernel: crate::sys::kernel_release() });
+        }
         let attached = match layout {
             Err(e) => {
                 log::warn!("{e}: its part of the connection lifecycle is not observed");
@@ -217,6 +263,9 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
                 Ok(id) => {
                     program_ids.push((*program, id));
                     log::info!("attached {program} to {full}");
+                    if *program == TRACEPOINTS[0].0 {
+                        lifecycle_hook = "tracepoint";
+                    }
                     true
                 }
                 Err(e @ BpfError::Verifier { .. }) => return Err(e),
@@ -243,7 +292,7 @@ pub fn load_and_attach(interfaces: &[String], sizes: MapSizes, http_ports: &[u16
         shapes: std::sync::Mutex::new(Array::try_from(ebpf.take_map("TRACE_SHAPES").ok_or(BpfError::Map("TRACE_SHAPES"))?).map_err(|_| BpfError::Map("TRACE_SHAPES"))?),
     };
     Ok((
-        Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, program_ids },
+        Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, lifecycle_hook, program_ids },
         Maps { conns, global, http_hints, http_frames, frame_lost, http_agg },
         Rings { events, payload, trace },
         trace_maps,
@@ -258,6 +307,18 @@ fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, nam
         .map_err(|source| BpfError::Program { program, source })?;
     prog.load().map_err(|e| classify_program_error(program, e))?;
     prog.attach(category, name).map_err(|source| BpfError::Program { program, source })?;
+    Ok(prog.info().map(|i| i.id()).unwrap_or(0))
+}
+
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &'static str, name: &str) -> Result<u32, BpfError> {
+    let btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::MissingFeature { feature: "kernel BTF (/sys/kernel/btf/vmlinux)", since: "5.5", kernel: format!("{} ({e})", crate::sys::kernel_release()) })?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
+        .try_into()
+        .map_err(|source| BpfError::Program { program, source })?;
+    prog.load(name, &btf).map_err(|e| classify_program_error(program, e))?;
+    prog.attach().map_err(|source| BpfError::Program { program, source })?;
     Ok(prog.info().map(|i| i.id()).unwrap_or(0))
 }
 
@@ -286,9 +347,9 @@ pub fn program_stats(ids: &[(&'static str, u32)]) -> Vec<ProgramStats> {
 }
 
 /// Where a retransmitted skb's segment count is (`skb->cb` as `struct tcp_skb_cb`), from BTF.
-fn skb_segs() -> SkbSegs {
+fn skb_segs(btf: Option<&crate::btf::Btf>) -> SkbSegs {
     let found = (|| -> anyhow::Result<SkbSegs> {
-        let btf = crate::btf::Btf::from_sys_fs()?;
+        let btf = btf.context("no kernel BTF")?;
         let cb = btf.offset_of("sk_buff", &["cb"])?;
         let segs = btf.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?;
         let total = btf.offset_of("tcp_sock", &["total_retrans"]);
@@ -303,13 +364,38 @@ fn skb_segs() -> SkbSegs {
     })
 }
 
+/// Where the BTF-typed lifecycle hook finds a socket's protocol, family, ports and addresses.
+fn sock_layout(btf: Option<&crate::btf::Btf>) -> SockLayout {
+    let found = (|| -> anyhow::Result<SockLayout> {
+        let btf = btf.context("no kernel BTF")?;
+        let at = |path: &[&str]| -> anyhow::Result<u16> { Ok(u16::try_from(btf.offset_of("sock", path)?)?) };
+        let common = |m: &str| at(&["__sk_common", m]);
+        Ok(SockLayout {
+            present: 1,
+            protocol: at(&["sk_protocol"])?,
+            family: common("skc_family")?,
+            sport: u16::try_from(btf.offset_of("inet_sock", &["inet_sport"])?)?,
+            dport: common("skc_dport")?,
+            rcv_saddr: common("skc_rcv_saddr")?,
+            daddr: common("skc_daddr")?,
+            v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
+            v6_daddr: common("skc_v6_daddr")?,
+            _pad: 0,
+        })
+    })();
+    found.unwrap_or_else(|e| {
+        log::info!("the BTF-typed lifecycle hook cannot be used ({e:#}): the classic tracepoint follows state changes");
+        SockLayout::absent()
+    })
+}
+
 /// Socket tracepoints fire for every network namespace: keep to ours, found through the
 /// kernel's BTF (`sock.__sk_common.skc_net` -> `net.ns.inum`). Without BTF offsets, every
 /// namespace is observed, and the log says so.
-fn netns_filter() -> NetnsFilter {
+fn netns_filter(btf: Option<&crate::btf::Btf>) -> NetnsFilter {
     use std::os::unix::fs::MetadataExt;
     let found = (|| -> anyhow::Result<NetnsFilter> {
-        let btf = crate::btf::Btf::from_sys_fs()?;
+        let btf = btf.context("no kernel BTF")?;
         let inum = std::fs::metadata("/proc/self/ns/net")?.ino() as u32;
         Ok(NetnsFilter {
             enabled: 1,

@@ -137,6 +137,7 @@ pub fn status(client: &Client, json: bool) -> Result<()> {
         let ok = t.get("attached").and_then(Value::as_bool).unwrap_or(false);
         println!("  tracepoint {:<28} {}", s(t, "tracepoint"), if ok { "attached" } else { "MISSING" });
     }
+    println!("  state changes followed by: {}", s(&v, "lifecycle_hook"));
     let k = v.get("kernel_counters").cloned().unwrap_or_default();
     println!(
         "  connections tracked {}  open in/out {}/{}  closed kept {}",

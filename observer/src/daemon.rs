@@ -53,6 +53,7 @@ pub struct Config {
     pub http_ports: Vec<u16>,
     /// HTTP framed in the kernel (`--http-framing kernel`), else by the daemon from payload.
     pub kernel_http: bool,
+    pub lifecycle_hook: crate::bpf::LifecycleHook,
 }
 
 /// What the API handlers and the pump share.
@@ -70,6 +71,8 @@ pub struct App {
     pub attachments: Vec<Attachment>,
     pub tracepoints: Vec<(String, bool)>,
     pub netns_filter: bool,
+    /// What follows state changes (`tp_btf`, `tracepoint`, `none`).
+    pub lifecycle_hook: &'static str,
     pub program_ids: Vec<(&'static str, u32)>,
     pub metrics: Metrics,
     pub trace: Arc<Hub>,
@@ -465,7 +468,7 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
-    let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http)?;
+    let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http, config.lifecycle_hook)?;
     let (events_drain, events_drain_rx) = tokio::sync::mpsc::channel(64);
     let (payload_drain, payload_drain_rx) = tokio::sync::mpsc::channel(64);
     let app = Arc::new(App {
@@ -478,6 +481,7 @@ pub async fn run(config: Config) -> Result<()> {
         attachments: loaded.attachments.clone(),
         tracepoints: loaded.tracepoints.clone(),
         netns_filter: loaded.netns_filter,
+        lifecycle_hook: loaded.lifecycle_hook,
         program_ids: loaded.program_ids.clone(),
         started: Instant::now(),
         sweeps: std::sync::atomic::AtomicU64::new(0),

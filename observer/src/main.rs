@@ -71,6 +71,11 @@ enum Command {
         /// per request). The kernel framer needs bpf_loop (Linux 5.17+).
         #[arg(long, value_enum, default_value = "kernel", value_name = "WHERE")]
         http_framing: HttpFraming,
+        /// What follows each connection's TCP state changes: `auto` takes the BTF-typed
+        /// tracepoint (`tp_btf/inet_sock_set_state`: the socket itself, fields read as plain
+        /// loads) where the kernel loads it, else the classic `sock:inet_sock_set_state`.
+        #[arg(long, value_enum, default_value = "auto", value_name = "HOOK")]
+        lifecycle_hook: bpf::LifecycleHook,
     },
     /// List connections from a running daemon, as a table (or JSON).
     Connections {
@@ -171,7 +176,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing } => {
+        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook } => {
             let config = daemon::Config {
                 interfaces,
                 listen,
@@ -181,6 +186,7 @@ fn main() -> std::process::ExitCode {
                 http_ports,
                 top_k,
                 kernel_http: http_framing == HttpFraming::Kernel,
+                lifecycle_hook,
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }

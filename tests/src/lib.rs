@@ -123,10 +123,15 @@ pub struct Lab {
 impl Lab {
     /// Builds the topology and starts everything; `test` names it in logs.
     pub fn start(test: &str) -> Lab {
+        Lab::start_with(test, &[])
+    }
+
+    /// [`Lab::start`] with `observer run` options beyond the interfaces and the listen address.
+    pub fn start_with(test: &str, observer_options: &[&str]) -> Lab {
         let topo = Topology::new(test);
         let upstream = Nginx::upstream(&topo);
         let proxy = Nginx::proxy(&topo);
-        let observer = Observer::start(&topo);
+        let observer = Observer::start_with(&topo, &[addr::GW_CLIENT_IF, addr::GW_UPSTREAM_IF], observer_options);
         Lab { observer, proxy, upstream, topo }
     }
 

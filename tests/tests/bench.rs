@@ -20,7 +20,10 @@
 //!
 //! Two builds side by side: `OBSERVER_BENCH_BASE=/path/to/observer` adds the variant
 //! `observer-base` (that build, kernel framing) next to `observer` (this build), in the same run.
-//! `OBSERVER_BENCH_WORKLOADS=keep-alive,mixed` runs only those workloads.
+//! `OBSERVER_BENCH_BASE_ARGS="--lifecycle-hook tracepoint"` gives that variant options (the same
+//! build with other options, when `OBSERVER_BENCH_BASE` names this build).
+//! `OBSERVER_BENCH_WORKLOADS=keep-alive,mixed` runs only those workloads,
+//! `OBSERVER_BENCH_VARIANTS=observer,observer-base` only those variants (and the baseline).
 //!
 //! Per variant: median throughput and p99 latency of `REPEATS` runs (as ratios to the baseline),
 //! kernel ns per request (the observer's programs, `kernel.bpf_stats_enabled`), user-space CPU µs
@@ -304,12 +307,17 @@ fn run(topo: &Topology, proxy: &Nginx, variant: &str, workload: Workload) -> Sam
             Sample { per_second: w.per_second, p99_ms: w.p99_ms, ..Sample::default() }
         }
         "observer" | "observer-base" | "observer-daemon-framing" => {
-            let extra: &[&str] = if variant == "observer-daemon-framing" { &["--http-framing", "daemon"] } else { &[] };
+            let base_args = std::env::var("OBSERVER_BENCH_BASE_ARGS").unwrap_or_default();
+            let extra: Vec<&str> = match variant {
+                "observer-daemon-framing" => vec!["--http-framing", "daemon"],
+                "observer-base" => base_args.split_whitespace().collect(),
+                _ => vec![],
+            };
             let bin = match variant {
                 "observer-base" => std::path::PathBuf::from(std::env::var_os("OBSERVER_BENCH_BASE").expect("OBSERVER_BENCH_BASE")),
                 _ => observer_tests::observer::observer_bin(),
             };
-            let observer = Observer::start_bin(topo, &bin, &[observer_tests::addr::GW_CLIENT_IF, observer_tests::addr::GW_UPSTREAM_IF], extra);
+            let observer = Observer::start_bin(topo, &bin, &[observer_tests::addr::GW_CLIENT_IF, observer_tests::addr::GW_UPSTREAM_IF], &extra);
             let _stats = StatsOn::enable();
             let logged_before = proxy.access_log().entries.len();
             let (p0, c0) = (program_stats(&observer), cpu_seconds(observer.pid()));
@@ -361,6 +369,8 @@ fn gateway_cost_against_baseline_and_tshark() {
     if std::env::var_os("OBSERVER_BENCH_BASE").is_some() {
         variants.insert(2, "observer-base");
     }
+    let chosen = std::env::var("OBSERVER_BENCH_VARIANTS").unwrap_or_default();
+    variants.retain(|v| *v == "baseline" || chosen.is_empty() || chosen.split(',').any(|c| c.trim() == *v));
     let only = std::env::var("OBSERVER_BENCH_WORKLOADS").unwrap_or_default();
     let mut table = Vec::new();
     for workload in [Workload::KeepAlive, Workload::Close, Workload::Mixed] {

@@ -209,7 +209,26 @@ fn normal_close_is_counted_per_role_with_open_and_close_times() {
     const TEST: &str = "normal_close_is_counted_per_role_with_open_and_close_times";
     if root_or_skip(TEST) {
         let lab = Lab::start(TEST);
+        assert_eq!(lab.observer.status()["lifecycle_hook"], "tp_btf", "this kernel loads the BTF-typed tracepoint");
         normal_open_and_close(&lab, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4");
+    }
+}
+
+/// The classic tracepoint (what the daemon falls back to where the BTF-typed one does not load)
+/// follows the same lifecycle, on both families; the default hook is the BTF-typed one here.
+#[test]
+fn the_classic_tracepoint_follows_the_same_lifecycle() {
+    const TEST: &str = "the_classic_tracepoint_follows_the_same_lifecycle";
+    if root_or_skip(TEST) {
+        let families: [(IpAddr, IpAddr, &str); 2] = [
+            (addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4"),
+            (addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), "ipv6"),
+        ];
+        for (server, client, family) in families {
+            let lab = Lab::start_with(TEST, &["--lifecycle-hook", "tracepoint"]);
+            assert_eq!(lab.observer.status()["lifecycle_hook"], "tracepoint");
+            normal_open_and_close(&lab, server, client, family);
+        }
     }
 }
 
