@@ -37,6 +37,7 @@ fn main() -> Result<()> {
 
     if env::var("OBSERVER_SKIP_EBPF").is_ok_and(|v| !v.is_empty() && v != "0") {
         std::fs::write(&object, b"").context("writing the empty eBPF placeholder")?;
+        std::fs::write(out_dir.join("observer-ebpf-lite.o"), b"").context("writing the empty eBPF placeholder")?;
         println!("cargo:rustc-cfg=observer_no_ebpf");
         println!("cargo:rustc-check-cfg=cfg(observer_no_ebpf)");
         return Ok(());
@@ -55,7 +56,35 @@ fn main() -> Result<()> {
         Some(t) => t,
         None => detect_toolchain().to_owned(),
     };
-    let mut cmd = match toolchain.as_str() {
+    if !on_path("bpf-linker") {
+        bail!("bpf-linker is not on PATH: run `cargo xtask setup` (or `cargo install bpf-linker`), or build with OBSERVER_SKIP_EBPF=1 for check/clippy only");
+    }
+    // Two objects: the full one (the kernel HTTP framer), and one without it for kernels whose
+    // verifier refuses the framer or lacks bpf_loop (the daemon then frames HTTP itself).
+    for (features, object) in [(None, object), (Some("--no-default-features"), out_dir.join("observer-ebpf-lite.o"))] {
+        let mut cmd = ebpf_cargo(&toolchain)?;
+        cmd.current_dir(&ebpf_dir)
+            .arg("--locked")
+            .args(features)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
+            // BTF for bpftool and the verifier log's line info; v3 for 32-bit jumps and atomics.
+            .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3");
+        let status = cmd
+            .status()
+            .with_context(|| format!("running the {toolchain} toolchain to build observer-ebpf: {cmd:?}"))?;
+        if !status.success() {
+            bail!("building observer-ebpf with the {toolchain} toolchain failed ({status}); `cargo xtask setup` installs what is missing");
+        }
+        let built = target_dir.join(TARGET).join("release").join("observer-ebpf");
+        std::fs::copy(&built, &object).with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
+    }
+    Ok(())
+}
+
+/// `cargo build` of the kernel crate with `toolchain`, nothing of the outer build leaking in.
+fn ebpf_cargo(toolchain: &str) -> Result<Command> {
+    let mut cmd = match toolchain {
         "debian" => {
             let mut c = Command::new(DEBIAN_CARGO);
             c.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
@@ -69,32 +98,13 @@ fn main() -> Result<()> {
         }
         other => bail!("OBSERVER_EBPF_TOOLCHAIN={other:?}: expected `debian` or `nightly` (or unset to choose automatically)"),
     };
-    // Nothing of the outer (host) build may leak into the kernel build.
     for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "CARGO_BUILD_RUSTFLAGS"] {
         cmd.env_remove(var);
     }
     if toolchain == "nightly" {
         cmd.env_remove("RUSTC");
     }
-    cmd.current_dir(&ebpf_dir)
-        .arg("--locked")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
-        // BTF for bpftool and the verifier log's line info; v3 for 32-bit jumps and atomics.
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3");
-
-    if !on_path("bpf-linker") {
-        bail!("bpf-linker is not on PATH: run `cargo xtask setup` (or `cargo install bpf-linker`), or build with OBSERVER_SKIP_EBPF=1 for check/clippy only");
-    }
-    let status = cmd
-        .status()
-        .with_context(|| format!("running the {toolchain} toolchain to build observer-ebpf: {cmd:?}"))?;
-    if !status.success() {
-        bail!("building observer-ebpf with the {toolchain} toolchain failed ({status}); `cargo xtask setup` installs what is missing");
-    }
-    let built = target_dir.join(TARGET).join("release").join("observer-ebpf");
-    std::fs::copy(&built, &object).with_context(|| format!("copying {} to {}", built.display(), object.display()))?;
-    Ok(())
+    Ok(cmd)
 }
 
 /// Debian's packaged BPF `core` when it is installed, else rustup's nightly.

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use observer_common::{
     conn::{ConnKey, ConnStats},
-    frame::{ConnFrame, Scan},
+    frame::ConnFrame,
     global::COUNTERS,
     http::{AggKey, HttpHints, PayloadEvent},
     tracepoint::{NetnsFilter, SkbSegs, SockLayout, TpLayout},
@@ -29,10 +29,12 @@ pub static HTTP_FRAMES: LruHashMap<ConnKey, ConnFrame> = LruHashMap::with_max_en
 
 /// The classifier's arguments for `frame::observer_http_frame` (a global function takes the
 /// context only).
+#[cfg(feature = "kernel-framer")]
 #[map]
 pub static FRAME_ARGS: PerCpuArray<crate::frame::FrameArgs> = PerCpuArray::with_max_entries(1, 0);
 /// A zeroed `ConnFrame`, never written: new `HTTP_FRAMES` entries are inserted from it (too big
 /// for the stack).
+#[cfg(feature = "kernel-framer")]
 #[map]
 pub static FRAME_SCRATCH: PerCpuArray<ConnFrame> = PerCpuArray::with_max_entries(1, 0);
 /// Times the kernel framer lost a direction's place, per CPU, by `LostReason` (index).
@@ -45,8 +47,9 @@ pub static FRAME_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
 pub static HTTP_AGG: PerCpuHashMap<AggKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// Where the framer keeps a segment's block and position between `bpf_loop` turns.
+#[cfg(feature = "kernel-framer")]
 #[map]
-pub static FRAME_SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
+pub static FRAME_SCAN: PerCpuArray<observer_common::frame::Scan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Host-wide counters, per CPU (see `observer_common::global::Counter`).
 #[map]

@@ -273,6 +273,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             Direction::Egress => ((*stats).isn_out, (*stats).syn_seen & 2 != 0),
         }
     };
+    #[cfg_attr(not(feature = "kernel-framer"), allow(unused_mut, reason = "only the kernel framer moves the segment's start"))]
     let mut seg = http::Seg {
         dir: wire_dir,
         first_byte: syn_seen && tcp.seq == isn.wrapping_add(1),
@@ -282,6 +283,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         len: payload_len,
     };
     // With the kernel framer, what it frames never goes to the daemon: only what it lost.
+    #[cfg(feature = "kernel-framer")]
     if crate::maps::KERNEL_HTTP.load() == 1 && occupies {
         if let Some(a) = crate::maps::FRAME_ARGS.get_ptr_mut(0) {
             // SAFETY: this CPU's slot, read by the call below.

@@ -120,6 +120,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
             "closed_retention_seconds": app.config.closed_retention.as_secs(),
             "closed_max": app.config.closed_max,
             "http_framing": if app.config.kernel_http { "kernel" } else { "daemon" },
+            "http_framing_refused": app.kernel_http_refused,
         },
     }))
 }

@@ -20,6 +20,8 @@ use thiserror::Error;
 
 /// The kernel object built by `build.rs` (empty when built with `OBSERVER_SKIP_EBPF=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf.o"));
+/// The same programs without the kernel HTTP framer, for kernels whose verifier refuses it.
+static EBPF_OBJECT_LITE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf-lite.o"));
 
 pub const TC_INGRESS: &str = "observer_tc_ingress";
 pub const TC_EGRESS: &str = "observer_tc_egress";
@@ -98,6 +100,10 @@ pub struct Loaded {
     pub netns_filter: bool,
     /// What follows state changes: `tp_btf`, `tracepoint`, or `none`.
     pub lifecycle_hook: &'static str,
+    /// Whether the kernel frames HTTP (else every payload goes to the daemon's framer).
+    pub kernel_http: bool,
+    /// Why the kernel does not frame HTTP although it was asked to.
+    pub kernel_http_refused: Option<String>,
     /// Our programs' kernel ids, for their run-time accounting (`kernel.bpf_stats_enabled`).
     pub program_ids: Vec<(&'static str, u32)>,
 }
@@ -148,6 +154,10 @@ impl crate::trace::KernelFilters for TraceMaps {
 
 /// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
 /// starts forwarding the programs' aya-log records to this process's log.
+///
+/// With `kernel_http`, a kernel whose verifier refuses the kernel framer (Debian 12's 6.1 gives up
+/// at its instruction limit; kernels before 5.17 lack `bpf_loop`) gets the object without it, and
+/// the daemon frames every connection's HTTP itself (`Loaded::kernel_http_refused` says why).
 pub fn load_and_attach(
     interfaces: &[String],
     sizes: MapSizes,
@@ -155,7 +165,31 @@ pub fn load_and_attach(
     kernel_http: bool,
     lifecycle: LifecycleHook,
 ) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
-    if EBPF_OBJECT.is_empty() {
+    if !kernel_http {
+        return load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle);
+    }
+    match load_object(EBPF_OBJECT, interfaces, sizes, http_ports, true, lifecycle) {
+        Err(BpfError::Verifier { program, io_error, log }) if program == TC_INGRESS || program == TC_EGRESS => {
+            let last = log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed")).unwrap_or("").trim();
+            let why = format!("the kernel's verifier refused {program} with the kernel HTTP framer ({io_error}: {last})");
+            log::warn!("{why}: loading the programs without it; HTTP is framed by the daemon (as with --http-framing daemon: the same counts, more CPU per request)");
+            let (mut loaded, maps, rings, trace) = load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle)?;
+            loaded.kernel_http_refused = Some(why);
+            Ok((loaded, maps, rings, trace))
+        }
+        other => other,
+    }
+}
+
+fn load_object(
+    object: &[u8],
+    interfaces: &[String],
+    sizes: MapSizes,
+    http_ports: &[u16],
+    kernel_http: bool,
+    lifecycle: LifecycleHook,
+) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
+    if object.is_empty() {
         return Err(BpfError::NotBuilt);
     }
     if let Some(missing) = interfaces.iter().find(|i| !crate::sys::interface_exists(i)) {
@@ -192,7 +226,7 @@ pub fn load_and_attach(
             loader.override_global(global, layout, true);
         }
     }
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(classify_load_error)?;
+    let mut ebpf = loader.load(object).map_err(classify_load_error)?;
     start_log_forwarding(&mut ebpf);
     // The port filter is in place before any program runs.
     let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ebpf.map_mut("HTTP_PORTS").ok_or(BpfError::Map("HTTP_PORTS"))?).map_err(|_| BpfError::Map("HTTP_PORTS"))?;
@@ -292,7 +326,7 @@ pub fn load_and_attach(
         shapes: std::sync::Mutex::new(Array::try_from(ebpf.take_map("TRACE_SHAPES").ok_or(BpfError::Map("TRACE_SHAPES"))?).map_err(|_| BpfError::Map("TRACE_SHAPES"))?),
     };
     Ok((
-        Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, lifecycle_hook, program_ids },
+        Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, lifecycle_hook, kernel_http: kernel_http == 1, kernel_http_refused: None, program_ids },
         Maps { conns, global, http_hints, http_frames, frame_lost, http_agg },
         Rings { events, payload, trace },
         trace_maps,

@@ -138,6 +138,11 @@ pub fn status(client: &Client, json: bool) -> Result<()> {
         println!("  tracepoint {:<28} {}", s(t, "tracepoint"), if ok { "attached" } else { "MISSING" });
     }
     println!("  state changes followed by: {}", s(&v, "lifecycle_hook"));
+    let framing = v.get("config").map(|c| s(c, "http_framing")).unwrap_or_default();
+    match v.get("config").and_then(|c| c.get("http_framing_refused")).and_then(Value::as_str) {
+        Some(why) => println!("  HTTP framed by: {framing} ({why})"),
+        None => println!("  HTTP framed by: {framing}"),
+    }
     let k = v.get("kernel_counters").cloned().unwrap_or_default();
     println!(
         "  connections tracked {}  open in/out {}/{}  closed kept {}",

@@ -73,6 +73,8 @@ pub struct App {
     pub netns_filter: bool,
     /// What follows state changes (`tp_btf`, `tracepoint`, `none`).
     pub lifecycle_hook: &'static str,
+    /// Why HTTP is framed by the daemon although the kernel was asked to.
+    pub kernel_http_refused: Option<String>,
     pub program_ids: Vec<(&'static str, u32)>,
     pub metrics: Metrics,
     pub trace: Arc<Hub>,
@@ -469,6 +471,8 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
     let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http, config.lifecycle_hook)?;
+    // The kernel may have refused its framer: what runs is what counts.
+    let config = Config { kernel_http: loaded.kernel_http, ..config };
     let (events_drain, events_drain_rx) = tokio::sync::mpsc::channel(64);
     let (payload_drain, payload_drain_rx) = tokio::sync::mpsc::channel(64);
     let app = Arc::new(App {
@@ -482,6 +486,7 @@ pub async fn run(config: Config) -> Result<()> {
         tracepoints: loaded.tracepoints.clone(),
         netns_filter: loaded.netns_filter,
         lifecycle_hook: loaded.lifecycle_hook,
+        kernel_http_refused: loaded.kernel_http_refused.clone(),
         program_ids: loaded.program_ids.clone(),
         started: Instant::now(),
         sweeps: std::sync::atomic::AtomicU64::new(0),

@@ -833,8 +833,12 @@ fn the_api_listens_on_loopback_port_9470_by_default() {
     }
     let help = std::process::Command::new(observer_bin()).args(["run", "--help"]).output().expect("observer run --help");
     let help = text(&help.stdout);
-    let listen = help.lines().find(|l| l.trim_start().starts_with("--listen")).unwrap_or_else(|| panic!("no --listen in:\n{help}"));
-    assert!(listen.contains("[default: 127.0.0.1:9470]"), "{listen}");
+    // Short help puts the default on the option's line, long help (when some option's values
+    // have their own help) in the paragraph below it: up to the next option either way.
+    let lines: Vec<&str> = help.lines().collect();
+    let at = lines.iter().position(|l| l.trim_start().starts_with("--listen")).unwrap_or_else(|| panic!("no --listen in:\n{help}"));
+    let listen: Vec<&str> = lines[at..].iter().take_while(|l| *l == &lines[at] || !l.trim_start().starts_with('-')).copied().collect();
+    assert!(listen.iter().any(|l| l.contains("[default: 127.0.0.1:9470]")), "{listen:#?}");
 
     // The daemon without --listen.
     let topo = Topology::new(TEST);
