@@ -54,6 +54,8 @@ pub struct Config {
     /// HTTP framed in the kernel (`--http-framing kernel`), else by the daemon from payload.
     pub kernel_http: bool,
     pub lifecycle_hook: crate::bpf::LifecycleHook,
+    /// Where maps and links are pinned (`None`: nothing outlives the daemon).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// What the API handlers and the pump share.
@@ -470,7 +472,9 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
-    let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) = bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http, config.lifecycle_hook)?;
+    let state = config.state_dir.as_deref().map(bpf::pin::State::open).transpose()?;
+    let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) =
+        bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http, config.lifecycle_hook, state.as_ref())?;
     // The kernel may have refused its framer: what runs is what counts.
     let config = Config { kernel_http: loaded.kernel_http, ..config };
     let (events_drain, events_drain_rx) = tokio::sync::mpsc::channel(64);
@@ -515,8 +519,27 @@ pub async fn run(config: Config) -> Result<()> {
     sweeper.abort();
     drop(app);
     drop(loaded);
-    log::info!("detached from {}; bye", interfaces.join(", "));
+    match &state {
+        Some(state) => log::info!(
+            "the programs stay attached to {} and keep counting into {} for the next daemon; `observer detach --state-dir {}` removes them; bye",
+            interfaces.join(", "),
+            state.dir.display(),
+            state.dir.parent().unwrap_or(&state.dir).display()
+        ),
+        None => log::info!("detached from {}; bye", interfaces.join(", ")),
+    }
     served.context("serving the API")
+}
+
+/// `observer detach`: removes the pinned state (its links detach their programs) and, on kernels
+/// without tcx, the tc filters a daemon left (netlink filters are not pinned).
+pub fn detach(state_dir: &std::path::Path) -> Result<()> {
+    sys::require_root()?;
+    sys::ensure_mounted("bpf", "/sys/fs/bpf")?;
+    let pins = bpf::pin::remove_all(state_dir)?;
+    let filters = bpf::remove_tc_filters(&sys::all_interfaces()?);
+    println!("removed {pins} pinned maps and links from {} and {filters} tc filters", state_dir.display());
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the

@@ -1,6 +1,6 @@
 //! `observer`: a kernel-level edge traffic observer for Linux gateway hosts.
 //! `main` parses arguments and wires the parts together.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +76,15 @@ enum Command {
         /// loads) where the kernel loads it, else the classic `sock:inet_sock_set_state`.
         #[arg(long, value_enum, default_value = "auto", value_name = "HOOK")]
         lifecycle_hook: bpf::LifecycleHook,
+        /// Where maps and links are pinned (a directory on a BPF filesystem): the programs keep
+        /// counting while the daemon is down or restarting, and the next daemon continues every
+        /// counter. They stay attached when the daemon exits; `observer detach` removes them.
+        #[arg(long, default_value = bpf::pin::DEFAULT_STATE_DIR, value_name = "DIR", conflicts_with = "ephemeral")]
+        state_dir: PathBuf,
+        /// Pin nothing: the programs detach when the daemon exits, and counts start from zero
+        /// each time.
+        #[arg(long)]
+        ephemeral: bool,
     },
     /// List connections from a running daemon, as a table (or JSON).
     Connections {
@@ -127,6 +136,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
         server: String,
     },
+    /// Detach the programs a daemon left attached and remove its pinned state (its counts go
+    /// too). Run it where the daemon ran (same network namespace), with the daemon stopped.
+    Detach {
+        /// The daemon's --state-dir.
+        #[arg(long, default_value = bpf::pin::DEFAULT_STATE_DIR, value_name = "DIR")]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -176,7 +192,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook } => {
+        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral } => {
             let config = daemon::Config {
                 interfaces,
                 listen,
@@ -187,12 +203,14 @@ fn main() -> std::process::ExitCode {
                 top_k,
                 kernel_http: http_framing == HttpFraming::Kernel,
                 lifecycle_hook,
+                state_dir: (!ephemeral).then_some(state_dir),
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }
         Command::Connections { list, json, server } => cli::connections(&client::Client::new(&server), &list.into_args(), json),
         Command::Top { list, iterations, server } => cli::top(&client::Client::new(&server), list.into_args(), iterations),
         Command::Status { json, server } => cli::status(&client::Client::new(&server), json),
+        Command::Detach { state_dir } => daemon::detach(&state_dir),
         Command::Trace { connection, remote, local_port, json, count, duration, server } => {
             let target = match (connection.as_slice(), remote, local_port) {
                 ([local, remote], None, None) => Ok(cli::TraceTarget::Connection(format!("{local} {remote}"))),

@@ -72,6 +72,15 @@ pub fn default_interfaces() -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Every interface of this network namespace.
+pub fn all_interfaces() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
+        names.push(entry?.file_name().to_string_lossy().into_owned());
+    }
+    Ok(names)
+}
+
 pub fn interface_exists(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
 }

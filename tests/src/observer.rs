@@ -160,6 +160,8 @@ pub struct Observer {
     /// each time would fill its table with the harness's own traffic).
     client: Mutex<Option<ApiConnection>>,
     process: Background,
+    /// Ended by [`Observer::kill`]: its exit is not checked.
+    killed: bool,
 }
 
 impl Observer {
@@ -189,7 +191,7 @@ impl Observer {
         args.extend(extra.iter().map(|s| s.to_string()));
         let process = topo.gateway.spawn("observer", bin, &args, &topo.path("observer.log"));
         let api: SocketAddr = API.parse().expect("valid address");
-        let mut observer = Observer { ns: topo.gateway.clone(), api, client: Mutex::new(None), process };
+        let mut observer = Observer { ns: topo.gateway.clone(), api, client: Mutex::new(None), process, killed: false };
         let mut last_error = String::new();
         let started = std::time::Instant::now();
         let ready = poll(STARTUP, Duration::from_millis(50), || {
@@ -303,11 +305,22 @@ impl Observer {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.process.stop(WAIT)
     }
+
+    /// SIGKILL (no chance to clean up, as a crash or the OOM killer), and waits for the end.
+    pub fn kill(mut self) {
+        self.process.signal(libc::SIGKILL);
+        let ended = poll(WAIT, Duration::from_millis(10), || self.process.exited());
+        assert!(ended.is_some(), "observer still running {WAIT:?} after SIGKILL");
+        self.killed = true;
+    }
 }
 
 impl Drop for Observer {
     fn drop(&mut self) {
         let status = self.stop();
+        if self.killed {
+            return;
+        }
         if std::thread::panicking() {
             eprintln!("--- observer log ({}) ---\n{}--- end of observer log ---", self.process.log_path().display(), self.log());
         } else if !status.is_some_and(|s| s.success()) {

@@ -226,3 +226,63 @@ pub fn send_raw_segment(ns: &Netns, from: std::net::SocketAddrV4, to: std::net::
         Ok(())
     })?
 }
+
+/// Sends `count` SYNs to `to` from spoofed sources: random hosts of `subnet` (a /24, e.g.
+/// 198.18.1.0) and random ports, through a raw socket in `ns` that writes the IP header itself
+/// (`IPPROTO_RAW`). Returns how many the socket took.
+pub fn syn_flood(ns: &Netns, subnet: std::net::Ipv4Addr, to: std::net::SocketAddrV4, count: usize, seed: u64) -> io::Result<usize> {
+    ns.enter(move || -> io::Result<usize> {
+        // SAFETY: plain socket calls on a descriptor this closure owns and closes.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let dst = libc::sockaddr_in { sin_family: libc::AF_INET as libc::sa_family_t, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) }, sin_zero: [0; 8] };
+        // xorshift: reproducible sources for one seed.
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut sent = 0;
+        for _ in 0..count {
+            let r = next();
+            let mut src = subnet.octets();
+            src[3] = 3 + (r % 250) as u8; // .3 to .252: never the client (.2) or the gateway (.1)
+            let sport = 1024 + ((r >> 8) % 60_000) as u16;
+            let seq = (r >> 24) as u32;
+            let mut tcp = Vec::with_capacity(20);
+            tcp.extend(sport.to_be_bytes());
+            tcp.extend(to.port().to_be_bytes());
+            tcp.extend(seq.to_be_bytes());
+            tcp.extend([0, 0, 0, 0]);
+            tcp.extend([5 << 4, 0x02]); // header length 20, SYN
+            tcp.extend(0xffffu16.to_be_bytes());
+            tcp.extend([0, 0, 0, 0]);
+            let mut pseudo = Vec::with_capacity(12);
+            pseudo.extend(src);
+            pseudo.extend(to.ip().octets());
+            pseudo.extend([0, libc::IPPROTO_TCP as u8]);
+            pseudo.extend(20u16.to_be_bytes());
+            let sum = checksum(&[&pseudo, &tcp]);
+            tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+            let mut packet = Vec::with_capacity(40);
+            packet.extend([0x45, 0]);
+            packet.extend(40u16.to_be_bytes());
+            packet.extend([0, 0, 0x40, 0, 64, libc::IPPROTO_TCP as u8, 0, 0]); // id (kernel), DF, TTL, checksum (kernel)
+            packet.extend(src);
+            packet.extend(to.ip().octets());
+            packet.extend(tcp);
+            // SAFETY: a valid buffer and address for the socket above.
+            let rc = unsafe { libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, (&dst as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+            if rc == packet.len() as isize {
+                sent += 1;
+            }
+        }
+        // SAFETY: our descriptor.
+        unsafe { libc::close(fd) };
+        Ok(sent)
+    })?
+}

@@ -1,11 +1,15 @@
 //! The thin loader layer: load the embedded kernel programs, attach them, and hand out the maps.
 //! The only module that talks to aya directly.
 #![expect(clippy::result_large_err, reason = "BpfError is built once, at start-up, on the way to an exit")]
-use std::io;
+use std::{io, path::PathBuf};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{tc, BtfTracePoint, ProgramError, SchedClassifier, TcAttachType, TracePoint},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        BtfTracePoint, ProgramError, SchedClassifier, TcAttachType, TracePoint,
+    },
     util::KernelVersion,
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
@@ -49,8 +53,14 @@ pub enum LifecycleHook {
     Tracepoint,
 }
 
+pub mod pin;
+
 #[derive(Debug, Error)]
 pub enum BpfError {
+    #[error("{0:#}")]
+    State(anyhow::Error),
+    #[error("pinning {what} at {path}: {error}")]
+    Pin { what: String, path: PathBuf, error: String },
     #[error("this observer binary was built with OBSERVER_SKIP_EBPF=1 and carries no kernel programs: rebuild it without that variable (`cargo build --release`)")]
     NotBuilt,
     #[error("interface {0:?} does not exist here (see `ip link`): pass an existing one to --interface")]
@@ -89,7 +99,8 @@ pub struct MapSizes {
     pub payload_bytes: u32,
 }
 
-/// The loaded programs. Dropping it detaches every program and link it attached.
+/// The loaded programs. Dropping it detaches every program it attached, except those pinned in
+/// the state directory: they keep counting until `observer detach`.
 pub struct Loaded {
     /// Owns programs, links and the maps not taken out.
     _ebpf: Ebpf,
@@ -164,16 +175,17 @@ pub fn load_and_attach(
     http_ports: &[u16],
     kernel_http: bool,
     lifecycle: LifecycleHook,
+    state: Option<&pin::State>,
 ) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
     if !kernel_http {
-        return load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle);
+        return load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle, state);
     }
-    match load_object(EBPF_OBJECT, interfaces, sizes, http_ports, true, lifecycle) {
+    match load_object(EBPF_OBJECT, interfaces, sizes, http_ports, true, lifecycle, state) {
         Err(BpfError::Verifier { program, io_error, log }) if program == TC_INGRESS || program == TC_EGRESS => {
             let last = log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed")).unwrap_or("").trim();
             let why = format!("the kernel's verifier refused {program} with the kernel HTTP framer ({io_error}: {last})");
             log::warn!("{why}: loading the programs without it; HTTP is framed by the daemon (as with --http-framing daemon: the same counts, more CPU per request)");
-            let (mut loaded, maps, rings, trace) = load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle)?;
+            let (mut loaded, maps, rings, trace) = load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle, state)?;
             loaded.kernel_http_refused = Some(why);
             Ok((loaded, maps, rings, trace))
         }
@@ -188,6 +200,7 @@ fn load_object(
     http_ports: &[u16],
     kernel_http: bool,
     lifecycle: LifecycleHook,
+    state: Option<&pin::State>,
 ) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
     if object.is_empty() {
         return Err(BpfError::NotBuilt);
@@ -221,6 +234,25 @@ fn load_object(
         .override_global("RETRANSMIT_SEGS", &skb_segs, true)
         .override_global("HTTP_PORTS_ONLY", &ports_only, true)
         .override_global("KERNEL_HTTP", &kernel_http, true);
+    // Pinned maps are reused as they are (their size included); the others are created and pinned.
+    if let Some(state) = state {
+        let pinned = state.pinned_map_sizes().map_err(BpfError::State)?;
+        for (name, entries) in pinned {
+            let asked = match name {
+                "CONNS" | "HTTP_HINTS" => Some(sizes.connections),
+                "EVENTS" => Some(sizes.events_bytes),
+                "PAYLOAD" => Some(sizes.payload_bytes),
+                _ => None,
+            };
+            if asked.is_some_and(|a| a != entries) {
+                log::warn!("the pinned map {name} keeps its size ({entries}); a new size takes effect after `observer detach`");
+            }
+            loader.map_max_entries(name, entries);
+        }
+        for (name, _, _) in pin::PINNED_MAPS {
+            loader.map_pin_path(name, state.map_path(name));
+        }
+    }
     for ((_, _, _, global), layout) in TRACEPOINTS.iter().zip(&layouts) {
         if let Ok(layout) = layout {
             loader.override_global(global, layout, true);
@@ -237,6 +269,8 @@ fn load_object(
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     let mut attachments = Vec::new();
     let mut program_ids = Vec::new();
+    // The link pins this daemon uses; others are removed once everything is attached.
+    let mut keep: Vec<PathBuf> = Vec::new();
     for (program, attach_type, direction) in [(TC_INGRESS, TcAttachType::Ingress, "ingress"), (TC_EGRESS, TcAttachType::Egress, "egress")] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(program)
@@ -255,16 +289,56 @@ fn load_object(
                     log::debug!("clsact on {interface}: {e} (already present?)");
                 }
             }
-            // `attach` appends (tcx) or adds a filter with a kernel-chosen priority (clsact):
-            // programs others attached stay in place and keep running.
-            prog.attach(interface, attach_type).map_err(|source| BpfError::Attach {
-                program,
-                interface: interface.clone(),
-                direction,
-                source,
-            })?;
+            let attach_error = |source| BpfError::Attach { program, interface: interface.clone(), direction, source };
+            match state {
+                // tcx: the link is pinned; a pinned link of an earlier daemon gets this program
+                // in one atomic step (no packet missed, none counted twice).
+                Some(state) if tcx => {
+                    let path = state.tc_link_path(direction, interface);
+                    keep.push(path.clone());
+                    let replaced = PinnedLink::from_pin(&path).ok().and_then(|old| {
+                        let link = SchedClassifierLink::try_from(FdLink::from(old)).ok()?;
+                        match prog.attach_to_link(link) {
+                            Ok(id) => Some(id),
+                            Err(e) => {
+                                log::warn!("{}: the pinned link could not take the new program ({e}): attaching anew", path.display());
+                                let _ = std::fs::remove_file(&path);
+                                None
+                            }
+                        }
+                    });
+                    let adopted = replaced.is_some();
+                    let id = match replaced {
+                        Some(id) => id,
+                        None => prog.attach(interface, attach_type).map_err(attach_error)?,
+                    };
+                    let link = prog.take_link(id).map_err(attach_error)?;
+                    if !adopted {
+                        let fd = FdLink::try_from(link).map_err(|e| BpfError::Pin { what: format!("the {direction} link on {interface}"), path: path.clone(), error: e.to_string() })?;
+                        fd.pin(&path).map_err(|e| BpfError::Pin { what: format!("the {direction} link on {interface}"), path: path.clone(), error: e.to_string() })?;
+                    }
+                    log::info!("{} {program} on {interface} {direction} (tcx, pinned at {})", if adopted { "replaced the program of" } else { "attached" }, path.display());
+                }
+                // clsact: netlink filters outlive the process that added them; a killed
+                // daemon's filter is removed (by name) before this one goes in, and this one
+                // stays when the daemon exits.
+                Some(_) => {
+                    if tc::qdisc_detach_program(interface, attach_type, program).is_ok() {
+                        log::info!("removed the {program} filter an earlier daemon left on {interface}");
+                    }
+                    let id = prog.attach(interface, attach_type).map_err(attach_error)?;
+                    std::mem::forget(prog.take_link(id).map_err(attach_error)?);
+                }
+                // `attach` appends (tcx) or adds a filter with a kernel-chosen priority (clsact):
+                // programs others attached stay in place and keep running.
+                None => {
+                    prog.attach(interface, attach_type).map_err(attach_error)?;
+                }
+            }
             attachments.push(Attachment { interface: interface.clone(), direction, program, mode: if tcx { "tcx" } else { "clsact" } });
-            log::info!("attached {program} to {interface} {direction} ({})", if tcx { "tcx" } else { "clsact" });
+            if state.is_none() || !tcx {
+                log::info!("attached {program} to {interface} {direction} ({})", if tcx { "tcx" } else { "clsact" });
+            }
         }
     }
 
@@ -274,7 +348,7 @@ fn load_object(
     for ((program, category, name, _), layout) in TRACEPOINTS.iter().zip(layouts) {
         let full = format!("{category}:{name}");
         if *program == TRACEPOINTS[0].0 && sock_layout.present == 1 {
-            match attach_btf_tracepoint(&mut ebpf, SET_STATE_BTF, name) {
+            match attach_btf_tracepoint(&mut ebpf, SET_STATE_BTF, name, state, &mut keep) {
                 Ok(id) => {
                     program_ids.push((SET_STATE_BTF, id));
                     log::info!("attached {SET_STATE_BTF} to tp_btf/{name}");
@@ -293,7 +367,7 @@ fn load_object(
                 log::warn!("{e}: its part of the connection lifecycle is not observed");
                 false
             }
-            Ok(_) => match attach_tracepoint(&mut ebpf, program, category, name) {
+            Ok(_) => match attach_tracepoint(&mut ebpf, program, category, name, state, &mut keep) {
                 Ok(id) => {
                     program_ids.push((*program, id));
                     log::info!("attached {program} to {full}");
@@ -312,6 +386,9 @@ fn load_object(
         tracepoints.push((full, attached));
     }
 
+    if let Some(state) = state {
+        state.remove_links_except(&keep).map_err(BpfError::State)?;
+    }
     let conns = HashMap::try_from(ebpf.take_map("CONNS").ok_or(BpfError::Map("CONNS"))?).map_err(|_| BpfError::Map("CONNS"))?;
     let global = PerCpuArray::try_from(ebpf.take_map("GLOBAL").ok_or(BpfError::Map("GLOBAL"))?).map_err(|_| BpfError::Map("GLOBAL"))?;
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
@@ -333,18 +410,43 @@ fn load_object(
     ))
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<u32, BpfError> {
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str, state: Option<&pin::State>, keep: &mut Vec<PathBuf>) -> Result<u32, BpfError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
         .try_into()
         .map_err(|source| BpfError::Program { program, source })?;
     prog.load().map_err(|e| classify_program_error(program, e))?;
-    prog.attach(category, name).map_err(|source| BpfError::Program { program, source })?;
+    let id = prog.attach(category, name).map_err(|source| BpfError::Program { program, source })?;
+    if let Some(state) = state {
+        let link = prog.take_link(id).map_err(|source| BpfError::Program { program, source })?;
+        pin_tracepoint_link(state, program, FdLink::try_from(link).map_err(|e| e.to_string()), keep);
+    }
     Ok(prog.info().map(|i| i.id()).unwrap_or(0))
 }
 
-fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &'static str, name: &str) -> Result<u32, BpfError> {
+/// Pins a tracepoint's new link in place of the earlier daemon's, whose program then stops. The
+/// two overlap for the moment between (a tracepoint link cannot take another program): a state
+/// change in that moment is seen twice, which the transition makes harmless, and a reset or a
+/// retransmission would count twice. Where the kernel cannot pin it (perf-event tracepoints
+/// before 5.15), the hook stops with the daemon, and the log says so.
+fn pin_tracepoint_link(state: &pin::State, program: &'static str, link: Result<FdLink, String>, keep: &mut Vec<PathBuf>) {
+    let path = state.tracepoint_link_path(program);
+    let link = match link {
+        Ok(link) => link,
+        Err(e) => {
+            log::warn!("{program}: its link cannot be pinned on this kernel ({e}): it stops while the daemon is down");
+            return;
+        }
+    };
+    let _ = std::fs::remove_file(&path);
+    match link.pin(&path) {
+        Ok(_) => keep.push(path),
+        Err(e) => log::warn!("{program}: pinning its link at {} failed ({e}): it stops while the daemon is down", path.display()),
+    }
+}
+
+fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &'static str, name: &str, state: Option<&pin::State>, keep: &mut Vec<PathBuf>) -> Result<u32, BpfError> {
     let btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::MissingFeature { feature: "kernel BTF (/sys/kernel/btf/vmlinux)", since: "5.5", kernel: format!("{} ({e})", crate::sys::kernel_release()) })?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
@@ -352,14 +454,34 @@ fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &'static str, name: &str) -> 
         .try_into()
         .map_err(|source| BpfError::Program { program, source })?;
     prog.load(name, &btf).map_err(|e| classify_program_error(program, e))?;
-    prog.attach().map_err(|source| BpfError::Program { program, source })?;
+    let id = prog.attach().map_err(|source| BpfError::Program { program, source })?;
+    if let Some(state) = state {
+        let link = prog.take_link(id).map_err(|source| BpfError::Program { program, source })?;
+        pin_tracepoint_link(state, program, Ok(FdLink::from(link)), keep);
+    }
     Ok(prog.info().map(|i| i.id()).unwrap_or(0))
+}
+
+/// Removes our tc filters (clsact, kernels before 6.6) from `interfaces`: netlink filters outlive
+/// the daemon and are not pinned. Returns how many interfaces and directions had one.
+pub fn remove_tc_filters(interfaces: &[String]) -> usize {
+    let mut removed = 0;
+    for interface in interfaces {
+        for (program, attach_type) in [(TC_INGRESS, TcAttachType::Ingress), (TC_EGRESS, TcAttachType::Egress)] {
+            if tc::qdisc_detach_program(interface, attach_type, program).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 /// Run-time accounting of one of our programs (zero unless `kernel.bpf_stats_enabled` is 1).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProgramStats {
     pub program: &'static str,
+    /// The kernel's id of the program (`bpftool prog show id N`).
+    pub id: u32,
     pub run_count: u64,
     pub run_time_ns: u64,
     pub verified_instructions: Option<u32>,
@@ -372,6 +494,7 @@ pub fn program_stats(ids: &[(&'static str, u32)]) -> Vec<ProgramStats> {
             let (program, _) = ids.iter().find(|(_, id)| *id == info.id())?;
             Some(ProgramStats {
                 program,
+                id: info.id(),
                 run_count: info.run_count(),
                 run_time_ns: info.run_time().as_nanos() as u64,
                 verified_instructions: info.verified_instruction_count(),
