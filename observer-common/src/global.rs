@@ -44,10 +44,14 @@ pub enum Counter {
     /// Messages the kernel framer counted that its full `HTTP_AGG` map could not add to the
     /// aggregates (`/metrics` then misses them). Should stay 0.
     HttpAggFull = 18,
+    /// Inbound connection attempts (a SYN from a peer with no connection yet) entered in
+    /// `HALF_OPEN`, and those among them that completed (or were refused) and moved to `CONNS`.
+    HalfOpened = 19,
+    HalfOpenPromoted = 20,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 19;
+pub const COUNTERS: u32 = 21;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -70,6 +74,8 @@ impl Counter {
         Counter::SeqContention,
         Counter::FrameInsertFailures,
         Counter::HttpAggFull,
+        Counter::HalfOpened,
+        Counter::HalfOpenPromoted,
     ];
 
     /// The name used in metrics and the API.
@@ -94,6 +100,8 @@ impl Counter {
             Counter::SeqContention => "seq_contention",
             Counter::FrameInsertFailures => "frame_insert_failures",
             Counter::HttpAggFull => "http_agg_full",
+            Counter::HalfOpened => "half_opened",
+            Counter::HalfOpenPromoted => "half_open_promoted",
         }
     }
 }

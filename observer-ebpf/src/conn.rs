@@ -3,10 +3,11 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKE
 use observer_common::{
     conn::{ConnEvent, ConnEventKind, ConnKey, ConnStats},
     global::Counter,
+    packet::{TCP_ACK, TCP_RST, TCP_SYN},
 };
 
 use crate::{
-    maps::{CONNS, CONN_SCRATCH, EVENTS, HTTP_FRAMES},
+    maps::{CONNS, CONN_SCRATCH, EVENTS, HALF_OPEN, HTTP_FRAMES},
     util::{count, gauge},
 };
 
@@ -44,6 +45,88 @@ pub fn open(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
         return CONNS.get_ptr_mut(key);
     }
     Some(p)
+}
+
+/// What [`for_packet`] found: a connection in `CONNS`, an attempt in `HALF_OPEN`, or an attempt
+/// this packet completed (now in `CONNS`).
+pub const LIVE: u8 = 0;
+pub const ATTEMPT: u8 = 1;
+pub const PROMOTED: u8 = 2;
+
+/// The entry for a packet of `key` with TCP `flags` seen by tc (`ingress`: from the peer).
+///
+/// A peer's connection attempt (its SYN) on a four-tuple without a live connection goes to
+/// `HALF_OPEN`, not `CONNS`, so spoofed SYNs evict only other attempts. It stays there through
+/// the handshake (our SYN-ACK, its SYN again) and when it ends without one (a reset either way:
+/// a refused or aborted attempt, reported by its close event), and moves to `CONNS`, with
+/// everything counted so far, on the peer's first packet past the handshake (its ACK, data, a
+/// FIN). Our own connections (an outgoing SYN) start in `CONNS`.
+///
+/// Returns the entry and which kind it is ([`LIVE`], [`ATTEMPT`]: in `HALF_OPEN`, or
+/// [`PROMOTED`]: moved to `CONNS` by this packet).
+#[inline(always)]
+pub fn for_packet(key: &ConnKey, now: u64, flags: u8, ingress: bool) -> Option<(*mut ConnStats, u8)> {
+    let syn = flags & TCP_SYN != 0;
+    let syn_only = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let live = CONNS.get_ptr_mut(key);
+    if let Some(p) = live {
+        // SAFETY: non-null map value pointer.
+        if unsafe { (*p).closed_ns } == 0 {
+            return Some((p, LIVE));
+        }
+    }
+    if let Some(h) = HALF_OPEN.get_ptr_mut(key) {
+        // SAFETY: non-null map value pointer.
+        let ended = unsafe { (*h).closed_ns } != 0;
+        if syn_only && ingress && ended {
+            // A new attempt on the four-tuple of one that was refused.
+            let _ = HALF_OPEN.insert(key, fresh(now)?, BPF_ANY as u64);
+            return HALF_OPEN.get_ptr_mut(key).map(|h| (h, ATTEMPT));
+        }
+        if syn || ended || flags & TCP_RST != 0 {
+            return Some((h, ATTEMPT));
+        }
+        // SAFETY: `h` is a non-null map value; inserting from it copies the value.
+        let moved = CONNS.insert(key, unsafe { &*h }, BPF_ANY as u64).is_ok();
+        let _ = HALF_OPEN.remove(key);
+        if moved {
+            count(Counter::ConnInserts);
+            count(Counter::HalfOpenPromoted);
+        }
+        return CONNS.get_ptr_mut(key).map(|p| (p, PROMOTED));
+    }
+    if syn_only && ingress {
+        if HALF_OPEN.insert(key, fresh(now)?, BPF_NOEXIST as u64).is_ok() {
+            count(Counter::HalfOpened);
+        }
+        return HALF_OPEN.get_ptr_mut(key).map(|h| (h, ATTEMPT));
+    }
+    let p = match live {
+        // A closed connection: our new SYN reopens the four-tuple; anything else is a late
+        // packet of the connection that closed.
+        Some(_) if syn_only => open(key, now)?,
+        Some(p) => p,
+        None => get_or_create(key, now)?,
+    };
+    Some((p, LIVE))
+}
+
+/// The entry of `key` in `CONNS`, else in `HALF_OPEN`, else a new one in `HALF_OPEN`: for socket
+/// events that may be about an attempt (a SYN-ACK sent again, a reset answering a SYN), which must
+/// not fill `CONNS` either.
+#[inline(always)]
+pub fn for_request(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
+    if let Some(p) = CONNS.get_ptr_mut(key) {
+        return Some(p);
+    }
+    if let Some(h) = HALF_OPEN.get_ptr_mut(key) {
+        return Some(h);
+    }
+    let fresh = fresh(now)?;
+    if HALF_OPEN.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
+        count(Counter::HalfOpened);
+    }
+    HALF_OPEN.get_ptr_mut(key)
 }
 
 /// A zeroed entry first seen `now`, in this CPU's scratch slot (not on the stack).

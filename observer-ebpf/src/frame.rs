@@ -46,6 +46,14 @@ pub struct FrameArgs {
     pub syn: u8,
     pub ack: u8,
     pub fin: u8,
+    /// 1: this segment completed a handshake the classifier kept from the framer (an attempt in
+    /// `HALF_OPEN`): start the connection as its SYNs would have (`isn_in`, and `isn_out` if
+    /// `syn_seen` has bit 2).
+    pub handshake: u8,
+    pub syn_seen: u8,
+    pub _pad2: u16,
+    pub isn_in: u32,
+    pub isn_out: u32,
     /// Out: with [`FORWARD_FROM`], the first byte the daemon's framer needs.
     pub from_seq: u32,
     pub _pad: u32,
@@ -88,6 +96,27 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
     // SAFETY: this CPU's slot, written by the classifier just before the call. Read in place:
     // a copy would cost 64 bytes of a stack the classifier mostly uses.
     let a = unsafe { &*a };
+    if a.handshake != 0 {
+        if crate::http::port_wanted(&a.key) {
+            let Some(zeroed) = FRAME_SCRATCH.get_ptr(0) else { return 0 };
+            // SAFETY: a map value pointer (see below).
+            if HTTP_FRAMES.insert(&a.key, unsafe { &*zeroed }, BPF_ANY as u64).is_err() {
+                count(Counter::FrameInsertFailures);
+                return 0;
+            }
+            let Some(p) = HTTP_FRAMES.get_ptr_mut(&a.key) else { return 0 };
+            // SAFETY: non-null map value, new: no other writer yet.
+            let c = unsafe { &mut *p };
+            c.client_isn = a.isn_in;
+            c.on_syn(observer_common::http::DIR_IN, a.isn_in, false);
+            if a.syn_seen & 2 != 0 {
+                c.on_syn(observer_common::http::DIR_OUT, a.isn_out, true);
+            }
+        }
+        if a.len == 0 && a.fin == 0 {
+            return HANDLED;
+        }
+    }
     // A client's SYN starts a connection afresh (also on a four-tuple used before).
     let fresh_start = a.syn != 0 && a.ack == 0;
     let existing = if fresh_start { None } else { HTTP_FRAMES.get_ptr_mut(&a.key) };

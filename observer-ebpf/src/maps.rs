@@ -23,6 +23,13 @@ pub static CONNS: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(
 #[map]
 pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// Inbound connection attempts whose handshake has not completed: a SYN from a peer creates its
+/// entry here, not in `CONNS`, so a flood of spoofed SYNs evicts only other attempts, never an
+/// established connection. The entry moves to `CONNS` when the peer completes the handshake (or
+/// is refused with a reset). Same value as `CONNS`.
+#[map]
+pub static HALF_OPEN: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(16_384, 0);
+
 /// HTTP framing and counts per connection, in the kernel (`observer_common::frame`).
 #[map]
 pub static HTTP_FRAMES: LruHashMap<ConnKey, ConnFrame> = LruHashMap::with_max_entries(65_536, 0);

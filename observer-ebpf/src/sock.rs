@@ -260,7 +260,9 @@ fn retransmit(ctx: &TracePointContext, l: &TpLayout, own_socket: bool) -> Option
         return None;
     }
     let k = key(ctx, l)?;
-    let p = conn::get_or_create(&k, unsafe { bpf_ktime_get_ns() })?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A SYN-ACK sent again belongs to an attempt (`HALF_OPEN`) until the handshake completes.
+    let p = if own_socket { conn::get_or_create(&k, now)? } else { conn::for_request(&k, now)? };
     let g = RETRANSMIT_SEGS.load();
     // The socket's own count, read after the kernel updated it (the record fires at the end of
     // the attempt): the connection's count is set to it, the global counter grows by the
@@ -317,7 +319,8 @@ fn reset(ctx: &TracePointContext, l: &TpLayout, sent: bool) -> Option<()> {
     }
     let k = key(ctx, l)?;
     let now = unsafe { bpf_ktime_get_ns() };
-    let p = conn::get_or_create(&k, now)?;
+    // A reset answering a SYN (a port nobody listens on) belongs to that attempt.
+    let p = conn::for_request(&k, now)?;
     // SAFETY: non-null map value pointer.
     unsafe {
         let s = &mut *p;

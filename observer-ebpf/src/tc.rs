@@ -148,14 +148,98 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     let Segment { key, tcp, payload_off, payload_len } = parse(ctx, dir)?;
     let now = unsafe { bpf_ktime_get_ns() };
     let f = tcp.flags;
-    let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
-    // A fresh SYN opens a new connection, also on a four-tuple used before.
-    let stats = if syn_only { conn::open(&key, now) } else { conn::get_or_create(&key, now) };
-    let Some(stats) = stats else {
+    // A fresh SYN opens a new connection, also on a four-tuple used before; a peer's stays in
+    // `HALF_OPEN` until its handshake completes.
+    let stats = conn::for_packet(&key, now, f, dir == Direction::Ingress);
+    let Some((stats, kind)) = stats else {
         // Counted in GLOBAL too; an LRU map should never refuse, so say so loudly.
         warn!(ctx, "CONNS refused a new connection");
         return Ok(());
     };
+    account(ctx, dir, &key, &tcp, payload_off, payload_len, stats, now);
+    // An attempt's packets (the handshake, a reset ending it) carry nothing to frame. Leaving here
+    // also keeps the verifier's paths apart: past this point `stats` is a `CONNS` value only.
+    if kind == conn::ATTEMPT {
+        return Ok(());
+    }
+    let f = tcp.flags;
+    let wire_dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
+    let occupies = payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0;
+    // SAFETY: as above.
+    let (isn, syn_seen) = unsafe {
+        match dir {
+            Direction::Ingress => ((*stats).isn_in, (*stats).syn_seen & 1 != 0),
+            Direction::Egress => ((*stats).isn_out, (*stats).syn_seen & 2 != 0),
+        }
+    };
+    #[cfg_attr(not(feature = "kernel-framer"), allow(unused_mut, reason = "only the kernel framer moves the segment's start"))]
+    let mut seg = http::Seg {
+        dir: wire_dir,
+        first_byte: syn_seen && tcp.seq == isn.wrapping_add(1),
+        seq: tcp.seq,
+        flags: f,
+        off: payload_off,
+        len: payload_len,
+    };
+    // With the kernel framer, what it frames never goes to the daemon: only what it lost.
+    #[cfg(feature = "kernel-framer")]
+    if crate::maps::KERNEL_HTTP.load() == 1 && (occupies || kind == conn::PROMOTED) {
+        if let Some(a) = crate::maps::FRAME_ARGS.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, read by the call below.
+            unsafe {
+                (*a).key = key;
+                (*a).ts_ns = now;
+                (*a).seq = tcp.seq;
+                (*a).len = payload_len as u32;
+                (*a).off = payload_off as u32;
+                (*a).dir = wire_dir;
+                (*a).syn = (f & packet::TCP_SYN != 0) as u8;
+                (*a).ack = (f & packet::TCP_ACK != 0) as u8;
+                (*a).fin = (f & packet::TCP_FIN != 0) as u8;
+                // The handshake the framer did not see (an attempt's packets leave above):
+                // the two SYNs, from the entry.
+                (*a).handshake = (kind == conn::PROMOTED) as u8;
+                (*a).isn_in = (*stats).isn_in;
+                (*a).isn_out = (*stats).isn_out;
+                (*a).syn_seen = (*stats).syn_seen as u8;
+            }
+            match crate::frame::observer_http_frame(ctx.skb.skb) {
+                crate::frame::HANDLED => return Ok(()),
+                crate::frame::FORWARD_FROM => {
+                    // What comes before `from` was counted here: the daemon gets the rest.
+                    // SAFETY: as above; written by the call.
+                    let from = unsafe { (*a).from_seq };
+                    let ahead = from.wrapping_sub(seg.seq);
+                    if ahead as i32 > 0 {
+                        if ahead as usize >= seg.len {
+                            if f & (packet::TCP_FIN | packet::TCP_RST) == 0 {
+                                return Ok(());
+                            }
+                            seg.len = 0;
+                        } else {
+                            seg.seq = from;
+                            seg.off += ahead as usize;
+                            seg.len -= ahead as usize;
+                        }
+                        seg.first_byte = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    http::forward(ctx, &key, stats, &seg, now);
+    Ok(())
+}
+
+/// Counts one packet on its connection's entry (`CONNS`, or `HALF_OPEN` for an attempt): packets,
+/// new and resent bytes, flags, the handshake, a reset that ends a socketless connection, and the
+/// trace record.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined: the segment's parts stay where parse put them, off the stack")]
+fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, payload_off: usize, payload_len: usize, stats: *mut observer_common::conn::ConnStats, now: u64) {
+    let f = tcp.flags;
+    let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
     // Which of this segment's bytes are new in its direction (`observer_common::seq`): a segment
     // that carries only bytes seen before was sent again. Two CPUs may handle segments of one
     // flow at once (veth and backlog run a flow's packets on the CPU that sent them), so the
@@ -248,12 +332,12 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         if f & packet::TCP_RST != 0 && s.state == 0 && s.closed_ns == 0 {
             s.closed_ns = now;
             // No socket: never HTTP framed here, no framing state to carry.
-            conn::emit(ConnEventKind::Closed, 0, &key, stats, now, false);
+            conn::emit(ConnEventKind::Closed, 0, key, stats, now, false);
         }
     }
     trace::record(
         ctx,
-        &key,
+        key,
         &trace::Packet {
             dir: wire_dir,
             tcp_flags: f,
@@ -266,65 +350,6 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         },
         now,
     );
-    // SAFETY: as above.
-    let (isn, syn_seen) = unsafe {
-        match dir {
-            Direction::Ingress => ((*stats).isn_in, (*stats).syn_seen & 1 != 0),
-            Direction::Egress => ((*stats).isn_out, (*stats).syn_seen & 2 != 0),
-        }
-    };
-    #[cfg_attr(not(feature = "kernel-framer"), allow(unused_mut, reason = "only the kernel framer moves the segment's start"))]
-    let mut seg = http::Seg {
-        dir: wire_dir,
-        first_byte: syn_seen && tcp.seq == isn.wrapping_add(1),
-        seq: tcp.seq,
-        flags: f,
-        off: payload_off,
-        len: payload_len,
-    };
-    // With the kernel framer, what it frames never goes to the daemon: only what it lost.
-    #[cfg(feature = "kernel-framer")]
-    if crate::maps::KERNEL_HTTP.load() == 1 && occupies {
-        if let Some(a) = crate::maps::FRAME_ARGS.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot, read by the call below.
-            unsafe {
-                (*a).key = key;
-                (*a).ts_ns = now;
-                (*a).seq = tcp.seq;
-                (*a).len = payload_len as u32;
-                (*a).off = payload_off as u32;
-                (*a).dir = wire_dir;
-                (*a).syn = (f & packet::TCP_SYN != 0) as u8;
-                (*a).ack = (f & packet::TCP_ACK != 0) as u8;
-                (*a).fin = (f & packet::TCP_FIN != 0) as u8;
-            }
-            match crate::frame::observer_http_frame(ctx.skb.skb) {
-                crate::frame::HANDLED => return Ok(()),
-                crate::frame::FORWARD_FROM => {
-                    // What comes before `from` was counted here: the daemon gets the rest.
-                    // SAFETY: as above; written by the call.
-                    let from = unsafe { (*a).from_seq };
-                    let ahead = from.wrapping_sub(seg.seq);
-                    if ahead as i32 > 0 {
-                        if ahead as usize >= seg.len {
-                            if f & (packet::TCP_FIN | packet::TCP_RST) == 0 {
-                                return Ok(());
-                            }
-                            seg.len = 0;
-                        } else {
-                            seg.seq = from;
-                            seg.off += ahead as usize;
-                            seg.len -= ahead as usize;
-                        }
-                        seg.first_byte = false;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    http::forward(ctx, &key, stats, &seg, now);
-    Ok(())
 }
 
 /// Applies one segment to a direction's sequence word (`observer_common::seq::step`) with

@@ -198,6 +198,8 @@ impl App {
             seq_contention: sum(Counter::SeqContention),
             frame_insert_failures: sum(Counter::FrameInsertFailures),
             http_agg_full: sum(Counter::HttpAggFull),
+            half_opened: sum(Counter::HalfOpened),
+            half_open_promoted: sum(Counter::HalfOpenPromoted),
         }
     }
 

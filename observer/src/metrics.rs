@@ -44,6 +44,8 @@ pub struct KernelCounters {
     pub seq_contention: u64,
     pub frame_insert_failures: u64,
     pub http_agg_full: u64,
+    pub half_opened: u64,
+    pub half_open_promoted: u64,
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -101,6 +103,8 @@ pub struct Metrics {
     /// The kernel's HTTP aggregates as last added ([`Metrics::kernel_http`]).
     kernel_http_seen: Mutex<HashMap<AggKey, u64>>,
     http_agg_full: IntCounter,
+    attempts: IntCounter,
+    attempts_completed: IntCounter,
 }
 
 /// Role (as u8), service port (`None`: `other`), status (0 for the per-port series).
@@ -193,6 +197,8 @@ impl Metrics {
             http_series: Mutex::new(HashMap::new()),
             kernel_http_seen: Mutex::new(HashMap::new()),
             http_agg_full: counter("observer_http_kernel_aggregates_full_total", "Messages the kernel framer counted that its full HTTP_AGG map could not add to the aggregates: /metrics misses them (should stay 0)."),
+            attempts: counter("observer_inbound_attempts_total", "Inbound connection attempts (a peer's SYN on a four-tuple without a connection), held apart from the connection map until the handshake completes: spoofed SYNs never evict a connection."),
+            attempts_completed: counter("observer_inbound_attempts_completed_total", "Inbound attempts whose handshake completed (moved to the connection map); the rest were refused, abandoned, or a SYN flood."),
             registry: r,
         }
     }
@@ -365,6 +371,8 @@ impl Metrics {
             seq_contention,
             frame_insert_failures,
             http_agg_full,
+            half_opened,
+            half_open_promoted,
         } = *k;
         for (reason, v) in framing_lost {
             let c = self.kernel_framing_lost.with_label_values(&[reason]);
@@ -387,6 +395,8 @@ impl Metrics {
             (&self.seq_contention, seq_contention),
             (&self.frame_insert_failures, frame_insert_failures),
             (&self.http_agg_full, http_agg_full),
+            (&self.attempts, half_opened),
+            (&self.attempts_completed, half_open_promoted),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {

@@ -227,6 +227,8 @@ fn load_object(
         .map_max_entries("EVENTS", sizes.events_bytes)
         .map_max_entries("PAYLOAD", sizes.payload_bytes)
         .map_max_entries("HTTP_HINTS", sizes.connections)
+        // Attempts whose handshake is under way: a quarter of the connections (at least 1024).
+        .map_max_entries("HALF_OPEN", (sizes.connections / 4).max(1024))
         // LRU maps are preallocated: without the kernel framer, a token size instead of ~20 MiB.
         .map_max_entries("HTTP_FRAMES", if kernel_http == 1 { sizes.connections } else { 64 })
         .override_global("NETNS_FILTER", &netns, true)

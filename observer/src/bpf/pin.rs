@@ -32,8 +32,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The maps that carry counts and undelivered records across restarts, with the key and value
 /// sizes this build gives them. Scratch space, the trace filters and the port filter are not
 /// pinned: each daemon starts them afresh.
-pub const PINNED_MAPS: [(&str, usize, usize); 8] = [
+pub const PINNED_MAPS: [(&str, usize, usize); 9] = [
     ("CONNS", size_of::<ConnKey>(), size_of::<ConnStats>()),
+    ("HALF_OPEN", size_of::<ConnKey>(), size_of::<ConnStats>()),
     ("GLOBAL", 4, 8),
     ("HTTP_FRAMES", size_of::<ConnKey>(), size_of::<ConnFrame>()),
     ("FRAME_LOST", 4, 8),
@@ -99,6 +100,15 @@ impl State {
                     path.display(),
                     info.key_size(),
                     info.value_size(),
+                    self.dir.parent().unwrap_or(&self.dir).display()
+                );
+            }
+            if name == "GLOBAL" && info.max_entries() != observer_common::global::COUNTERS {
+                bail!(
+                    "the pinned map {} holds {} counters, this build {}: it was written by an incompatible build; `observer detach --state-dir {}` removes the state (and its counts)",
+                    path.display(),
+                    info.max_entries(),
+                    observer_common::global::COUNTERS,
                     self.dir.parent().unwrap_or(&self.dir).display()
                 );
             }
