@@ -32,13 +32,68 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// `--metrics-listen`: aggregates for Prometheus, never a four-tuple.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(aggregates))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "this listener serves /metrics (aggregates only) and /healthz; the API is on the daemon's --listen address".into()) })
+        .with_state(app)
+}
+
+async fn aggregates(State(app): State<Arc<App>>) -> impl IntoResponse {
+    app.sync().await;
+    let body = app.render_metrics(false);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}
+
+/// API connections served at once; one more is closed as soon as it is accepted (and counted).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client has this long to send a request's head (also the first): idle or slow sockets do not
+/// hold a place for long.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` resolves: at most [`MAX_CONNECTIONS`] at once,
+/// each given [`HEAD_TIMEOUT`] for every request head. (axum's own `serve` has neither bound:
+/// a thousand idle sockets would take every file descriptor the daemon may open.)
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, refused: prometheus::IntCounter, shutdown: impl std::future::Future<Output = ()>) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors or memory: wait a moment rather than spin.
+                log::warn!("accepting an API connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            refused.inc();
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+            let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            drop(place);
+        });
+    }
+}
+
 fn error(code: StatusCode, message: String) -> Response {
     (code, Json(json!({ "error": message }))).into_response()
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     app.sync().await;
-    let body = app.render_metrics();
+    let body = app.render_metrics(true);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
@@ -52,8 +107,8 @@ async fn connections(State(app): State<Arc<App>>, params: Result<QueryParams<Has
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     app.sync().await;
-    let connections = query.apply(app.connections());
-    Json(json!({ "count": connections.len(), "connections": connections })).into_response()
+    let (connections, matched) = query.apply(app.connections());
+    Json(json!({ "count": connections.len(), "matched": matched, "connections": connections })).into_response()
 }
 
 async fn connection(State(app): State<Arc<App>>, connection: Result<Path<String>, PathRejection>) -> Response {
@@ -82,7 +137,13 @@ async fn trace(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<S
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let (subscription, rx) = app.trace.subscribe(filter);
+    let Some((subscription, rx)) = app.trace.subscribe(filter) else {
+        app.metrics.trace_refused.inc();
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} traces are already following connections, the most this daemon keeps at once: end one (Ctrl-C on an `observer trace`) and ask again", crate::trace::MAX_SUBSCRIBERS),
+        );
+    };
     let hello = serde_json::json!({"type": "subscribed", "filter": params}).to_string() + "\n";
     // The subscription lives in the stream's state: when the client goes, hyper drops the body,
     // and with it the subscription (and, for the last one, the kernel filter).

@@ -54,6 +54,8 @@ pub struct Config {
     /// HTTP framed in the kernel (`--http-framing kernel`), else by the daemon from payload.
     pub kernel_http: bool,
     pub lifecycle_hook: crate::bpf::LifecycleHook,
+    /// A second listener for Prometheus: `/metrics` without per-connection series, `/healthz`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where maps and links are pinned (`None`: nothing outlives the daemon).
     pub state_dir: Option<std::path::PathBuf>,
 }
@@ -123,9 +125,10 @@ impl App {
 
     /// The daemon's own API connections (the CLI, scrapers): not what an operator looks for.
     fn is_own(&self, key: &ConnKey) -> bool {
-        let listen = self.config.listen;
-        (key.local_port == listen.port() && (listen.ip().is_unspecified() || key.local().ip() == listen.ip()))
-            || (key.remote_port == listen.port() && key.remote().ip() == listen.ip())
+        std::iter::once(self.config.listen).chain(self.config.metrics_listen).any(|listen| {
+            (key.local_port == listen.port() && (listen.ip().is_unspecified() || key.local().ip() == listen.ip()))
+                || (key.remote_port == listen.port() && key.remote().ip() == listen.ip())
+        })
     }
 
     /// Every connection: open ones and recently closed ones.
@@ -204,7 +207,7 @@ impl App {
     }
 
     /// Renders /metrics: kernel counters, table gauges, program run times, the top K series.
-    pub fn render_metrics(&self) -> String {
+    pub fn render_metrics(&self, with_connections: bool) -> String {
         // One read of the kernel map serves the top K and the table gauges.
         let kernel = self.kernel_entries();
         let mut conns: Vec<Connection> = self
@@ -225,7 +228,7 @@ impl App {
         self.metrics.set_top(&top);
         self.metrics.set_programs(&bpf::program_stats(&self.program_ids));
         self.metrics.kernel_http(&self.kernel_http_aggregates());
-        self.metrics.render(&self.kernel_counters(), &self.kernel_framing_lost(), &self.table_gauges(&kernel))
+        self.metrics.render(&self.kernel_counters(), &self.kernel_framing_lost(), &self.table_gauges(&kernel), with_connections)
     }
 
     pub fn table_gauges(&self, kernel: &[(ConnKey, ConnStats)]) -> TableGauges {
@@ -474,6 +477,14 @@ pub async fn run(config: Config) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}: is another observer running? choose another address with --listen", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for /metrics: choose another address with --metrics-listen"))?,
+        ),
+        None => None,
+    };
     let state = config.state_dir.as_deref().map(bpf::pin::State::open).transpose()?;
     let (loaded, maps, Rings { events, payload, trace: trace_ring }, trace_maps) =
         bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http, config.lifecycle_hook, state.as_ref())?;
@@ -500,9 +511,9 @@ pub async fn run(config: Config) -> Result<()> {
     });
     app.metrics.ring_size.with_label_values(&["events"]).set(i64::from(config.map_sizes.events_bytes));
     app.metrics.ring_size.with_label_values(&["payload"]).set(i64::from(config.map_sizes.payload_bytes));
-    let pump_task = tokio::spawn(pump(app.clone(), events, events_drain_rx));
-    let payload_task = tokio::spawn(payload_pump(app.clone(), payload, payload_drain_rx));
-    let trace_task = tokio::spawn(trace_pump(app.clone(), trace_ring));
+    let mut pump_task = tokio::spawn(pump(app.clone(), events, events_drain_rx));
+    let mut payload_task = tokio::spawn(payload_pump(app.clone(), payload, payload_drain_rx));
+    let mut trace_task = tokio::spawn(trace_pump(app.clone(), trace_ring));
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -513,8 +524,34 @@ pub async fn run(config: Config) -> Result<()> {
             }
         })
     };
+    let metrics_task = metrics_listener.map(|l| {
+        log::info!("/metrics without per-connection series on http://{}", config.metrics_listen.expect("bound above"));
+        let router = api::metrics_router(app.clone());
+        let refused = app.metrics.api_refused.clone();
+        tokio::spawn(api::serve(l, router, refused, std::future::pending()))
+    });
     log::info!("observing {} on http://{}", interfaces.join(", "), config.listen);
-    let served = axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown).await;
+    // A ring pump that stops (it never returns while the daemon is well) ends the daemon with its
+    // reason and a failing status: a supervisor restarts it, and the pinned state carries over.
+    let pump_ended = async {
+        let (name, ended) = tokio::select! {
+            r = &mut pump_task => ("the lifecycle event pump", r),
+            r = &mut payload_task => ("the HTTP record pump", r),
+            r = &mut trace_task => ("the trace pump", r),
+        };
+        match ended {
+            Ok(Ok(())) => anyhow::anyhow!("{name} stopped"),
+            Ok(Err(e)) => e.context(format!("{name} failed")),
+            Err(e) => anyhow::anyhow!("{name} panicked or was cancelled: {e}"),
+        }
+    };
+    let failure = tokio::select! {
+        _ = api::serve(listener, api::router(app.clone()), app.metrics.api_refused.clone(), shutdown) => None,
+        e = pump_ended => Some(e),
+    };
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     pump_task.abort();
     payload_task.abort();
     trace_task.abort();
@@ -530,7 +567,10 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         None => log::info!("detached from {}; bye", interfaces.join(", ")),
     }
-    served.context("serving the API")
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// `observer detach`: removes the pinned state (its links detach their programs) and, on kernels

@@ -41,6 +41,10 @@ enum Command {
         /// than loopback must be asked for explicitly.
         #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
         listen: SocketAddr,
+        /// Also serve /metrics here, for Prometheus: aggregates only, without the per-connection
+        /// (top K) series whose labels are four-tuples, and without the API.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
         /// Connections the kernel map holds; when full, the least recently active is evicted.
         #[arg(long, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_connections: u32,
@@ -85,6 +89,10 @@ enum Command {
         /// each time.
         #[arg(long)]
         ephemeral: bool,
+        /// Keep query strings in request targets. By default the API and traces show the path
+        /// and `?…` where a query was: tokens in URLs stay out of them.
+        #[arg(long)]
+        show_query: bool,
     },
     /// List connections from a running daemon, as a table (or JSON).
     Connections {
@@ -192,7 +200,8 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral } => {
+        Command::Run { interfaces, listen, metrics_listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral, show_query } => {
+            http::set_keep_query(show_query);
             let config = daemon::Config {
                 interfaces,
                 listen,
@@ -203,6 +212,7 @@ fn main() -> std::process::ExitCode {
                 top_k,
                 kernel_http: http_framing == HttpFraming::Kernel,
                 lifecycle_hook,
+                metrics_listen,
                 state_dir: (!ephemeral).then_some(state_dir),
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))

@@ -105,6 +105,10 @@ pub struct Metrics {
     http_agg_full: IntCounter,
     attempts: IntCounter,
     attempts_completed: IntCounter,
+    /// Live traces refused: as many were following as the daemon keeps at once.
+    pub trace_refused: IntCounter,
+    /// API connections closed at once: as many were open as the daemon serves at once.
+    pub api_refused: IntCounter,
 }
 
 /// Role (as u8), service port (`None`: `other`), status (0 for the per-port series).
@@ -199,6 +203,8 @@ impl Metrics {
             http_agg_full: counter("observer_http_kernel_aggregates_full_total", "Messages the kernel framer counted that its full HTTP_AGG map could not add to the aggregates: /metrics misses them (should stay 0)."),
             attempts: counter("observer_inbound_attempts_total", "Inbound connection attempts (a peer's SYN on a four-tuple without a connection), held apart from the connection map until the handshake completes: spoofed SYNs never evict a connection."),
             attempts_completed: counter("observer_inbound_attempts_completed_total", "Inbound attempts whose handshake completed (moved to the connection map); the rest were refused, abandoned, or a SYN flood."),
+            api_refused: counter("observer_api_connections_refused_total", "API and /metrics connections closed at once because 256 were already open (each has 10 s to send a request head)."),
+            trace_refused: counter("observer_trace_refused_total", "Live traces refused because 64 were already following connections."),
             registry: r,
         }
     }
@@ -350,7 +356,9 @@ impl Metrics {
     }
 
     /// Brings the counters up to the kernel's values and renders the text exposition format.
-    pub fn render(&self, k: &KernelCounters, framing_lost: &[(&'static str, u64)], t: &TableGauges) -> String {
+    /// `with_connections`: include the per-connection (top K) series, whose labels are
+    /// four-tuples; without, aggregates only (`--metrics-listen`).
+    pub fn render(&self, k: &KernelCounters, framing_lost: &[(&'static str, u64)], t: &TableGauges, with_connections: bool) -> String {
         let KernelCounters {
             packets_seen,
             not_tcp,
@@ -409,7 +417,11 @@ impl Metrics {
         self.connections_active.with_label_values(&["unknown"]).set(t.open_unknown as i64);
         self.connections_closed_kept.set(t.closed_kept as i64);
         let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        let mut families = self.registry.gather();
+        if !with_connections {
+            families.retain(|f| !f.get_metric().iter().any(|m| m.get_label().iter().any(|l| l.name() == "remote")));
+        }
+        TextEncoder::new().encode(&families, &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
     }
 }

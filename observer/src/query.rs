@@ -125,6 +125,11 @@ pub struct Query {
     pub min_requests: Option<u64>,
 }
 
+/// Connections in one answer unless `limit` says otherwise, and the most `limit` may ask for:
+/// the answer is built in memory, about 2 KiB per connection.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 100_000;
+
 const PARAMS: &str = "state, role, port, local_port, remote_port, address, sort, order, limit, window, min_requests";
 
 fn port(name: &str, v: &str) -> Result<u16, String> {
@@ -162,7 +167,13 @@ impl Query {
                         _ => return Err(format!("order={v:?}: expected asc or desc")),
                     }
                 }
-                "limit" => q.limit = Some(v.parse().map_err(|_| format!("limit={v:?} is not a count: expected a whole number"))?),
+                "limit" => {
+                    let n: usize = v.parse().map_err(|_| format!("limit={v:?} is not a count: expected a whole number"))?;
+                    if n > MAX_LIMIT {
+                        return Err(format!("limit={n} is more than the {MAX_LIMIT} connections one answer holds: narrow the list with filters (state, role, port, address, min_requests) or ask for fewer"));
+                    }
+                    q.limit = Some(n);
+                }
                 "window" => q.window = Window::parse(v)?,
                 "min_requests" => q.min_requests = Some(v.parse().map_err(|_| format!("min_requests={v:?} is not a count: expected a whole number"))?),
                 other => return Err(format!("unknown parameter {other:?}: expected {PARAMS}")),
@@ -189,8 +200,9 @@ impl Query {
             && self.min_requests.is_none_or(|n| self.window.of(c).is_some_and(|v| v.counts.requests >= n))
     }
 
-    /// Filters, sorts (default: most recently active first) and limits.
-    pub fn apply(&self, mut all: Vec<Connection>) -> Vec<Connection> {
+    /// Filters, sorts (default: most recently active first) and limits (default
+    /// [`DEFAULT_LIMIT`]); also returns how many matched before the limit.
+    pub fn apply(&self, mut all: Vec<Connection>) -> (Vec<Connection>, usize) {
         all.retain(|c| self.matches(c));
         let key = self.sort.unwrap_or(SortKey::LastSeen);
         all.sort_by(|a, b| {
@@ -198,10 +210,9 @@ impl Query {
             let o = if self.ascending { o } else { o.reverse() };
             o.then_with(|| a.connection.cmp(&b.connection))
         });
-        if let Some(n) = self.limit {
-            all.truncate(n);
-        }
-        all
+        let matched = all.len();
+        all.truncate(self.limit.unwrap_or(DEFAULT_LIMIT));
+        (all, matched)
     }
 }
 
@@ -235,5 +246,7 @@ mod tests {
         assert!(Query::parse(&p("state", "TIME_WAIT")).is_ok());
         assert!(Query::parse(&p("window", "5m")).unwrap_err().contains("10s, 60s or lifetime"));
         assert_eq!(Query::parse(&p("sort", "error_ratio")).unwrap().sort, Some(SortKey::ErrorRatio));
+        assert!(Query::parse(&p("limit", "1000000000")).unwrap_err().contains("narrow the list"));
+        assert_eq!(Query::parse(&p("limit", "100000")).unwrap().limit, Some(MAX_LIMIT));
     }
 }

@@ -93,6 +93,9 @@ struct State {
     subs: HashMap<u64, Subscriber>,
 }
 
+/// Live traces at once, at most.
+pub const MAX_SUBSCRIBERS: usize = 64;
+
 /// Every live trace.
 pub struct Hub {
     state: Mutex<State>,
@@ -121,9 +124,14 @@ impl Hub {
         state.subs.values().fold(0, |m, s| m | s.filter.shape)
     }
 
-    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> (Subscription, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::channel(4096);
+    /// A new live trace, or `None` when [`MAX_SUBSCRIBERS`] are already following (each holds a
+    /// queue of up to 4096 lines).
+    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Option<(Subscription, mpsc::Receiver<String>)> {
         let mut st = self.state.lock().expect("trace lock");
+        if st.subs.len() >= MAX_SUBSCRIBERS {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(4096);
         if !st.subs.values().any(|s| s.filter == filter) {
             self.kernel.add(&filter);
         }
@@ -131,7 +139,7 @@ impl Hub {
         let id = st.next_id;
         st.subs.insert(id, Subscriber { filter, tx });
         self.kernel.set_shapes(Self::shapes(&st));
-        (Subscription { hub: self.clone(), id }, rx)
+        Some((Subscription { hub: self.clone(), id }, rx))
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -238,12 +246,22 @@ mod tests {
         let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
         let hub = Arc::new(Hub::new(Box::new(rec.clone())));
         let f = Filter::from_params(&params("local_port", "80")).unwrap();
-        let (a, _ra) = hub.subscribe(f);
-        let (b, _rb) = hub.subscribe(f);
+        let (a, _ra) = hub.subscribe(f).expect("room");
+        let (b, _rb) = hub.subscribe(f).expect("room");
         drop(a);
         assert_eq!(hub.active(), 1);
         drop(b);
         assert_eq!(hub.active(), 0);
         assert_eq!(*rec.0.lock().unwrap(), vec!["add 8", "shapes 8", "shapes 8", "shapes 8", "remove 8", "shapes 0"]);
+    }
+
+    #[test]
+    fn subscribers_are_capped() {
+        let hub = Arc::new(Hub::new(Box::new(Arc::new(Recorder(Mutex::new(Vec::new()))))));
+        let f = Filter::from_params(&params("local_port", "80")).unwrap();
+        let held: Vec<_> = (0..MAX_SUBSCRIBERS).map(|_| hub.subscribe(f).expect("room")).collect();
+        assert!(hub.subscribe(f).is_none());
+        drop(held);
+        assert!(hub.subscribe(f).is_some());
     }
 }

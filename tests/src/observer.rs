@@ -261,7 +261,7 @@ impl Observer {
 
     /// `GET /api/v1/connections`, parsed.
     pub fn connections(&self) -> Snapshot {
-        let (status, body) = self.get("/api/v1/connections");
+        let (status, body) = self.get("/api/v1/connections?limit=100000");
         assert_eq!(status, 200, "GET /api/v1/connections: {body}");
         Snapshot::parse(&body).unwrap_or_else(|e| panic!("GET /api/v1/connections: {e}"))
     }

@@ -775,6 +775,7 @@ fn connection_filters_select_exactly_the_matching_connections() {
         ("/api/v1/connections?sort=nonsense", "nonsense"),
         ("/api/v1/connections?colour=red", "colour"),
         ("/api/v1/connections?limit=many", "many"),
+        ("/api/v1/connections?limit=1000000000", "1000000000"),
         ("/api/v1/connections?address=198.18.1", "198.18.1"),
         ("/api/v1/connections?role=sideways", "sideways"),
         ("/api/v1/connections/198.18.1.1:80", "198.18.1.1:80"),

@@ -495,6 +495,108 @@ fn api_shows_one_connection_with_its_http_history() {
     assert_eq!((comma["first_seen"].as_f64(), comma["closed"].as_f64()), (v["first_seen"].as_f64(), v["closed"].as_f64()));
 }
 
+/// Query strings (where tokens hide) stay out of the API unless asked for; `--metrics-listen`
+/// serves the aggregates without a single four-tuple, and nothing else.
+#[test]
+fn targets_lose_their_query_unless_asked_and_the_metrics_listener_has_no_four_tuples() {
+    const TEST: &str = "targets_lose_their_query_unless_asked_and_the_metrics_listener_has_no_four_tuples";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    for (extra, shown) in [(&["--metrics-listen", "127.0.0.1:9480"][..], "/ok?…"), (&["--show-query"][..], "/ok?token=s3cret")] {
+        let lab = lab_with(TEST, extra);
+        let t = curl(&lab.topo.client, &urls(&["/ok?token=s3cret"]), &[]);
+        assert_eq!(t[0].http_code, 200);
+        let path = format!("/api/v1/connections/{}", inbound(&t[0]).replace(' ', "%20"));
+        let v = wait_json(&lab.observer, &path, "the connection with its exchange", WAIT, |v| v["http"]["recent"].as_array().is_some_and(|r| r.len() == 1));
+        assert_eq!(v["http"]["recent"][0]["target"], shown, "with {extra:?}: {v:#}");
+        if extra[0] != "--metrics-listen" {
+            continue;
+        }
+        let main = lab.observer.metrics();
+        assert!(main.contains("remote=\""), "the API listener's /metrics has the per-connection series:\n{main}");
+        let aggregates = lab.topo.gateway.run("curl", ["-sS", "http://127.0.0.1:9480/metrics"]);
+        assert!(aggregates.contains("observer_http_requests_total{"), "{aggregates}");
+        assert!(!aggregates.contains("remote=\"") && !aggregates.contains("local=\""), "a four-tuple label on the metrics listener:\n{aggregates}");
+        let api = lab.topo.gateway.run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9480/api/v1/connections"]);
+        assert_eq!(api, "404", "the metrics listener serves no API");
+    }
+}
+
+/// A thousand idle sockets and a hundred traces at once: the daemon serves at most 256 API
+/// connections, gives each 10 s to send a request head, and keeps at most 64 live traces; each
+/// refusal is counted, and the API answers throughout.
+#[test]
+fn idle_sockets_and_trace_floods_are_bounded_and_the_api_keeps_answering() {
+    const TEST: &str = "idle_sockets_and_trace_floods_are_bounded_and_the_api_keeps_answering";
+    const IDLE: usize = 1000;
+    const TRACES: usize = 100;
+    if !root_or_skip(TEST) {
+        return;
+    }
+    raise_nofile(4096);
+    let lab = Lab::start(TEST);
+    let api: SocketAddr = observer_tests::observer::API.parse().unwrap();
+    let rss = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())).unwrap_or(0);
+    let rss_before = rss(lab.observer.pid());
+    assert_eq!(lab.observer.get("/healthz").0, 200, "the harness's kept-alive connection is open first");
+
+    // Idle sockets: connected, silent.
+    let idle: Vec<TcpStream> = lab.topo.gateway.enter(move || (0..IDLE).map(|_| TcpStream::connect(api).expect("connecting to the API")).collect()).unwrap();
+    let m = wait_metrics(&lab.observer, "refused API connections", WAIT, |m| m.value("observer_api_connections_refused_total", &[]).is_some_and(|v| v >= (IDLE - 256) as f64));
+    let refused = m.value("observer_api_connections_refused_total", &[]).unwrap();
+    assert!(refused <= (IDLE - 255) as f64, "{refused} refused: more than the idle sockets beyond the 256 places");
+    // The daemon closes the silent ones after 10 s; then new clients get in again.
+    let closed = poll(Duration::from_secs(30), Duration::from_millis(500), || {
+        idle.iter()
+            .all(|s| {
+                s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+                match io::Read::read(&mut &*s, &mut [0u8; 1]) {
+                    Ok(0) => true,
+                    Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+                    Ok(_) => false,
+                }
+            })
+            .then_some(())
+    });
+    assert!(closed.is_some(), "the idle sockets are still open 30 s later");
+    drop(idle);
+    let fresh = lab.topo.gateway.run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{api}/metrics")]);
+    assert_eq!(fresh, "200", "a new client after the idle sockets went");
+
+    // Traces: 64 follow, the rest are told why not.
+    let traces: Vec<(TcpStream, u16)> = lab
+        .topo
+        .gateway
+        .enter(move || {
+            (0..TRACES)
+                .map(|_| {
+                    let mut s = TcpStream::connect(api).expect("connecting to the API");
+                    io::Write::write_all(&mut s, b"GET /api/v1/trace?local_port=80 HTTP/1.1\r\nHost: observer\r\n\r\n").unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n") {
+                        assert_eq!(io::Read::read(&mut s, &mut b).expect("a status line"), 1, "the connection ended: {:?}", String::from_utf8_lossy(&head));
+                        head.push(b[0]);
+                    }
+                    let code = String::from_utf8_lossy(&head).split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                    (s, code)
+                })
+                .collect()
+        })
+        .unwrap();
+    let ok = traces.iter().filter(|(_, c)| *c == 200).count();
+    let refused_traces = traces.iter().filter(|(_, c)| *c == 503).count();
+    assert_eq!((ok, refused_traces), (64, TRACES - 64), "200s and 503s to {TRACES} trace requests");
+    let m = wait_metrics(&lab.observer, "refused traces", WAIT, |m| m.value("observer_trace_refused_total", &[]) == Some((TRACES - 64) as f64));
+    assert_eq!(lab.observer.status()["traces_active"], 64, "{}", m.text);
+    drop(traces);
+    let rss_after = rss(lab.observer.pid());
+    eprintln!("{TEST}: RSS {rss_before} KiB before, {rss_after} KiB after");
+    assert!(rss_after < rss_before + 64 * 1024, "the daemon grew from {rss_before} to {rss_after} KiB");
+}
+
 #[test]
 fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     const TEST: &str = "api_status_reports_attachments_tracepoints_and_exact_kernel_counters";

@@ -39,6 +39,26 @@ fn known_methods() -> &'static [Text] {
     KNOWN.get_or_init(|| (1..=u8::MAX).map_while(Method::from_u8).map(|m| Text::from(m.name())).collect())
 }
 
+/// Whether request targets keep their query strings (`observer run --show-query`). Off by
+/// default: tokens in URLs stay out of the API and traces.
+static KEEP_QUERY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_keep_query(keep: bool) {
+    KEEP_QUERY.store(keep, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A request target as shown: its path, and `?…` where a query string was cut off (unless the
+/// operator asked to keep queries).
+fn shown_target(target: Text) -> Text {
+    if KEEP_QUERY.load(std::sync::atomic::Ordering::Relaxed) {
+        return target;
+    }
+    match target.find('?') {
+        Some(i) => Text::from(format!("{}?…", &target[..i])),
+        None => target,
+    }
+}
+
 /// The shared text of a known method.
 fn known_method(m: Method) -> Text {
     known_methods()[(m as usize) - 1].clone()
@@ -411,6 +431,7 @@ impl HttpConn {
         self.messages += 1;
         match head {
             Head::Request { method, target, .. } => {
+                let target = shown_target(target);
                 self.request_dir.get_or_insert(dir);
                 self.lifetime.requests += 1;
                 self.bucket(ts_ns).requests += 1;
@@ -826,6 +847,12 @@ mod tests {
 
     fn msg_response(status: u16) -> Vec<u8> {
         vec![MSG_RESPONSE, 0, 0, 0, status as u8, (status >> 8) as u8, 0, 0]
+    }
+
+    #[test]
+    fn targets_lose_their_query_strings_unless_asked() {
+        assert_eq!(&*shown_target("/login?token=s3cret".into()), "/login?…");
+        assert_eq!(&*shown_target("/plain".into()), "/plain");
     }
 
     #[test]
