@@ -77,9 +77,11 @@ pub struct App {
     pub netns_filter: bool,
     /// What follows state changes (`tp_btf`, `tracepoint`, `none`).
     pub lifecycle_hook: &'static str,
+    /// The capabilities kept once everything was loaded and attached.
+    pub capabilities: Vec<&'static str>,
     /// Why HTTP is framed by the daemon although the kernel was asked to.
     pub kernel_http_refused: Option<String>,
-    pub program_ids: Vec<(&'static str, u32)>,
+    pub programs: bpf::Programs,
     pub metrics: Metrics,
     pub trace: Arc<Hub>,
     pub started: Instant,
@@ -226,7 +228,7 @@ impl App {
             })
             .collect();
         self.metrics.set_top(&top);
-        self.metrics.set_programs(&bpf::program_stats(&self.program_ids));
+        self.metrics.set_programs(&self.programs.stats());
         self.metrics.kernel_http(&self.kernel_http_aggregates());
         self.metrics.render(&self.kernel_counters(), &self.kernel_framing_lost(), &self.table_gauges(&kernel), with_connections)
     }
@@ -463,7 +465,7 @@ fn drain_events(app: &Arc<App>, ring: &mut aya::maps::RingBuf<aya::maps::MapData
 pub async fn run(config: Config) -> Result<()> {
     // Signals first: a SIGTERM while the programs load must still detach cleanly.
     let shutdown = shutdown_signal()?;
-    sys::require_root()?;
+    sys::require_capabilities()?;
     sys::raise_memlock();
     sys::ensure_mounted("bpf", "/sys/fs/bpf")?;
     if let Err(e) = sys::ensure_mounted("tracefs", crate::tracefs::TRACEFS) {
@@ -490,6 +492,20 @@ pub async fn run(config: Config) -> Result<()> {
         bpf::load_and_attach(&interfaces, config.map_sizes, &config.http_ports, config.kernel_http, config.lifecycle_hook, state.as_ref())?;
     // The kernel may have refused its framer: what runs is what counts.
     let config = Config { kernel_http: loaded.kernel_http, ..config };
+    // Everything is loaded and attached: keep only what reading maps needs (CAP_BPF; CAP_SYS_ADMIN
+    // on kernels before 5.8, which have no CAP_BPF), and CAP_NET_ADMIN where the exit detaches
+    // netlink tc filters (clsact, nothing pinned).
+    let mut keep = vec![sys::CAP_BPF, sys::CAP_SYS_ADMIN];
+    if sys::kernel_before(5, 8) {
+        keep.retain(|&c| c != sys::CAP_BPF);
+    } else {
+        keep.retain(|&c| c != sys::CAP_SYS_ADMIN);
+    }
+    if state.is_none() && loaded.attachments.iter().any(|a| a.mode == "clsact") {
+        keep.push(sys::CAP_NET_ADMIN);
+    }
+    let capabilities = sys::drop_capabilities(&keep)?;
+    log::info!("loaded and attached; capabilities kept from here on: {}", if capabilities.is_empty() { "none".to_owned() } else { capabilities.join(", ") });
     let (events_drain, events_drain_rx) = tokio::sync::mpsc::channel(64);
     let (payload_drain, payload_drain_rx) = tokio::sync::mpsc::channel(64);
     let app = Arc::new(App {
@@ -503,8 +519,9 @@ pub async fn run(config: Config) -> Result<()> {
         tracepoints: loaded.tracepoints.clone(),
         netns_filter: loaded.netns_filter,
         lifecycle_hook: loaded.lifecycle_hook,
+        capabilities,
         kernel_http_refused: loaded.kernel_http_refused.clone(),
-        program_ids: loaded.program_ids.clone(),
+        programs: loaded.programs.clone(),
         started: Instant::now(),
         sweeps: std::sync::atomic::AtomicU64::new(0),
         config: config.clone(),

@@ -4,12 +4,85 @@ use std::{fs, io, path::Path, time::SystemTime};
 use anyhow::{bail, Context, Result};
 
 /// `observer run` loads BPF programs and attaches them to interfaces.
+/// Capabilities by number (linux/capability.h).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+fn cap_name(cap: u32) -> &'static str {
+    match cap {
+        CAP_NET_ADMIN => "CAP_NET_ADMIN",
+        CAP_SYS_ADMIN => "CAP_SYS_ADMIN",
+        CAP_PERFMON => "CAP_PERFMON",
+        CAP_BPF => "CAP_BPF",
+        _ => "CAP_?",
+    }
+}
+
+/// The process's capability sets (effective, permitted, inheritable), 64 bits each.
+fn capget() -> Result<[u64; 3]> {
+    let mut header = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this process
+    let mut data = [[0u32; 3]; 2];
+    // SAFETY: a version-3 header and room for its two data records.
+    if unsafe { libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error()).context("capget");
+    }
+    let set = |i: usize| u64::from(data[0][i]) | (u64::from(data[1][i]) << 32);
+    Ok([set(0), set(1), set(2)])
+}
+
+fn capset(effective: u64, permitted: u64) -> io::Result<()> {
+    let header = [0x2008_0522u32, 0];
+    let data = [[effective as u32, permitted as u32, 0], [(effective >> 32) as u32, (permitted >> 32) as u32, 0]];
+    // SAFETY: a version-3 header and its two data records.
+    if unsafe { libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `observer run` needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (as root, or granted to another
+/// user); CAP_SYS_ADMIN also works for CAP_BPF and CAP_PERFMON (kernels before 5.8 know only it).
+pub fn require_capabilities() -> Result<()> {
+    let [effective, _, _] = capget()?;
+    let has = |c: u32| effective & (1 << c) != 0;
+    let missing: Vec<&str> = [CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON]
+        .into_iter()
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, not for CAP_NET_ADMIN.
+        .filter(|&c| !(has(c) || (c != CAP_NET_ADMIN && has(CAP_SYS_ADMIN))))
+        .map(cap_name)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "observer run loads and attaches eBPF programs and lacks {}: run it as root (sudo), or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (systemd: AmbientCapabilities=; a file: setcap cap_bpf,cap_net_admin,cap_perfmon+ep)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The root-only commands (`observer detach`).
 pub fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("observer run loads eBPF programs and needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): run it with sudo");
+        bail!("this command removes pinned eBPF state and tc filters: run it as root (sudo)");
     }
     Ok(())
+}
+
+/// Once everything is loaded and attached, keeps only `keep` (and what the process had of them):
+/// reading maps needs CAP_BPF where unprivileged BPF is off; nothing else is needed any more.
+/// Returns the capabilities kept, by name.
+pub fn drop_capabilities(keep: &[u32]) -> Result<Vec<&'static str>> {
+    let [effective, permitted, _] = capget()?;
+    let wanted = keep.iter().fold(0u64, |m, &c| m | (1 << c));
+    let kept = permitted & wanted;
+    // Ambient capabilities would come back in a child; none is started, but clear them anyway.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    capset(effective & kept, kept).context("dropping capabilities (capset)")?;
+    Ok(keep.iter().filter(|&&c| kept & (1 << c) != 0).map(|&c| cap_name(c)).collect())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so map creation cannot fail

@@ -597,6 +597,41 @@ fn idle_sockets_and_trace_floods_are_bounded_and_the_api_keeps_answering() {
     assert!(rss_after < rss_before + 64 * 1024, "the daemon grew from {rss_before} to {rss_after} KiB");
 }
 
+/// Least privilege: a daemon started without CAP_PERFMON (nor CAP_SYS_ADMIN, which stands in for
+/// it) says exactly that; one started as root
+/// keeps only CAP_BPF once its programs are attached, and goes on counting and tracing.
+#[test]
+fn the_daemon_needs_named_capabilities_and_keeps_only_cap_bpf() {
+    const TEST: &str = "the_daemon_needs_named_capabilities_and_keeps_only_cap_bpf";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let topo = Topology::new(TEST);
+    // (`timeout`: a daemon that wrongly starts must not hang the test.)
+    let out = topo.gateway.exec(
+        "timeout",
+        ["20", "capsh", "--drop=cap_perfmon,cap_sys_admin", "--", "-c", &format!("exec {} run --interface {GW_CLIENT_IF} --ephemeral", observer_bin().display())].map(std::ffi::OsString::from),
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "started without CAP_PERFMON: {err}");
+    assert!(err.contains("lacks CAP_PERFMON:"), "names the missing one, and only it: {err}");
+    drop(topo);
+
+    let lab = Lab::start(TEST);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lab.observer.pid())).expect("the daemon's status");
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(|v| u64::from_str_radix(v.trim(), 16).expect("hex")).expect("CapEff");
+    let prm = status.lines().find_map(|l| l.strip_prefix("CapPrm:")).map(|v| u64::from_str_radix(v.trim(), 16).expect("hex")).expect("CapPrm");
+    assert_eq!((eff, prm), (1 << 39, 1 << 39), "effective and permitted: CAP_BPF (bit 39) alone");
+    assert_eq!(lab.observer.status()["capabilities"], serde_json::json!(["CAP_BPF"]));
+    // Still counting, reading its maps, and tracing (a kernel filter written through its map).
+    let t = curl(&lab.topo.client, &urls(&["/ok", "/status/503"]), &[]);
+    let v = wait_json(&lab.observer, &format!("/api/v1/connections/{}", inbound(&t[0]).replace(' ', "%20")), "two requests", WAIT, |v| v["http"]["lifetime"]["requests"] == 2);
+    assert_eq!(v["http"]["lifetime"]["responses_5xx"], 1, "{v:#}");
+    let trace = cli(&lab.topo.gateway, &["trace", "--local-port", "80", "--count", "1", "--duration", "5", "--json"]);
+    assert!(trace.status.success(), "observer trace: {}", text(&trace.stderr));
+    assert!(lab.observer.status()["programs"].as_array().is_some_and(|p| !p.is_empty()), "program stats through their own descriptors");
+}
+
 #[test]
 fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     const TEST: &str = "api_status_reports_attachments_tracepoints_and_exact_kernel_counters";

@@ -102,8 +102,8 @@ pub struct MapSizes {
 /// The loaded programs. Dropping it detaches every program it attached, except those pinned in
 /// the state directory: they keep counting until `observer detach`.
 pub struct Loaded {
-    /// Owns programs, links and the maps not taken out.
-    _ebpf: Ebpf,
+    /// Owns programs, links and the maps not taken out; shared with [`Programs`].
+    pub programs: Programs,
     pub attachments: Vec<Attachment>,
     /// Every socket tracepoint and whether it is attached (`sock:inet_sock_set_state`, ...).
     pub tracepoints: Vec<(String, bool)>,
@@ -115,8 +115,38 @@ pub struct Loaded {
     pub kernel_http: bool,
     /// Why the kernel does not frame HTTP although it was asked to.
     pub kernel_http_refused: Option<String>,
-    /// Our programs' kernel ids, for their run-time accounting (`kernel.bpf_stats_enabled`).
-    pub program_ids: Vec<(&'static str, u32)>,
+}
+
+/// Our loaded programs, for their run-time accounting (`kernel.bpf_stats_enabled`): read through
+/// their own descriptors, which needs no capability (listing every program would need
+/// CAP_SYS_ADMIN, which the daemon gives up once loaded).
+#[derive(Clone)]
+pub struct Programs {
+    ebpf: std::sync::Arc<std::sync::Mutex<Ebpf>>,
+    /// (name, kernel id)
+    pub ids: Vec<(&'static str, u32)>,
+}
+
+impl Programs {
+    pub fn stats(&self) -> Vec<ProgramStats> {
+        let ebpf = self.ebpf.lock().expect("programs lock");
+        let mut stats: Vec<ProgramStats> = ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .filter_map(|info| {
+                let (program, _) = self.ids.iter().find(|(_, id)| *id == info.id())?;
+                Some(ProgramStats {
+                    program,
+                    id: info.id(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    verified_instructions: info.verified_instruction_count(),
+                })
+            })
+            .collect();
+        stats.sort_by_key(|s| s.program);
+        stats
+    }
 }
 
 /// The maps the daemon reads.
@@ -405,7 +435,15 @@ fn load_object(
         shapes: std::sync::Mutex::new(Array::try_from(ebpf.take_map("TRACE_SHAPES").ok_or(BpfError::Map("TRACE_SHAPES"))?).map_err(|_| BpfError::Map("TRACE_SHAPES"))?),
     };
     Ok((
-        Loaded { _ebpf: ebpf, attachments, tracepoints, netns_filter: netns.enabled == 1, lifecycle_hook, kernel_http: kernel_http == 1, kernel_http_refused: None, program_ids },
+        Loaded {
+            programs: Programs { ebpf: std::sync::Arc::new(std::sync::Mutex::new(ebpf)), ids: program_ids },
+            attachments,
+            tracepoints,
+            netns_filter: netns.enabled == 1,
+            lifecycle_hook,
+            kernel_http: kernel_http == 1,
+            kernel_http_refused: None,
+        },
         Maps { conns, global, http_hints, http_frames, frame_lost, http_agg },
         Rings { events, payload, trace },
         trace_maps,
@@ -487,22 +525,6 @@ pub struct ProgramStats {
     pub run_count: u64,
     pub run_time_ns: u64,
     pub verified_instructions: Option<u32>,
-}
-
-pub fn program_stats(ids: &[(&'static str, u32)]) -> Vec<ProgramStats> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|info| {
-            let (program, _) = ids.iter().find(|(_, id)| *id == info.id())?;
-            Some(ProgramStats {
-                program,
-                id: info.id(),
-                run_count: info.run_count(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-                verified_instructions: info.verified_instruction_count(),
-            })
-        })
-        .collect()
 }
 
 /// Where a retransmitted skb's segment count is (`skb->cb` as `struct tcp_skb_cb`), from BTF.
