@@ -23,6 +23,10 @@ pub static CONNS: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(
 #[map]
 pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// The classifier's arguments for `tc::observer_account`.
+#[map]
+pub static ACCOUNT_ARGS: PerCpuArray<crate::tc::AccountArgs> = PerCpuArray::with_max_entries(1, 0);
+
 /// Inbound connection attempts whose handshake has not completed: a SYN from a peer creates its
 /// entry here, not in `CONNS`, so a flood of spoofed SYNs evicts only other attempts, never an
 /// established connection. The entry moves to `CONNS` when the peer completes the handshake (or

@@ -156,7 +156,44 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         warn!(ctx, "CONNS refused a new connection");
         return Ok(());
     };
-    account(ctx, dir, &key, &tcp, payload_off, payload_len, stats, now);
+    // Which of this segment's bytes are new in its direction (`observer_common::seq`): a segment
+    // that carries only bytes seen before was sent again. Two CPUs may handle segments of one
+    // flow at once (veth and backlog run a flow's packets on the CPU that sent them), so the
+    // direction's state is one word, updated with compare-and-exchange.
+    let mut retransmit = false;
+    let mut new_bytes = payload_len as u32;
+    let mut resent_bytes = 0u32;
+    // A segment that occupies no sequence space (a pure ACK, the common case) changes nothing:
+    // it leaves before the call.
+    let occupies = payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0;
+    if occupies && f & packet::TCP_RST == 0 {
+        // SAFETY: `stats` is a non-null pointer to a map value.
+        let word = unsafe {
+            match dir {
+                Direction::Ingress => &mut (*stats).seq_in as *mut u64,
+                Direction::Egress => &mut (*stats).seq_out as *mut u64,
+            }
+        };
+        if let Some(s) = seq_update(word, tcp.seq, payload_len as u32, f & packet::TCP_SYN != 0, f & packet::TCP_FIN != 0) {
+            retransmit = s.retransmit;
+            new_bytes = s.new_bytes;
+            resent_bytes = s.resent_bytes;
+        }
+    }
+    // Counting is a global function: the verifier checks it once, instead of once for each map
+    // the entry may be in (`CONNS`, `HALF_OPEN`); its arguments travel in this CPU's slot.
+    let Some(a) = crate::maps::ACCOUNT_ARGS.get_ptr_mut(0) else { return Ok(()) };
+    // SAFETY: this CPU's slot, read by the call below.
+    unsafe {
+        (*a).key = key;
+        (*a).tcp = tcp;
+        (*a).payload_off = payload_off as u32;
+        (*a).payload_len = payload_len as u32;
+        (*a).now = now;
+        (*a).egress = (dir == Direction::Egress) as u8;
+        (*a).seq = Seen { retransmit, new_bytes, resent_bytes };
+    }
+    observer_account(ctx.skb.skb, stats);
     // An attempt's packets (the handshake, a reset ending it) carry nothing to frame. Leaving here
     // also keeps the verifier's paths apart: past this point `stats` is a `CONNS` value only.
     if kind == conn::ATTEMPT {
@@ -232,41 +269,52 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     Ok(())
 }
 
+/// [`observer_account`]'s arguments besides the context and the entry.
+pub struct AccountArgs {
+    pub key: ConnKey,
+    pub tcp: packet::Tcp,
+    pub payload_off: u32,
+    pub payload_len: u32,
+    pub now: u64,
+    pub egress: u8,
+    /// What the sequence bookkeeping found (done by the classifier: a third nested global
+    /// function would take the stack past 512 bytes).
+    pub seq: Seen,
+}
+
+/// Which of a segment's bytes were new ([`seq_update`]).
+#[derive(Clone, Copy)]
+pub struct Seen {
+    pub retransmit: bool,
+    pub new_bytes: u32,
+    pub resent_bytes: u32,
+}
+
+/// [`account`] as a global BPF function (see `parse_and_count`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn observer_account(skb: *mut aya_ebpf::bindings::__sk_buff, stats: *mut observer_common::conn::ConnStats) -> u32 {
+    if skb.is_null() || stats.is_null() {
+        return 0;
+    }
+    let Some(a) = crate::maps::ACCOUNT_ARGS.get_ptr(0) else { return 0 };
+    // SAFETY: this CPU's slot, written by the classifier just before the call.
+    let a = unsafe { &*a };
+    let dir = if a.egress != 0 { Direction::Egress } else { Direction::Ingress };
+    account(&TcContext::new(skb), dir, &a.key, &a.tcp, a.payload_off as usize, a.payload_len as usize, stats, a.now, &a.seq);
+    0
+}
+
 /// Counts one packet on its connection's entry (`CONNS`, or `HALF_OPEN` for an attempt): packets,
 /// new and resent bytes, flags, the handshake, a reset that ends a socketless connection, and the
 /// trace record.
 #[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "inlined: the segment's parts stay where parse put them, off the stack")]
-fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, payload_off: usize, payload_len: usize, stats: *mut observer_common::conn::ConnStats, now: u64) {
+#[expect(clippy::too_many_arguments, reason = "inlined into observer_account, from its argument slot")]
+fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, payload_off: usize, payload_len: usize, stats: *mut observer_common::conn::ConnStats, now: u64, seq: &Seen) {
     let f = tcp.flags;
     let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
-    // Which of this segment's bytes are new in its direction (`observer_common::seq`): a segment
-    // that carries only bytes seen before was sent again. Two CPUs may handle segments of one
-    // flow at once (veth and backlog run a flow's packets on the CPU that sent them), so the
-    // direction's state is one word, updated with compare-and-exchange.
-    let mut retransmit = false;
-    let mut new_bytes = payload_len as u32;
-    let mut resent_bytes = 0u32;
-    // A segment that occupies no sequence space (a pure ACK, the common case) changes nothing:
-    // it leaves before the call.
     let wire_dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
-    let occupies = payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0;
-    if occupies && f & packet::TCP_RST == 0 {
-        // SAFETY: `stats` is a non-null pointer to a map value.
-        let word = unsafe {
-            match dir {
-                Direction::Ingress => &mut (*stats).seq_in as *mut u64,
-                Direction::Egress => &mut (*stats).seq_out as *mut u64,
-            }
-        };
-        if let Some(s) = seq_update(word, tcp.seq, payload_len as u32, f & packet::TCP_SYN != 0, f & packet::TCP_FIN != 0) {
-            retransmit = s.retransmit;
-            new_bytes = s.new_bytes;
-            resent_bytes = s.resent_bytes;
-        }
-    }
-    let resent_bytes = resent_bytes as u64;
-    let new_bytes = new_bytes as u64;
+    let (retransmit, new_bytes, resent_bytes) = (seq.retransmit, seq.new_bytes as u64, seq.resent_bytes as u64);
     // A GSO/GRO super-packet stands for several wire segments.
     let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
     // SAFETY: `stats` is a non-null pointer to a map value; counters are only added to
