@@ -319,6 +319,10 @@ pub enum ConnEventKind {
     Closed = 2,
     /// A reset was sent (`detail` = 1) or received (`detail` = 2).
     Reset = 3,
+    /// A closed connection's entry is about to be reused by a new connection on its four-tuple:
+    /// `stats` (and `frame`) are its final counts, with what came after the close (a FIN that
+    /// arrived in TIME_WAIT).
+    Superseded = 4,
 }
 
 /// A lifecycle event, through the `EVENTS` ring buffer.

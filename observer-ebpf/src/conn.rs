@@ -39,6 +39,7 @@ pub fn open(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
     let p = get_or_create(key, now)?;
     // SAFETY: non-null map value pointer.
     if unsafe { (*p).closed_ns } != 0 {
+        observer_superseded(key, p);
         let fresh = fresh(now)?;
         // Replaces an existing entry: the number of entries does not change, so no insert counted.
         let _ = CONNS.insert(key, fresh, BPF_ANY as u64);
@@ -85,6 +86,10 @@ pub fn for_packet(key: &ConnKey, now: u64, flags: u8, ingress: bool) -> Option<(
         }
         if syn || ended || flags & TCP_RST != 0 {
             return Some((h, ATTEMPT));
+        }
+        if let Some(old) = live {
+            // The closed connection this one replaces: its final counts, before they go.
+            observer_superseded(key, old);
         }
         // SAFETY: `h` is a non-null map value; inserting from it copies the value.
         let moved = CONNS.insert(key, unsafe { &*h }, BPF_ANY as u64).is_ok();
@@ -139,6 +144,20 @@ fn fresh(now: u64) -> Option<&'static ConnStats> {
         (*p).first_seen_ns = now;
         Some(&*p)
     }
+}
+
+/// Reports a closed connection's last counts as a new connection takes over its entry
+/// (`ConnEventKind::Superseded`). A global function: checked once, not on every path that reuses
+/// an entry.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn observer_superseded(key: *const ConnKey, stats: *const ConnStats) -> u32 {
+    if key.is_null() || stats.is_null() {
+        return 0;
+    }
+    // SAFETY: non-null pointers to a key and a map value, from the caller.
+    emit(ConnEventKind::Superseded, 0, unsafe { &*key }, stats, unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }, true);
+    0
 }
 
 /// Sends a lifecycle event; when the ring buffer is full the loss is counted (the map stays exact).

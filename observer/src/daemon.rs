@@ -71,6 +71,9 @@ pub struct App {
     drain: [tokio::sync::mpsc::Sender<DrainRequest>; 2],
     maps: Mutex<Maps>,
     history: Mutex<History>,
+    /// Final counts of closed connections whose kernel entry a new connection on the same
+    /// four-tuple took over before they were archived (`Superseded` events), by (key, first seen).
+    superseded: Mutex<std::collections::HashMap<(ConnKey, u64), (ConnStats, Option<ConnFrame>)>>,
     http: Mutex<HttpTable>,
     pub attachments: Vec<Attachment>,
     pub tracepoints: Vec<(String, bool)>,
@@ -256,9 +259,12 @@ impl App {
         }
         // The kernel entry has the final counters, unless a new connection reused the four-tuple.
         let current = self.maps.lock().expect("maps lock poisoned").conns.get(&key, 0).ok();
-        let stats = match current {
-            Some(s) if s.first_seen_ns == at_close.first_seen_ns => s,
-            _ => at_close,
+        // If it did, the kernel said what the entry held last (a FIN after the close included).
+        let last = self.superseded.lock().expect("superseded lock poisoned").remove(&(key, at_close.first_seen_ns));
+        let (stats, frame) = match (current, last) {
+            (Some(s), _) if s.first_seen_ns == at_close.first_seen_ns => (s, frame),
+            (_, Some((s, f))) => (s, f.or(frame)),
+            _ => (at_close, frame),
         };
         // One lock over check and archive: the close event's task and the sweep may both get
         // here for the same connection, and only one may count it.
@@ -273,7 +279,7 @@ impl App {
             records_lost: stats.payload_records_lost > 0,
         };
         // Requests still unanswered when the connection ended are failures.
-        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.closed_ns.max(stats.last_seen_ns), &ends);
+        let http = self.http.lock().expect("http lock poisoned").close(&key, stats.first_seen_ns, stats.closed_ns.max(stats.last_seen_ns), &ends);
         let http = http.map(|(conn, outcomes)| {
             self.metrics.http(&key, conn.role(), &outcomes, false);
             conn.into_record()
@@ -308,18 +314,31 @@ impl App {
     fn handle(self: &Arc<Self>, ev: ConnEvent) {
         let delay = monotonic_ns().saturating_sub(ev.ts_ns);
         self.metrics.event_delay.observe(delay as f64 / 1e9);
-        self.trace.publish(&ev.key, || {
-            let time = sys::ktime_to_unix_seconds(ev.ts_ns);
-            let c = ev.key.to_string();
-            match ev.kind {
-                k if k == ConnEventKind::Opened as u32 => serde_json::json!({"type": "opened", "time": time, "connection": c, "role": Role::from_u8(ev.stats.role).name()}),
-                k if k == ConnEventKind::Closed as u32 => serde_json::json!({"type": "closed", "time": time, "connection": c, "state_before": observer_common::conn::tcp_state::name(ev.detail as u8)}),
-                _ => serde_json::json!({"type": "reset", "time": time, "connection": c, "direction": if ev.detail == 1 { "sent" } else { "received" }}),
-            }
-        });
+        // A superseded entry is bookkeeping, not a moment of the connection's timeline.
+        if ev.kind != ConnEventKind::Superseded as u32 {
+            self.trace.publish(&ev.key, || {
+                let time = sys::ktime_to_unix_seconds(ev.ts_ns);
+                let c = ev.key.to_string();
+                match ev.kind {
+                    k if k == ConnEventKind::Opened as u32 => serde_json::json!({"type": "opened", "time": time, "connection": c, "role": Role::from_u8(ev.stats.role).name()}),
+                    k if k == ConnEventKind::Closed as u32 => serde_json::json!({"type": "closed", "time": time, "connection": c, "state_before": observer_common::conn::tcp_state::name(ev.detail as u8)}),
+                    _ => serde_json::json!({"type": "reset", "time": time, "connection": c, "direction": if ev.detail == 1 { "sent" } else { "received" }}),
+                }
+            });
+        }
         match ev.kind {
             _ if self.is_own(&ev.key) => {}
             k if k == ConnEventKind::Opened as u32 => self.metrics.connection_opened(&ev.key, &ev.stats),
+            k if k == ConnEventKind::Superseded as u32 => {
+                if self.history.lock().expect("history lock poisoned").contains(&(ev.key, ev.stats.first_seen_ns)) {
+                    return; // archived already, with the entry's final counts
+                }
+                let mut superseded = self.superseded.lock().expect("superseded lock poisoned");
+                // Bounded; an entry is taken when its connection is archived (within a second).
+                if superseded.len() < 4096 {
+                    superseded.insert((ev.key, ev.stats.first_seen_ns), (ev.stats, (ev.frame_valid == 1).then_some(ev.frame)));
+                }
+            }
             k if k == ConnEventKind::Closed as u32 => {
                 let app = self.clone();
                 tokio::spawn(async move {
@@ -512,6 +531,7 @@ pub async fn run(config: Config) -> Result<()> {
         drain: [events_drain, payload_drain],
         maps: Mutex::new(maps),
         history: Mutex::new(History::new(config.closed_retention, config.closed_max)),
+        superseded: Mutex::new(std::collections::HashMap::new()),
         http: Mutex::new(HttpTable::new(config.map_sizes.connections as usize)),
         metrics: Metrics::new(&loaded.attachments, &loaded.tracepoints),
         trace: Arc::new(Hub::new(Box::new(trace_maps))),

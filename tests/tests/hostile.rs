@@ -486,7 +486,6 @@ fn reuse_one_four_tuple(test: &str, incarnations: usize, pause: Duration) {
 /// Fifty incarnations back to back (a new SYN 2 ms after the previous close, well within the
 /// daemon's 300 ms close grace, as a busy NAT or load balancer reusing ports does).
 #[test]
-#[ignore = "product bug: a four-tuple reused within the daemon's 300 ms close grace loses the old incarnation's last FIN and misattributes/loses HTTP views (see the report)"]
 fn one_four_tuple_reused_back_to_back_counts_each_incarnation_exactly() {
     const TEST: &str = "one_four_tuple_reused_back_to_back_counts_each_incarnation_exactly";
     if !root_or_skip(TEST) {

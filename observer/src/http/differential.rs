@@ -420,7 +420,7 @@ fn run<const MAX: usize>(s: &Script, rng: &mut Rng, max_segment: usize) -> Run {
             seq[dir as usize] = seq[dir as usize].wrapping_add(data.len() as u32);
         }
     }
-    if let Some((_, outcomes)) = t.close(&key, ts + 1, &StreamEnds::default()) {
+    if let Some((_, outcomes)) = t.close(&key, 0, ts + 1, &StreamEnds::default()) {
         for o in outcomes {
             out.reference.push((S, reference_item(o)));
         }

@@ -261,6 +261,9 @@ pub struct HttpConn {
     /// Per direction: the kernel handed it to the daemon's framer (`SEG_HANDOFF`).
     handed_off: [bool; 2],
     pub last_activity_ns: u64,
+    /// When this connection's HTTP state began (its first record): which incarnation of a
+    /// four-tuple it belongs to.
+    pub first_ns: u64,
 }
 
 fn new_direction() -> Direction {
@@ -288,6 +291,7 @@ impl HttpConn {
             kernel_framed: [false; 2],
             handed_off: [false; 2],
             last_activity_ns: 0,
+            first_ns: 0,
         }
     }
 
@@ -542,11 +546,15 @@ fn request_line(bytes: &[u8], method: u8) -> (Text, Text) {
     (method, target)
 }
 
+/// Closed-but-unprocessed HTTP states kept per four-tuple: a port reused every few milliseconds
+/// gives dozens within the close grace (300 ms).
+const RETIRED_PER_KEY: usize = 128;
+
 /// Every connection's HTTP state, fed by the kernel's payload records.
 pub struct HttpTable {
     conns: HashMap<ConnKey, HttpConn>,
     /// Connections whose four-tuple was reused before their close was processed.
-    retired: HashMap<ConnKey, HttpConn>,
+    retired: HashMap<ConnKey, Vec<HttpConn>>,
     max: usize,
     /// The kernel has refused payload records since the daemon started (the ring was full):
     /// only then can a gap be bytes lost to the daemon rather than on the wire.
@@ -590,7 +598,12 @@ impl HttpTable {
     fn conn(&mut self, key: ConnKey, fresh: bool, ts_ns: u64) -> &mut HttpConn {
         if fresh && self.conns.get(&key).is_some_and(|c| c.messages > 0 || !c.pending.is_empty()) {
             if let Some(old) = self.conns.remove(&key) {
-                self.retired.insert(key, old);
+                let waiting = self.retired.entry(key).or_default();
+                // Bounded: a four-tuple reused faster than closes are processed keeps the newest.
+                if waiting.len() >= RETIRED_PER_KEY {
+                    waiting.remove(0);
+                }
+                waiting.push(old);
             }
         }
         if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
@@ -599,7 +612,7 @@ impl HttpTable {
                 self.conns.remove(&oldest);
             }
         }
-        let conn = self.conns.entry(key).or_insert_with(HttpConn::new);
+        let conn = self.conns.entry(key).or_insert_with(|| HttpConn { first_ns: ts_ns, ..HttpConn::new() });
         conn.last_activity_ns = ts_ns;
         conn
     }
@@ -759,8 +772,34 @@ impl HttpTable {
     }
 
     /// The connection ended: its unanswered requests count as failures. Returns its state.
-    pub fn close(&mut self, key: &ConnKey, ts_ns: u64, ends: &StreamEnds) -> Option<(HttpConn, Vec<Outcome>)> {
-        let mut conn = self.retired.remove(key).or_else(|| self.conns.remove(key))?;
+    /// Ends the HTTP state of the incarnation of `key` that began at `since_ns` (its kernel entry's
+    /// first-seen time) and ended by `ts_ns`: of the states kept for the four-tuple (retired by a
+    /// reuse, or current), the earliest that began within that span.
+    pub fn close(&mut self, key: &ConnKey, since_ns: u64, ts_ns: u64, ends: &StreamEnds) -> Option<(HttpConn, Vec<Outcome>)> {
+        // Began by the end (a later incarnation began after it); preferably not before its start
+        // (an entry the kernel made again midway began after its HTTP state did).
+        let by_end = |c: &HttpConn| c.first_ns <= ts_ns;
+        let within = |c: &HttpConn| by_end(c) && c.first_ns >= since_ns;
+        let take_retired = |t: &mut Self, ok: &dyn Fn(&HttpConn) -> bool| {
+            let w = t.retired.get_mut(key)?;
+            let i = w.iter().enumerate().filter(|(_, c)| ok(c)).min_by_key(|(_, c)| c.first_ns).map(|(i, _)| i)?;
+            let c = w.remove(i);
+            if w.is_empty() {
+                t.retired.remove(key);
+            }
+            Some(c)
+        };
+        let mut conn = if let Some(c) = take_retired(self, &within) {
+            c
+        } else if self.conns.get(key).is_some_and(within) {
+            self.conns.remove(key)?
+        } else if let Some(c) = take_retired(self, &by_end) {
+            c
+        } else if self.conns.get(key).is_some_and(by_end) {
+            self.conns.remove(key)?
+        } else {
+            return None;
+        };
         let mut out = Vec::new();
         conn.close(ts_ns, ends, &mut out);
         Some((conn, out))
@@ -897,7 +936,7 @@ mod tests {
         // A new connection on the same four-tuple starts afresh; the old one waits for its close.
         feed(&mut t, C, 9001, SEG_MSG, &msg_request(b"GET /again HTTP/1.1\r\n", true), 70);
         assert_eq!(t.get(&key).unwrap().lifetime(), Counts { requests: 1, ..Counts::default() });
-        let (old, _) = t.close(&key, 80, &StreamEnds::default()).unwrap();
+        let (old, _) = t.close(&key, 0, 80, &StreamEnds::default()).unwrap();
         assert_eq!(old.lifetime().requests, 3);
         let latencies: Vec<Option<u64>> = outcomes.iter().filter_map(|o| if let Outcome::Response { latency_ns, .. } = o { Some(*latency_ns) } else { None }).collect();
         assert_eq!(latencies, vec![Some(10), Some(20), Some(20)]);
@@ -988,7 +1027,7 @@ mod tests {
         c.send(C, b"hello");
         c.send(S, &resp(201, ""));
         c.send(C, b"GET /never HTTP/1.1\r\nHost: h\r\n\r\n");
-        let (_, out) = c.t.close(&c.key, 99, &StreamEnds::default()).unwrap();
+        let (_, out) = c.t.close(&c.key, 0, 99, &StreamEnds::default()).unwrap();
         assert_eq!(out, vec![Outcome::NoResponse(1)]);
         assert_eq!(c.statuses(), vec![100, 201]);
     }
@@ -1058,7 +1097,7 @@ mod tests {
         // The response's record never arrives (the ring was full): the kernel counted the bytes.
         let r = resp(200, "lost");
         let end = 5001 + r.len() as u32;
-        let (_, out) = c.t.close(&c.key, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], ..Default::default() }).unwrap();
+        let (_, out) = c.t.close(&c.key, 0, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], ..Default::default() }).unwrap();
         assert_eq!(out, vec![Outcome::FramingLost], "no invented failure");
 
         // Lost in the middle (the kernel says it lost records of the connection): what follows
@@ -1070,7 +1109,7 @@ mod tests {
             let second = resp(503, "");
             c.at(S, 5001 + first.len() as u32, &second);
             let end = 5001 + (first.len() + second.len()) as u32;
-            c.t.close(&c.key, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], records_lost, ..Default::default() }).unwrap()
+            c.t.close(&c.key, 0, 99, &StreamEnds { seq: [Some(c.seq[C as usize]), Some(end)], records_lost, ..Default::default() }).unwrap()
         };
         let (conn, out) = lost_in_the_middle(true);
         assert!(out.contains(&Outcome::FramingLost), "{out:?}");
@@ -1108,7 +1147,7 @@ mod tests {
         c.send(C, b"\x81\x85 frames, not requests");
         c.send(S, b"HTTP/1.1 200 looks like a status line");
         assert_eq!(c.statuses(), vec![101]);
-        let (_, out) = c.t.close(&c.key, 99, &StreamEnds::default()).unwrap();
+        let (_, out) = c.t.close(&c.key, 0, 99, &StreamEnds::default()).unwrap();
         assert!(out.is_empty(), "nothing unanswered: {out:?}");
     }
 
