@@ -63,7 +63,11 @@ fn kernel_counts(k: &KernelHttp) -> (u64, BTreeMap<String, u64>, u64) {
 fn check_http(c: &Connection, requests: u64, statuses: &[u16]) -> Result<&'static str, String> {
     let want = Window::expected(requests, statuses, 0);
     let h = http_of(c).ok_or_else(|| format!("{}: no http object", c.connection))?;
-    if h.lifetime != want || h.in_flight != 0 || h.framing_lost != 0 || !h.in_sync {
+    // A view may say it missed records only when the kernel refused some of this connection's
+    // (a full ring, under load): then the kernel's counts carry the view, which says so.
+    let records_lost = c.extra.get("payload_records_lost").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let honest_gap = records_lost > 0 && h.framing_lost > 0 && !h.in_sync;
+    if h.lifetime != want || h.in_flight != 0 || (!honest_gap && (h.framing_lost != 0 || !h.in_sync)) {
         return Err(format!(
             "{}: http.lifetime {:?} (in_flight {}, framing_lost {}, in_sync {}), want {want:?}",
             c.connection, h.lifetime, h.in_flight, h.framing_lost, h.in_sync
