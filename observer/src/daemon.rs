@@ -73,7 +73,7 @@ pub struct App {
     history: Mutex<History>,
     /// Final counts of closed connections whose kernel entry a new connection on the same
     /// four-tuple took over before they were archived (`Superseded` events), by (key, first seen).
-    superseded: Mutex<std::collections::HashMap<(ConnKey, u64), (ConnStats, Option<ConnFrame>)>>,
+    superseded: Mutex<std::collections::HashMap<Incarnation, (ConnStats, Option<ConnFrame>)>>,
     http: Mutex<HttpTable>,
     pub attachments: Vec<Attachment>,
     pub tracepoints: Vec<(String, bool)>,
@@ -620,6 +620,9 @@ pub fn detach(state_dir: &std::path::Path) -> Result<()> {
     println!("removed {pins} pinned maps and links from {} and {filters} tc filters", state_dir.display());
     Ok(())
 }
+
+/// One connection of a four-tuple: its key and when its kernel entry was first seen.
+type Incarnation = (ConnKey, u64);
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
 /// future is first polled.

@@ -527,10 +527,21 @@ pub struct ProgramStats {
     pub verified_instructions: Option<u32>,
 }
 
+/// What a program needs from the kernel's BTF (`find`), or `fallback` when BTF or a member is
+/// missing, with a log line at `level` saying what that costs.
+fn from_btf<T>(btf: Option<&crate::btf::Btf>, find: impl FnOnce(&crate::btf::Btf) -> anyhow::Result<T>, fallback: T, level: log::Level, cost: &str) -> T {
+    match btf.context("no kernel BTF").and_then(find) {
+        Ok(found) => found,
+        Err(e) => {
+            log::log!(level, "{cost} ({e:#})");
+            fallback
+        }
+    }
+}
+
 /// Where a retransmitted skb's segment count is (`skb->cb` as `struct tcp_skb_cb`), from BTF.
 fn skb_segs(btf: Option<&crate::btf::Btf>) -> SkbSegs {
-    let found = (|| -> anyhow::Result<SkbSegs> {
-        let btf = btf.context("no kernel BTF")?;
+    let find = |btf: &crate::btf::Btf| -> anyhow::Result<SkbSegs> {
         let cb = btf.offset_of("sk_buff", &["cb"])?;
         let segs = btf.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?;
         let total = btf.offset_of("tcp_sock", &["total_retrans"]);
@@ -538,17 +549,13 @@ fn skb_segs(btf: Option<&crate::btf::Btf>) -> SkbSegs {
             log::warn!("retransmissions are counted from the tracepoint's records, not read from the socket ({e:#})");
         }
         Ok(SkbSegs { enabled: 1, offset: cb + segs, total_enabled: u32::from(total.is_ok()), total_retrans: total.unwrap_or(0) })
-    })();
-    found.unwrap_or_else(|e| {
-        log::warn!("retransmissions will count skbs, not segments ({e:#})");
-        SkbSegs::disabled()
-    })
+    };
+    from_btf(btf, find, SkbSegs::disabled(), log::Level::Warn, "retransmissions will count skbs, not segments")
 }
 
 /// Where the BTF-typed lifecycle hook finds a socket's protocol, family, ports and addresses.
 fn sock_layout(btf: Option<&crate::btf::Btf>) -> SockLayout {
-    let found = (|| -> anyhow::Result<SockLayout> {
-        let btf = btf.context("no kernel BTF")?;
+    let find = |btf: &crate::btf::Btf| -> anyhow::Result<SockLayout> {
         let at = |path: &[&str]| -> anyhow::Result<u16> { Ok(u16::try_from(btf.offset_of("sock", path)?)?) };
         let common = |m: &str| at(&["__sk_common", m]);
         Ok(SockLayout {
@@ -563,11 +570,8 @@ fn sock_layout(btf: Option<&crate::btf::Btf>) -> SockLayout {
             v6_daddr: common("skc_v6_daddr")?,
             _pad: 0,
         })
-    })();
-    found.unwrap_or_else(|e| {
-        log::info!("the BTF-typed lifecycle hook cannot be used ({e:#}): the classic tracepoint follows state changes");
-        SockLayout::absent()
-    })
+    };
+    from_btf(btf, find, SockLayout::absent(), log::Level::Info, "the BTF-typed lifecycle hook cannot be used: the classic tracepoint follows state changes")
 }
 
 /// Socket tracepoints fire for every network namespace: keep to ours, found through the
@@ -575,23 +579,15 @@ fn sock_layout(btf: Option<&crate::btf::Btf>) -> SockLayout {
 /// namespace is observed, and the log says so.
 fn netns_filter(btf: Option<&crate::btf::Btf>) -> NetnsFilter {
     use std::os::unix::fs::MetadataExt;
-    let found = (|| -> anyhow::Result<NetnsFilter> {
-        let btf = btf.context("no kernel BTF")?;
-        let inum = std::fs::metadata("/proc/self/ns/net")?.ino() as u32;
+    let find = |btf: &crate::btf::Btf| -> anyhow::Result<NetnsFilter> {
         Ok(NetnsFilter {
             enabled: 1,
-            inum,
+            inum: std::fs::metadata("/proc/self/ns/net")?.ino() as u32,
             sock_net: btf.offset_of("sock", &["__sk_common", "skc_net"])?,
             net_inum: btf.offset_of("net", &["ns", "inum"])?,
         })
-    })();
-    match found {
-        Ok(f) => f,
-        Err(e) => {
-            log::warn!("socket events cannot be limited to this network namespace ({e:#}): connections of other namespaces may appear");
-            NetnsFilter::disabled()
-        }
-    }
+    };
+    from_btf(btf, find, NetnsFilter::disabled(), log::Level::Warn, "socket events cannot be limited to this network namespace: connections of other namespaces may appear")
 }
 
 fn classify_load_error(e: EbpfError) -> BpfError {
