@@ -155,8 +155,14 @@ pub extern "C" fn observer_superseded(key: *const ConnKey, stats: *const ConnSta
     if key.is_null() || stats.is_null() {
         return 0;
     }
-    // SAFETY: non-null pointers to a key and a map value, from the caller.
-    emit(ConnEventKind::Superseded, 0, unsafe { &*key }, stats, unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }, true);
+    // The key in this CPU's slot of a map: before 6.2 a map lookup takes no key from an
+    // argument's memory (Debian 12's 6.1 refuses it), and the stack has no room to spare.
+    let Some(slot) = crate::maps::KEY_SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: non-null pointers to a key and a map value, from the caller; this CPU's slot.
+    unsafe {
+        *slot = *key;
+        emit(ConnEventKind::Superseded, 0, &*slot, stats, aya_ebpf::helpers::bpf_ktime_get_ns(), true);
+    }
     0
 }
 

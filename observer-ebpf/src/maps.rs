@@ -23,6 +23,10 @@ pub static CONNS: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(
 #[map]
 pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// A key copied into map memory (`conn::observer_superseded`).
+#[map]
+pub static KEY_SCRATCH: PerCpuArray<ConnKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// The classifier's arguments for `tc::observer_account`.
 #[map]
 pub static ACCOUNT_ARGS: PerCpuArray<crate::tc::AccountArgs> = PerCpuArray::with_max_entries(1, 0);
