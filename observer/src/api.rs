@@ -28,8 +28,30 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/trace", get(trace))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: see /api/v1/connections, /api/v1/connections/{LOCAL REMOTE}, /api/v1/status, /metrics, /healthz".into()) })
         .with_state(app)
+}
+
+/// Readiness: 200 when everything the daemon attached still observes (each interface exists, the
+/// lifecycle hook is attached); 503 with the reasons otherwise. `/healthz` stays liveness (a
+/// stopped ring pump ends the daemon). Ring lag is not part of it yet: the kernel's backlog gauge
+/// keeps its last value through quiet periods.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let mut problems = Vec::new();
+    let mut interfaces: Vec<&str> = app.attachments.iter().map(|a| a.interface.as_str()).collect();
+    interfaces.sort_unstable();
+    interfaces.dedup();
+    for i in interfaces {
+        if !crate::sys::interface_exists(i) {
+            problems.push(format!("interface {i} is gone: its traffic is not observed (restart the daemon once it is back)"));
+        }
+    }
+    if app.lifecycle_hook == "none" {
+        problems.push("no lifecycle hook is attached: opens and closes are seen on the wire only".to_owned());
+    }
+    let code = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(json!({ "ready": problems.is_empty(), "problems": problems }))).into_response()
 }
 
 /// `--metrics-listen`: aggregates for Prometheus, never a four-tuple.

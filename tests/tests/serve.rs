@@ -632,6 +632,28 @@ fn the_daemon_needs_named_capabilities_and_keeps_only_cap_bpf() {
     assert!(lab.observer.status()["programs"].as_array().is_some_and(|p| !p.is_empty()), "program stats through their own descriptors");
 }
 
+/// `/readyz`: ready while everything attached observes; an interface that goes away makes it
+/// say so (503), while `/healthz` stays ok.
+#[test]
+fn readyz_says_when_an_observed_interface_is_gone() {
+    const TEST: &str = "readyz_says_when_an_observed_interface_is_gone";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let lab = Lab::start(TEST);
+    let (code, body) = lab.observer.get("/readyz");
+    assert_eq!((code, serde_json::from_str::<Value>(&body).unwrap()), (200, serde_json::json!({"ready": true, "problems": []})), "{body}");
+    lab.topo.gateway.run("ip", ["link", "del", GW_UPSTREAM_IF]);
+    let (code, body) = lab.observer.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], false);
+    let problems = v["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "{v:#}");
+    assert!(problems[0].as_str().unwrap().contains(&format!("interface {GW_UPSTREAM_IF} is gone")), "{v:#}");
+    assert_eq!(lab.observer.get("/healthz").0, 200, "liveness is not readiness");
+}
+
 #[test]
 fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     const TEST: &str = "api_status_reports_attachments_tracepoints_and_exact_kernel_counters";
