@@ -81,8 +81,7 @@ pub fn for_packet(key: &ConnKey, now: u64, flags: u8, ingress: bool) -> Option<(
         let ended = unsafe { (*h).closed_ns } != 0;
         if syn_only && ingress && ended {
             // A new attempt on the four-tuple of one that was refused.
-            let _ = HALF_OPEN.insert(key, fresh(now)?, BPF_ANY as u64);
-            return HALF_OPEN.get_ptr_mut(key).map(|h| (h, ATTEMPT));
+            return new_attempt(key, now, BPF_ANY).map(|h| (h, ATTEMPT));
         }
         if syn || ended || flags & TCP_RST != 0 {
             return Some((h, ATTEMPT));
@@ -101,10 +100,7 @@ pub fn for_packet(key: &ConnKey, now: u64, flags: u8, ingress: bool) -> Option<(
         return CONNS.get_ptr_mut(key).map(|p| (p, PROMOTED));
     }
     if syn_only && ingress {
-        if HALF_OPEN.insert(key, fresh(now)?, BPF_NOEXIST as u64).is_ok() {
-            count(Counter::HalfOpened);
-        }
-        return HALF_OPEN.get_ptr_mut(key).map(|h| (h, ATTEMPT));
+        return new_attempt(key, now, BPF_NOEXIST).map(|h| (h, ATTEMPT));
     }
     let p = match live {
         // A closed connection: our new SYN reopens the four-tuple; anything else is a late
@@ -127,8 +123,14 @@ pub fn for_request(key: &ConnKey, now: u64) -> Option<*mut ConnStats> {
     if let Some(h) = HALF_OPEN.get_ptr_mut(key) {
         return Some(h);
     }
-    let fresh = fresh(now)?;
-    if HALF_OPEN.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
+    new_attempt(key, now, BPF_NOEXIST)
+}
+
+/// A fresh `HALF_OPEN` entry for `key` (`flags`: `BPF_NOEXIST`, or `BPF_ANY` to replace an
+/// attempt that ended), counted when inserted.
+#[inline(always)]
+fn new_attempt(key: &ConnKey, now: u64, flags: u32) -> Option<*mut ConnStats> {
+    if HALF_OPEN.insert(key, fresh(now)?, flags as u64).is_ok() {
         count(Counter::HalfOpened);
     }
     HALF_OPEN.get_ptr_mut(key)

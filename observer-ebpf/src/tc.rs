@@ -160,9 +160,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     // that carries only bytes seen before was sent again. Two CPUs may handle segments of one
     // flow at once (veth and backlog run a flow's packets on the CPU that sent them), so the
     // direction's state is one word, updated with compare-and-exchange.
-    let mut retransmit = false;
-    let mut new_bytes = payload_len as u32;
-    let mut resent_bytes = 0u32;
+    let mut step = SeqStep { word: 0, new_bytes: payload_len as u32, resent_bytes: 0, retransmit: false };
     // A segment that occupies no sequence space (a pure ACK, the common case) changes nothing:
     // it leaves before the call.
     let occupies = payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0;
@@ -175,9 +173,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             }
         };
         if let Some(s) = seq_update(word, tcp.seq, payload_len as u32, f & packet::TCP_SYN != 0, f & packet::TCP_FIN != 0) {
-            retransmit = s.retransmit;
-            new_bytes = s.new_bytes;
-            resent_bytes = s.resent_bytes;
+            step = s;
         }
     }
     // Counting is a global function: the verifier checks it once, instead of once for each map
@@ -191,7 +187,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         (*a).payload_len = payload_len as u32;
         (*a).now = now;
         (*a).egress = (dir == Direction::Egress) as u8;
-        (*a).seq = Seen { retransmit, new_bytes, resent_bytes };
+        (*a).seq = step;
     }
     observer_account(ctx.skb.skb, stats);
     // An attempt's packets (the handshake, a reset ending it) carry nothing to frame. Leaving here
@@ -199,9 +195,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     if kind == conn::ATTEMPT {
         return Ok(());
     }
-    let f = tcp.flags;
     let wire_dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
-    let occupies = payload_len > 0 || f & (packet::TCP_SYN | packet::TCP_FIN) != 0;
     // SAFETY: as above.
     let (isn, syn_seen) = unsafe {
         match dir {
@@ -279,15 +273,7 @@ pub struct AccountArgs {
     pub egress: u8,
     /// What the sequence bookkeeping found (done by the classifier: a third nested global
     /// function would take the stack past 512 bytes).
-    pub seq: Seen,
-}
-
-/// Which of a segment's bytes were new ([`seq_update`]).
-#[derive(Clone, Copy)]
-pub struct Seen {
-    pub retransmit: bool,
-    pub new_bytes: u32,
-    pub resent_bytes: u32,
+    pub seq: SeqStep,
 }
 
 /// [`account`] as a global BPF function (see `parse_and_count`).
@@ -310,7 +296,7 @@ pub extern "C" fn observer_account(skb: *mut aya_ebpf::bindings::__sk_buff, stat
 /// trace record.
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "inlined into observer_account, from its argument slot")]
-fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, payload_off: usize, payload_len: usize, stats: *mut observer_common::conn::ConnStats, now: u64, seq: &Seen) {
+fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, payload_off: usize, payload_len: usize, stats: *mut observer_common::conn::ConnStats, now: u64, seq: &SeqStep) {
     let f = tcp.flags;
     let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
     let wire_dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };

@@ -27,7 +27,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/connections/{connection}", get(connection))
         .route("/api/v1/status", get(status))
         .route("/api/v1/trace", get(trace))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: see /api/v1/connections, /api/v1/connections/{LOCAL REMOTE}, /api/v1/status, /metrics, /healthz".into()) })
         .with_state(app)
@@ -58,14 +58,24 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 pub fn metrics_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(aggregates))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "this listener serves /metrics (aggregates only) and /healthz; the API is on the daemon's --listen address".into()) })
         .with_state(app)
 }
 
 async fn aggregates(State(app): State<Arc<App>>) -> impl IntoResponse {
+    exposition(&app, false).await
+}
+
+/// Liveness: the daemon answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `/metrics` in Prometheus' text format, with or without the per-connection (top K) series.
+async fn exposition(app: &App, with_connections: bool) -> impl IntoResponse {
     app.sync().await;
-    let body = app.render_metrics(false);
+    let body = app.render_metrics(with_connections);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }
 
@@ -114,9 +124,7 @@ fn error(code: StatusCode, message: String) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
-    app.sync().await;
-    let body = app.render_metrics(true);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    exposition(&app, true).await
 }
 
 async fn connections(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<String, String>>, QueryRejection>) -> Response {

@@ -514,12 +514,7 @@ pub async fn run(config: Config) -> Result<()> {
     // Everything is loaded and attached: keep only what reading maps needs (CAP_BPF; CAP_SYS_ADMIN
     // on kernels before 5.8, which have no CAP_BPF), and CAP_NET_ADMIN where the exit detaches
     // netlink tc filters (clsact, nothing pinned).
-    let mut keep = vec![sys::CAP_BPF, sys::CAP_SYS_ADMIN];
-    if sys::kernel_before(5, 8) {
-        keep.retain(|&c| c != sys::CAP_BPF);
-    } else {
-        keep.retain(|&c| c != sys::CAP_SYS_ADMIN);
-    }
+    let mut keep = vec![if sys::kernel_before(5, 8) { sys::CAP_SYS_ADMIN } else { sys::CAP_BPF }];
     if state.is_none() && loaded.attachments.iter().any(|a| a.mode == "clsact") {
         keep.push(sys::CAP_NET_ADMIN);
     }
@@ -600,14 +595,11 @@ pub async fn run(config: Config) -> Result<()> {
             "the programs stay attached to {} and keep counting into {} for the next daemon; `observer detach --state-dir {}` removes them; bye",
             interfaces.join(", "),
             state.dir.display(),
-            state.dir.parent().unwrap_or(&state.dir).display()
+            state.root.display()
         ),
         None => log::info!("detached from {}; bye", interfaces.join(", ")),
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// `observer detach`: removes the pinned state (its links detach their programs) and, on kernels

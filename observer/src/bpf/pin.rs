@@ -47,6 +47,9 @@ pub const PINNED_MAPS: [(&str, usize, usize); 9] = [
 
 /// This daemon's pinned state: the layout directory, and a lock that keeps a second daemon off it.
 pub struct State {
+    /// The `--state-dir` (what `observer detach` takes).
+    pub root: PathBuf,
+    /// Its layout directory, `<root>/v<LAYOUT>`.
     pub dir: PathBuf,
     /// Held for the daemon's life (an abstract Unix socket named after the directory: released by
     /// the kernel however the process ends).
@@ -80,7 +83,7 @@ impl State {
         let lock = lock(root)?;
         let dir = root.join(ours);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(State { dir, _lock: lock })
+        Ok(State { root: root.to_path_buf(), dir, _lock: lock })
     }
 
     /// Checks every map pinned here against this build's key and value sizes, and returns the
@@ -100,7 +103,7 @@ impl State {
                     path.display(),
                     info.key_size(),
                     info.value_size(),
-                    self.dir.parent().unwrap_or(&self.dir).display()
+                    self.root.display()
                 );
             }
             if name == "GLOBAL" && info.max_entries() != observer_common::global::COUNTERS {
@@ -109,7 +112,7 @@ impl State {
                     path.display(),
                     info.max_entries(),
                     observer_common::global::COUNTERS,
-                    self.dir.parent().unwrap_or(&self.dir).display()
+                    self.root.display()
                 );
             }
             sizes.push((name, info.max_entries()));
