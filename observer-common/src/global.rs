@@ -48,10 +48,17 @@ pub enum Counter {
     /// `HALF_OPEN`, and those among them that completed (or were refused) and moved to `CONNS`.
     HalfOpened = 19,
     HalfOpenPromoted = 20,
+    /// Ingress segments whose checksum (TCP, or the IPv4 header's) the host's stack rejects:
+    /// counted nowhere else, as the stack drops them (`observer-ebpf`'s `csum`).
+    BadChecksum = 21,
 }
 
 /// Number of slots in the `GLOBAL` array.
-pub const COUNTERS: u32 = 21;
+pub const COUNTERS: u32 = 22;
+
+/// Slots in the `GLOBAL` map: room for counters a later build adds, so that it can adopt the
+/// pinned map of this one (its new counters start at 0).
+pub const GLOBAL_SLOTS: u32 = 64;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -76,6 +83,7 @@ impl Counter {
         Counter::HttpAggFull,
         Counter::HalfOpened,
         Counter::HalfOpenPromoted,
+        Counter::BadChecksum,
     ];
 
     /// The name used in metrics and the API.
@@ -102,6 +110,7 @@ impl Counter {
             Counter::HttpAggFull => "http_agg_full",
             Counter::HalfOpened => "half_opened",
             Counter::HalfOpenPromoted => "half_open_promoted",
+            Counter::BadChecksum => "bad_checksum",
         }
     }
 }

@@ -77,6 +77,11 @@ pub struct PayloadHeader {
     /// [`DIR_IN`] (received by this host) or [`DIR_OUT`].
     pub dir: u8,
     pub flags: u8,
+    /// Which incarnation of the four-tuple the bytes belong to (the low bits of its entry's
+    /// `first_seen_ns`), on payload records: a hint the daemon derives from them carries it
+    /// ([`HttpHints::conn`]).
+    pub conn: u32,
+    pub _pad: u32,
 }
 
 /// A record as the kernel assembles it in its per-CPU scratch space.
@@ -102,7 +107,10 @@ pub struct HttpHints {
     pub skip_in: u32,
     /// With `HINT_SKIP_OUT`: the same for bytes this host sent.
     pub skip_out: u32,
-    pub _pad: u32,
+    /// The incarnation of the four-tuple the hint is about ([`PayloadHeader::conn`]): a
+    /// connection that reuses the four-tuple ignores (and replaces) a hint left by the one
+    /// before, also one the daemon wrote after the new one began.
+    pub conn: u32,
 }
 
 /// `a` is before `b` in sequence space (RFC 1982 serial-number arithmetic).

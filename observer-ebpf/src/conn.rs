@@ -164,6 +164,8 @@ pub extern "C" fn observer_superseded(key: *const ConnKey, stats: *const ConnSta
     unsafe {
         *slot = *key;
         emit(ConnEventKind::Superseded, 0, &*slot, stats, aya_ebpf::helpers::bpf_ktime_get_ns(), true);
+        // Its HTTP hint goes with it (a later one would ignore it anyway: `HttpHints::conn`).
+        let _ = crate::maps::HTTP_HINTS.remove(&*slot);
     }
     0
 }

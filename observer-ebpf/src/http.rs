@@ -1,7 +1,7 @@
 //! HTTP fast path in the tc programs: forward the payload the daemon needs for framing, skip
 //! what it has said lies inside a message body. No parsing here: the daemon frames each stream
 //! exactly, in sequence order (see `observer_common::http`).
-use aya_ebpf::{bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP}, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP}, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use observer_common::{
     conn::{ConnKey, ConnStats},
     global::Counter,
@@ -50,15 +50,18 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
     let mut start = seg.seq;
     let mut off = seg.off;
     let mut remaining = seg.len;
-    let hints = HTTP_HINTS.get_ptr(key);
+    // SAFETY: `stats` is the connection's non-null map value.
+    let conn = unsafe { (*stats).first_seen_ns } as u32;
+    // A hint about an earlier connection on this four-tuple does not apply (`HttpHints::conn`).
+    let hints = HTTP_HINTS.get_ptr(key).filter(|h| unsafe { (**h).conn } == conn);
     if hints.is_none() && seg.first_byte && remaining >= START_LEN {
         // The first bytes of a new connection tell HTTP from everything else (TLS, binary
         // protocols): anything else is marked and never forwarded again. HTTP needs no entry
         // (only the first segment is classified), which spares an insert per connection.
         let Ok(b) = ctx.load::<[u8; START_LEN]>(off) else { return };
         if classify(&b, START_LEN) == Start::Neither {
-            let h = HttpHints { flags: HINT_NOT_HTTP, ..HttpHints::default() };
-            let _ = HTTP_HINTS.insert(key, &h, BPF_NOEXIST as u64);
+            let h = HttpHints { flags: HINT_NOT_HTTP, conn, ..HttpHints::default() };
+            let _ = HTTP_HINTS.insert(key, &h, BPF_ANY as u64);
             count(Counter::NotHttp);
             return;
         }
@@ -95,6 +98,7 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
     ev.header.key = *key;
     ev.header.ts_ns = now;
     ev.header.dir = seg.dir;
+    ev.header.conn = conn;
     if remaining == 0 {
         // SYN, or FIN/RST without payload: a header-only record.
         ev.header.seq = start;

@@ -5,6 +5,7 @@
 #![expect(internal_features, reason = "core::intrinsics::atomic_xadd is the one BPF atomic add that compiles here")]
 
 mod conn;
+mod csum;
 #[cfg(feature = "kernel-framer")]
 mod frame;
 mod http;

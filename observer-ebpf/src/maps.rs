@@ -8,7 +8,7 @@ use aya_ebpf::{
 use observer_common::{
     conn::{ConnKey, ConnStats},
     frame::ConnFrame,
-    global::COUNTERS,
+    global::GLOBAL_SLOTS,
     http::{AggKey, HttpHints, PayloadEvent},
     tracepoint::{NetnsFilter, SkbSegs, SockLayout, TpLayout},
 };
@@ -22,6 +22,10 @@ pub static CONNS: LruHashMap<ConnKey, ConnStats> = LruHashMap::with_max_entries(
 /// stacks next to everything else they hold.
 #[map]
 pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where `csum::observer_csum_check` sums a segment, one 512-byte block at a time.
+#[map]
+pub static CSUM_SCRATCH: PerCpuArray<[u32; crate::csum::BLOCK / 4]> = PerCpuArray::with_max_entries(1, 0);
 
 /// A key copied into map memory (`conn::observer_superseded`).
 #[map]
@@ -68,7 +72,7 @@ pub static FRAME_SCAN: PerCpuArray<observer_common::frame::Scan> = PerCpuArray::
 
 /// Host-wide counters, per CPU (see `observer_common::global::Counter`).
 #[map]
-pub static GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+pub static GLOBAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_SLOTS, 0);
 
 /// Lifecycle events (`observer_common::conn::ConnEvent`) for the daemon.
 #[map]

@@ -60,6 +60,9 @@ fn observe(ctx: &TcContext, dir: Direction) {
 struct Segment {
     key: ConnKey,
     tcp: packet::Tcp,
+    /// Offsets of the IP and TCP headers.
+    l3: usize,
+    l4: usize,
     payload_off: usize,
     payload_len: usize,
 }
@@ -140,12 +143,18 @@ fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
     key.local_port = local_port;
     key.remote_port = remote_port;
     let payload_len = packet::tcp_payload_len(ip_len_field, ip_len_covers, l3, l4, tcp.header_len, packet_len);
-    Ok(Segment { key, tcp, payload_off: l4 + tcp.header_len, payload_len })
+    Ok(Segment { key, tcp, l3, l4, payload_off: l4 + tcp.header_len, payload_len })
 }
 
 #[inline(always)]
 fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
-    let Segment { key, tcp, payload_off, payload_len } = parse(ctx, dir)?;
+    let Segment { key, tcp, l3, l4, payload_off, payload_len } = parse(ctx, dir)?;
+    // What the stack will drop for its checksum counts nowhere (`csum`). Sent segments were
+    // summed by this host.
+    if dir == Direction::Ingress && !crate::csum::accepted(ctx.skb.skb, key.family, l3, l4, tcp.header_len + payload_len) {
+        count(Counter::BadChecksum);
+        return Ok(());
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let f = tcp.flags;
     // A fresh SYN opens a new connection, also on a four-tuple used before; a peer's stays in

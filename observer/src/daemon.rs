@@ -208,6 +208,7 @@ impl App {
             http_agg_full: sum(Counter::HttpAggFull),
             half_opened: sum(Counter::HalfOpened),
             half_open_promoted: sum(Counter::HalfOpenPromoted),
+            bad_checksum: sum(Counter::BadChecksum),
         }
     }
 
@@ -410,6 +411,8 @@ fn drain_payload(app: &App, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
             app.trace.publish(&h.key, || outcome_line(&h.key, o, h.ts_ns));
         }
         if let Some(hints) = update.hints {
+            // For the incarnation of the four-tuple these bytes came from, not a later one.
+            let hints = observer_common::http::HttpHints { conn: h.conn, ..hints };
             if let Err(e) = app.maps.lock().expect("maps lock poisoned").http_hints.insert(h.key, hints, 0) {
                 log::debug!("HTTP hint for {}: {e}", h.key);
             }

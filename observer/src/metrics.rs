@@ -46,6 +46,7 @@ pub struct KernelCounters {
     pub http_agg_full: u64,
     pub half_opened: u64,
     pub half_open_promoted: u64,
+    pub bad_checksum: u64,
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -105,6 +106,7 @@ pub struct Metrics {
     http_agg_full: IntCounter,
     attempts: IntCounter,
     attempts_completed: IntCounter,
+    bad_checksum: IntCounter,
     /// Live traces refused: as many were following as the daemon keeps at once.
     pub trace_refused: IntCounter,
     /// API connections closed at once: as many were open as the daemon serves at once.
@@ -203,6 +205,7 @@ impl Metrics {
             http_agg_full: counter("observer_http_kernel_aggregates_full_total", "Messages the kernel framer counted that its full HTTP_AGG map could not add to the aggregates: /metrics misses them (should stay 0)."),
             attempts: counter("observer_inbound_attempts_total", "Inbound connection attempts (a peer's SYN on a four-tuple without a connection), held apart from the connection map until the handshake completes: spoofed SYNs never evict a connection."),
             attempts_completed: counter("observer_inbound_attempts_completed_total", "Inbound attempts whose handshake completed (moved to the connection map); the rest were refused, abandoned, or a SYN flood."),
+            bad_checksum: counter("observer_bad_checksum_segments_total", "Segments received with a checksum (TCP, or IPv4 header) the host's stack rejects: dropped there, so counted nowhere else (no packets, bytes, connection or HTTP message)."),
             api_refused: counter("observer_api_connections_refused_total", "API and /metrics connections closed at once because 256 were already open (each has 10 s to send a request head)."),
             trace_refused: counter("observer_trace_refused_total", "Live traces refused because 64 were already following connections."),
             registry: r,
@@ -381,6 +384,7 @@ impl Metrics {
             http_agg_full,
             half_opened,
             half_open_promoted,
+            bad_checksum,
         } = *k;
         for (reason, v) in framing_lost {
             let c = self.kernel_framing_lost.with_label_values(&[reason]);
@@ -405,6 +409,7 @@ impl Metrics {
             (&self.http_agg_full, http_agg_full),
             (&self.attempts, half_opened),
             (&self.attempts_completed, half_open_promoted),
+            (&self.bad_checksum, bad_checksum),
             (&self.resets.with_label_values(&["sent"]), resets_sent),
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {

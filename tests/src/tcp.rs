@@ -191,12 +191,23 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 /// `ns`, outside any socket's control: a segment a TCP stack would never send, such as bytes
 /// ahead of what the connection sent so far.
 pub fn send_raw_segment(ns: &Netns, from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, seq: u32, ack: u32, payload: &[u8]) -> io::Result<()> {
+    send_raw(ns, from, to, seq, ack, RAW_ACK_PSH, payload, false)
+}
+
+/// TCP flags for [`send_raw`].
+pub const RAW_SYN: u8 = 0x02;
+pub const RAW_ACK_PSH: u8 = 0x18;
+
+/// Sends one TCP segment with `flags` (header length 20) through a raw socket in `ns`; with
+/// `corrupt`, its checksum is off by one (the receiving stack drops it: `TcpInCsumErrors`).
+#[expect(clippy::too_many_arguments, reason = "a segment is its fields")]
+pub fn send_raw(ns: &Netns, from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, seq: u32, ack: u32, flags: u8, payload: &[u8], corrupt: bool) -> io::Result<()> {
     let mut tcp = Vec::with_capacity(20 + payload.len());
     tcp.extend(from.port().to_be_bytes());
     tcp.extend(to.port().to_be_bytes());
     tcp.extend(seq.to_be_bytes());
     tcp.extend(ack.to_be_bytes());
-    tcp.extend([5 << 4, 0x18]); // header length 20, ACK | PSH
+    tcp.extend([5 << 4, flags]);
     tcp.extend(0xffffu16.to_be_bytes()); // window
     tcp.extend([0, 0, 0, 0]); // checksum, urgent pointer
     tcp.extend_from_slice(payload);
@@ -206,6 +217,7 @@ pub fn send_raw_segment(ns: &Netns, from: std::net::SocketAddrV4, to: std::net::
     pseudo.extend([0, libc::IPPROTO_TCP as u8]);
     pseudo.extend((tcp.len() as u16).to_be_bytes());
     let sum = checksum(&[&pseudo, &tcp]);
+    let sum = if corrupt { sum.wrapping_add(1) } else { sum };
     tcp[16..18].copy_from_slice(&sum.to_be_bytes());
     let to_ip = *to.ip();
     ns.enter(move || -> io::Result<()> {

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 /// Debian packages to build the kernel programs (see ../shared/TOOLCHAIN.md for why these).
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Debian packages the end-to-end tests drive: real servers, clients and tools.
-const TEST_PACKAGES: &[&str] = &["iproute2", "nginx-light", "haproxy", "curl", "wrk", "iputils-ping", "bpftool", "tmux", "prometheus", "python3", "procps", "libcap2-bin"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "nginx-light", "haproxy", "curl", "wrk", "iputils-ping", "bpftool", "tmux", "prometheus", "python3", "procps", "libcap2-bin", "ethtool"];
 /// Debian packages only the benchmark needs: its peer, full packet capture.
 const BENCH_PACKAGES: &[&str] = &["tshark"];
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -22,7 +22,7 @@ use observer_common::{
 };
 
 /// Bumped whenever the key or value of a pinned map changes (or a map joins or leaves the list).
-pub const LAYOUT: u32 = 1;
+pub const LAYOUT: u32 = 2;
 
 pub const DEFAULT_STATE_DIR: &str = "/sys/fs/bpf/observer";
 
@@ -106,12 +106,12 @@ impl State {
                     self.root.display()
                 );
             }
-            if name == "GLOBAL" && info.max_entries() != observer_common::global::COUNTERS {
+            if name == "GLOBAL" && info.max_entries() != observer_common::global::GLOBAL_SLOTS {
                 bail!(
                     "the pinned map {} holds {} counters, this build {}: it was written by an incompatible build; `observer detach --state-dir {}` removes the state (and its counts)",
                     path.display(),
                     info.max_entries(),
-                    observer_common::global::COUNTERS,
+                    observer_common::global::GLOBAL_SLOTS,
                     self.root.display()
                 );
             }
