@@ -809,10 +809,10 @@ impl DirFrame {
             _ => {
                 if b == LF {
                     self.end_value()
-                } else if b == CR {
-                    None
                 } else {
-                    self.value_byte(b)
+                    // RFC 9112 section 2.2: a bare CR in a field value is read as SP (the CR
+                    // before the LF is then trailing whitespace): `5\r5` is no length.
+                    self.value_byte(if b == CR { b' ' } else { b })
                 }
             }
         }
@@ -1429,6 +1429,10 @@ impl ConnFrame {
     {
         let i = (scan.dir & 1) as usize;
         let role = self.role(i);
+        // A request that asked to leave HTTP may be answered before its head (or body) ends:
+        // the next turn learns it, as the next segment would, so that where the segments are
+        // cut changes nothing.
+        self.resolve(i, role);
         let other_lost = self.dirs[i ^ 1].phase == P_LOST;
         let end = scan.seq.wrapping_add(scan.len);
         let ConnFrame { dirs, pending, counts, .. } = self;

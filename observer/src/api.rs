@@ -34,9 +34,9 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Readiness: 200 when everything the daemon attached still observes (each interface exists, the
-/// lifecycle hook is attached); 503 with the reasons otherwise. `/healthz` stays liveness (a
-/// stopped ring pump ends the daemon). Ring lag is not part of it yet: the kernel's backlog gauge
-/// keeps its last value through quiet periods.
+/// lifecycle hook is attached) and its view is fresh (no ring buffer has had records waiting
+/// unread longer than `--ready-max-lag-ms`); 503 with the reasons otherwise. `/healthz` stays
+/// liveness (a stopped ring pump ends the daemon).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let mut problems = Vec::new();
     let mut interfaces: Vec<&str> = app.attachments.iter().map(|a| a.interface.as_str()).collect();
@@ -49,6 +49,18 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
     if app.lifecycle_hook == "none" {
         problems.push("no lifecycle hook is attached: opens and closes are seen on the wire only".to_owned());
+    }
+    let bound = app.config.ready_max_lag;
+    for ring in app.ring_lag.all() {
+        let lag = ring.lag();
+        if lag > bound {
+            problems.push(format!(
+                "the {} ring buffer has had records waiting {:.3} s unread, more than --ready-max-lag-ms {}: the daemon is behind the kernel and what it shows is late",
+                ring.name,
+                lag.as_secs_f64(),
+                bound.as_millis()
+            ));
+        }
     }
     let code = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(json!({ "ready": problems.is_empty(), "problems": problems }))).into_response()
@@ -85,19 +97,40 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// hold a place for long.
 pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What [`serve`] takes connections from: a TCP listener (`--listen`, `--metrics-listen`) or the
+/// Unix socket (`--unix-socket`).
+pub trait Listener: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_stream(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves: at most [`MAX_CONNECTIONS`] at once,
 /// each given [`HEAD_TIMEOUT`] for every request head. (axum's own `serve` has neither bound:
 /// a thousand idle sockets would take every file descriptor the daemon may open.)
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, refused: prometheus::IntCounter, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(listener: impl Listener, router: Router, refused: prometheus::IntCounter, shutdown: impl std::future::Future<Output = ()>) {
     let places = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
-            a = listener.accept() => a,
+            a = listener.accept_stream() => a,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(e) => {
                 // Out of file descriptors or memory: wait a moment rather than spin.
                 log::warn!("accepting an API connection: {e}");
@@ -138,7 +171,70 @@ async fn connections(State(app): State<Arc<App>>, params: Result<QueryParams<Has
     };
     app.sync().await;
     let (connections, matched) = query.apply(app.connections());
-    Json(json!({ "count": connections.len(), "matched": matched, "connections": connections })).into_response()
+    let head = [("count", json!(connections.len())), ("matched", json!(matched))];
+    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(futures_util::stream::iter(JsonList::new(&head, "connections", connections)))).into_response()
+}
+
+/// A JSON object whose last member is a long array, written a chunk at a time as hyper sends the
+/// body: the text of 100,000 connections (about 2 KiB each) is never in memory at once, and each
+/// connection's view goes as soon as its text is written. `{"count":3,"connections":[...]}`.
+struct JsonList<T> {
+    /// What goes before the first element, until the first chunk takes it.
+    head: Vec<u8>,
+    items: std::vec::IntoIter<T>,
+    /// An element is written: the next one needs a comma.
+    separate: bool,
+    /// The closing `]}` is written.
+    done: bool,
+}
+
+/// Chunk size: enough elements per chunk that the framing costs nothing, few enough that a chunk
+/// stays small.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+impl<T: serde::Serialize> JsonList<T> {
+    fn new(head: &[(&str, serde_json::Value)], array: &str, items: Vec<T>) -> Self {
+        let mut text = String::from("{");
+        for (name, value) in head {
+            // Names and values as serde_json writes them (escaped); infallible for strings and values.
+            text.push_str(&json!(name).to_string());
+            text.push(':');
+            text.push_str(&value.to_string());
+            text.push(',');
+        }
+        text.push_str(&json!(array).to_string());
+        text.push_str(":[");
+        Self { head: text.into_bytes(), items: items.into_iter(), separate: false, done: false }
+    }
+}
+
+impl<T: serde::Serialize> Iterator for JsonList<T> {
+    /// An error ends the body early: the client sees it cut off (never text that parses).
+    type Item = Result<axum::body::Bytes, serde_json::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut chunk = std::mem::take(&mut self.head);
+        while chunk.len() < CHUNK_BYTES {
+            let Some(item) = self.items.next() else {
+                chunk.extend_from_slice(b"]}");
+                self.done = true;
+                break;
+            };
+            if self.separate {
+                chunk.push(b',');
+            }
+            self.separate = true;
+            if let Err(e) = serde_json::to_writer(&mut chunk, &item) {
+                log::warn!("writing a JSON list: {e}");
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(chunk.into()))
+    }
 }
 
 async fn connection(State(app): State<Arc<App>>, connection: Result<Path<String>, PathRejection>) -> Response {
@@ -202,6 +298,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
         "capabilities": app.capabilities,
         "programs": app.programs.stats(),
         "traces_active": app.trace.active(),
+        "rings": app.ring_lag.all().map(|r| json!({ "ring": r.name, "lag_seconds": r.lag().as_secs_f64() })),
         "sweeps": app.sweeps.load(std::sync::atomic::Ordering::Relaxed),
         "kernel_counters": k,
         "connections_tracked": t.kernel_entries,
@@ -213,6 +310,41 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
             "closed_max": app.config.closed_max,
             "http_framing": if app.config.kernel_http { "kernel" } else { "daemon" },
             "http_framing_refused": app.kernel_http_refused,
+            "ready_max_lag_seconds": app.config.ready_max_lag.as_secs_f64(),
+            "unix_socket": app.config.unix_socket,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text<T: serde::Serialize>(list: JsonList<T>) -> (String, usize) {
+        let chunks: Vec<axum::body::Bytes> = list.map(|c| c.expect("serializable")).collect();
+        let n = chunks.len();
+        (chunks.iter().map(|c| std::str::from_utf8(c).expect("UTF-8")).collect(), n)
+    }
+
+    #[test]
+    fn a_streamed_list_is_the_json_of_the_whole_object() {
+        for n in [0, 1, 2, 1000, 5000] {
+            // About 300 bytes each: several chunks for the longer lists, one quote and
+            // backslash each to escape.
+            let items: Vec<serde_json::Value> = (0..n).map(|i| json!({ "connection": format!("198.18.1.1:80 198.18.1.2:{i}"), "note": "\"quoted\" \\ ".repeat(20), "i": i })).collect();
+            let whole = json!({ "count": n, "matched": n + 1, "connections": items });
+            let (text, chunks) = text(JsonList::new(&[("count", json!(n)), ("matched", json!(n + 1))], "connections", items));
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{n} items: not JSON ({e})"));
+            assert_eq!(parsed, whole, "{n} items");
+            // Every chunk but the last is full: streamed in pieces, never in tiny ones.
+            assert!(chunks <= text.len() / CHUNK_BYTES + 1, "{n} items: {} bytes in {chunks} chunks", text.len());
+            assert!(text.len() < 2 * CHUNK_BYTES || chunks > 1, "{n} items: {} bytes in one chunk", text.len());
+        }
+    }
+
+    #[test]
+    fn a_streamed_list_writes_names_as_json_strings() {
+        let (text, _) = text(JsonList::new(&[("a \"b\"", json!("c"))], "list", vec![1, 2]));
+        assert_eq!(text, r#"{"a \"b\"":"c","list":[1,2]}"#);
+    }
 }

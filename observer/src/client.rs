@@ -1,9 +1,11 @@
-//! The CLI's side of the API: a minimal HTTP/1.0 client for the daemon on loopback (HTTP/1.0 so
-//! that bodies are delimited by the close, streams included: no chunked coding to undo).
+//! The CLI's side of the API: a minimal HTTP/1.0 client for the daemon on loopback or its Unix
+//! socket (HTTP/1.0 so that bodies are delimited by the close, streams included: no chunked
+//! coding to undo).
 #![forbid(unsafe_code)]
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream, ToSocketAddrs},
+    os::unix::net::UnixStream,
     time::Duration,
 };
 
@@ -28,16 +30,25 @@ impl Client {
         &self.server
     }
 
-    fn connect(&self) -> Result<TcpStream> {
+    fn connect(&self) -> Result<Stream> {
+        if let Some(path) = self.server.strip_prefix("unix:") {
+            return match UnixStream::connect(path) {
+                Ok(s) => Ok(Stream::Unix(s)),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    bail!("cannot open {}: {e}: the daemon's socket is for its own user only (mode 0600); run this as that user (sudo)", self.server)
+                }
+                Err(e) => bail!("no daemon at {}: is `observer run --unix-socket {path}` running? ({e}); point at another with --server", self.server),
+            };
+        }
         let addrs: Vec<SocketAddr> = self
             .server
             .to_socket_addrs()
-            .with_context(|| format!("--server {:?} is not an address: expected HOST:PORT, e.g. 127.0.0.1:9470", self.server))?
+            .with_context(|| format!("--server {:?} is not an address: expected HOST:PORT, e.g. 127.0.0.1:9470, or unix:PATH", self.server))?
             .collect();
         let mut last = None;
         for a in addrs {
             match TcpStream::connect_timeout(&a, Duration::from_secs(3)) {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok(Stream::Tcp(s)),
                 Err(e) => last = Some(e),
             }
         }
@@ -48,14 +59,16 @@ impl Client {
         )
     }
 
-    fn request(&self, path: &str) -> Result<BufReader<TcpStream>> {
+    fn request(&self, path: &str) -> Result<BufReader<Stream>> {
         let mut s = self.connect()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n", self.server)?;
+        // A socket path is no host name.
+        let host = if self.server.starts_with("unix:") { "localhost" } else { &self.server };
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n")?;
         Ok(BufReader::new(s))
     }
 
     /// Reads the status line and headers; returns the status.
-    fn head(r: &mut BufReader<TcpStream>) -> Result<u16> {
+    fn head(r: &mut BufReader<Stream>) -> Result<u16> {
         let mut line = String::new();
         r.read_line(&mut line).context("reading the daemon's answer")?;
         let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).with_context(|| format!("not an HTTP answer: {line:?}"))?;
@@ -119,6 +132,46 @@ impl Client {
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// A connection to the daemon, over TCP or its Unix socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where maps and links are pinned (`None`: nothing outlives the daemon).
     pub state_dir: Option<std::path::PathBuf>,
+    /// The API also on this Unix socket (mode 0600), for the CLI.
+    pub unix_socket: Option<std::path::PathBuf>,
+    /// `/readyz` fails when a ring buffer has had records waiting unread longer than this.
+    pub ready_max_lag: Duration,
 }
 
 /// What the API handlers and the pump share.
@@ -90,6 +94,8 @@ pub struct App {
     pub started: Instant,
     /// Sweeps of the kernel map completed (`/api/v1/status`: lets a test wait for one).
     pub sweeps: std::sync::atomic::AtomicU64,
+    /// How far behind each ring pump is (`/readyz`, `/api/v1/status`).
+    pub ring_lag: crate::ring_lag::RingLags,
     pub config: Config,
 }
 
@@ -247,7 +253,18 @@ impl App {
                 Role::Unknown => g.open_unknown += 1,
             }
         }
-        g.closed_kept = self.history.lock().expect("history lock poisoned").len() as u64;
+        let (kept, dropped) = {
+            let history = self.history.lock().expect("history lock poisoned");
+            (history.len() as u64, history.dropped())
+        };
+        g.closed_kept = kept;
+        use crate::http::bounds;
+        g.bounds = [
+            ("http_table", self.http.lock().expect("http lock poisoned").evictions()),
+            ("http_pending", bounds::get(&bounds::PENDING_OVERFLOW)),
+            ("http_retired", bounds::get(&bounds::RETIRED_DROPPED)),
+            ("history", dropped),
+        ];
         g
     }
 
@@ -397,6 +414,7 @@ async fn payload_pump(app: Arc<App>, payload: aya::maps::RingBuf<aya::maps::MapD
 fn drain_payload(app: &App, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
     use observer_common::http::PayloadHeader;
     const HDR: usize = std::mem::size_of::<PayloadHeader>();
+    let _reading = app.ring_lag.payload.reading();
     let mut http = app.http.lock().expect("http lock poisoned");
     while let Some(item) = ring.next() {
         if item.len() < HDR {
@@ -441,6 +459,7 @@ async fn trace_pump(app: Arc<App>, ring: aya::maps::RingBuf<aya::maps::MapData>)
     loop {
         let mut guard = fd.readable_mut().await.context("waiting for trace records")?;
         let ring = guard.get_inner_mut();
+        let _reading = app.ring_lag.trace.reading();
         while let Some(item) = ring.next() {
             if item.len() >= std::mem::size_of::<TraceRecord>() {
                 // SAFETY: the kernel wrote a TraceRecord there; read_unaligned copes with alignment.
@@ -475,6 +494,7 @@ async fn pump(app: Arc<App>, events: aya::maps::RingBuf<aya::maps::MapData>, mut
 }
 
 fn drain_events(app: &Arc<App>, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+    let _reading = app.ring_lag.events.reading();
     while let Some(item) = ring.next() {
         if item.len() >= std::mem::size_of::<ConnEvent>() {
             // SAFETY: the kernel wrote a ConnEvent there; read_unaligned copes with alignment.
@@ -489,7 +509,11 @@ pub async fn run(config: Config) -> Result<()> {
     let shutdown = shutdown_signal()?;
     sys::require_capabilities()?;
     sys::raise_memlock();
-    sys::ensure_mounted("bpf", "/sys/fs/bpf")?;
+    // A BPF filesystem only for pinning: `--ephemeral` runs without one (and without the
+    // CAP_SYS_ADMIN to mount it).
+    if config.state_dir.is_some() {
+        sys::ensure_mounted("bpf", "/sys/fs/bpf")?;
+    }
     if let Err(e) = sys::ensure_mounted("tracefs", crate::tracefs::TRACEFS) {
         log::warn!("{e:#}: socket tracepoints cannot be attached");
     }
@@ -507,6 +531,15 @@ pub async fn run(config: Config) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} for /metrics: choose another address with --metrics-listen"))?,
         ),
+        None => None,
+    };
+    // Removed when `run` returns, also through an error.
+    let unix_socket = match &config.unix_socket {
+        Some(path) => {
+            let (listener, file) = crate::unix_socket::bind(path)?;
+            listener.set_nonblocking(true).context("the API's Unix socket")?;
+            Some((tokio::net::UnixListener::from_std(listener).context("the API's Unix socket")?, file))
+        }
         None => None,
     };
     let state = config.state_dir.as_deref().map(bpf::pin::State::open).transpose()?;
@@ -542,6 +575,7 @@ pub async fn run(config: Config) -> Result<()> {
         programs: loaded.programs.clone(),
         started: Instant::now(),
         sweeps: std::sync::atomic::AtomicU64::new(0),
+        ring_lag: crate::ring_lag::RingLags::new(PAYLOAD_POLL),
         config: config.clone(),
     });
     app.metrics.ring_size.with_label_values(&["events"]).set(i64::from(config.map_sizes.events_bytes));
@@ -565,6 +599,11 @@ pub async fn run(config: Config) -> Result<()> {
         let refused = app.metrics.api_refused.clone();
         tokio::spawn(api::serve(l, router, refused, std::future::pending()))
     });
+    let (unix_listener, socket_file) = unix_socket.unzip();
+    let unix_task = unix_listener.map(|l| {
+        log::info!("the API also on the Unix socket {} (mode 0600)", config.unix_socket.as_ref().expect("bound above").display());
+        tokio::spawn(api::serve(l, api::router(app.clone()), app.metrics.api_refused.clone(), std::future::pending()))
+    });
     log::info!("observing {} on http://{}", interfaces.join(", "), config.listen);
     // A ring pump that stops (it never returns while the daemon is well) ends the daemon with its
     // reason and a failing status: a supervisor restarts it, and the pinned state carries over.
@@ -584,9 +623,10 @@ pub async fn run(config: Config) -> Result<()> {
         _ = api::serve(listener, api::router(app.clone()), app.metrics.api_refused.clone(), shutdown) => None,
         e = pump_ended => Some(e),
     };
-    if let Some(t) = metrics_task {
+    for t in metrics_task.into_iter().chain(unix_task) {
         t.abort();
     }
+    drop(socket_file);
     pump_task.abort();
     payload_task.abort();
     trace_task.abort();

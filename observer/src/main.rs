@@ -15,10 +15,12 @@ mod http;
 mod kernel_http;
 mod metrics;
 mod query;
+mod ring_lag;
 mod sys;
 mod table;
 mod term;
 mod trace;
+mod unix_socket;
 
 /// Where the daemon listens unless told otherwise, and where the CLI looks for it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
@@ -45,6 +47,16 @@ enum Command {
         /// (top K) series whose labels are four-tuples, and without the API.
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<SocketAddr>,
+        /// Also serve the whole API (what --listen serves) on a Unix socket at PATH, created with
+        /// mode 0600: only this user (root) may connect, where any local user can reach a loopback
+        /// port. The CLI reaches it with `--server unix:PATH`. A socket file nothing answers on is
+        /// replaced; the daemon removes its own on exit.
+        #[arg(long, value_name = "PATH")]
+        unix_socket: Option<PathBuf>,
+        /// /readyz fails (503) when a ring buffer has had records waiting unread longer than this:
+        /// the daemon is behind the kernel and what it shows is late.
+        #[arg(long, default_value_t = 1000, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+        ready_max_lag_ms: u64,
         /// Connections the kernel map holds; when full, the least recently active is evicted.
         #[arg(long, default_value_t = 65_536, value_name = "N", value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
         max_connections: u32,
@@ -100,8 +112,8 @@ enum Command {
         list: ListOpts,
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-        server: String,
+        #[command(flatten)]
+        server: ServerOpt,
     },
     /// The worst connections now, refreshed every second (q quits; e/r/f/b/a sort; w window).
     Top {
@@ -110,8 +122,8 @@ enum Command {
         /// Stop after this many refreshes (default: until q).
         #[arg(long, value_name = "N")]
         iterations: Option<u64>,
-        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-        server: String,
+        #[command(flatten)]
+        server: ServerOpt,
     },
     /// Follow connections live: one by its four-tuple (LOCAL REMOTE), or all of a remote
     /// address, remote endpoint, or local port. Prints what is known first, then the timeline.
@@ -134,15 +146,15 @@ enum Command {
         /// Stop after this many seconds.
         #[arg(long, value_name = "SECONDS")]
         duration: Option<f64>,
-        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-        server: String,
+        #[command(flatten)]
+        server: ServerOpt,
     },
     /// What the daemon has attached and counted.
     Status {
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-        server: String,
+        #[command(flatten)]
+        server: ServerOpt,
     },
     /// Detach the programs a daemon left attached and remove its pinned state (its counts go
     /// too). Run it where the daemon ran (same network namespace), with the daemon stopped.
@@ -151,6 +163,20 @@ enum Command {
         #[arg(long, default_value = bpf::pin::DEFAULT_STATE_DIR, value_name = "DIR")]
         state_dir: PathBuf,
     },
+}
+
+/// Where the CLI finds the daemon.
+#[derive(clap::Args)]
+struct ServerOpt {
+    /// The daemon's API: HOST:PORT (its --listen), or unix:PATH (its --unix-socket).
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    server: String,
+}
+
+impl ServerOpt {
+    fn client(&self) -> client::Client {
+        client::Client::new(&self.server)
+    }
 }
 
 #[derive(clap::Args)]
@@ -200,7 +226,7 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { interfaces, listen, metrics_listen, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral, show_query } => {
+        Command::Run { interfaces, listen, metrics_listen, unix_socket, ready_max_lag_ms, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral, show_query } => {
             http::set_keep_query(show_query);
             let config = daemon::Config {
                 interfaces,
@@ -214,12 +240,14 @@ fn main() -> std::process::ExitCode {
                 lifecycle_hook,
                 metrics_listen,
                 state_dir: (!ephemeral).then_some(state_dir),
+                unix_socket,
+                ready_max_lag: std::time::Duration::from_millis(ready_max_lag_ms),
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }
-        Command::Connections { list, json, server } => cli::connections(&client::Client::new(&server), &list.into_args(), json),
-        Command::Top { list, iterations, server } => cli::top(&client::Client::new(&server), list.into_args(), iterations),
-        Command::Status { json, server } => cli::status(&client::Client::new(&server), json),
+        Command::Connections { list, json, server } => cli::connections(&server.client(), &list.into_args(), json),
+        Command::Top { list, iterations, server } => cli::top(&server.client(), list.into_args(), iterations),
+        Command::Status { json, server } => cli::status(&server.client(), json),
         Command::Detach { state_dir } => daemon::detach(&state_dir),
         Command::Trace { connection, remote, local_port, json, count, duration, server } => {
             let target = match (connection.as_slice(), remote, local_port) {
@@ -229,7 +257,7 @@ fn main() -> std::process::ExitCode {
                 _ => Err(anyhow::anyhow!("say what to follow: LOCAL REMOTE (e.g. `observer trace 198.18.1.1:80 198.18.1.2:51234`), --remote ADDR[:PORT], or --local-port PORT")),
             };
             let duration = duration.map(|d| std::time::Duration::from_secs_f64(d.max(0.0)));
-            target.and_then(|t| cli::trace(&client::Client::new(&server), t, json, count, duration))
+            target.and_then(|t| cli::trace(&server.client(), t, json, count, duration))
         }
     };
     match result {

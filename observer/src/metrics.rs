@@ -57,6 +57,8 @@ pub struct TableGauges {
     pub open_outbound: u64,
     pub open_unknown: u64,
     pub closed_kept: u64,
+    /// Times a daemon bound was reached, by bound (`observer_bounds_reached_total`).
+    pub bounds: [(&'static str, u64); 4],
 }
 
 pub struct Metrics {
@@ -107,6 +109,7 @@ pub struct Metrics {
     attempts: IntCounter,
     attempts_completed: IntCounter,
     bad_checksum: IntCounter,
+    bounds: IntCounterVec,
     /// Live traces refused: as many were following as the daemon keeps at once.
     pub trace_refused: IntCounter,
     /// API connections closed at once: as many were open as the daemon serves at once.
@@ -206,6 +209,7 @@ impl Metrics {
             attempts: counter("observer_inbound_attempts_total", "Inbound connection attempts (a peer's SYN on a four-tuple without a connection), held apart from the connection map until the handshake completes: spoofed SYNs never evict a connection."),
             attempts_completed: counter("observer_inbound_attempts_completed_total", "Inbound attempts whose handshake completed (moved to the connection map); the rest were refused, abandoned, or a SYN flood."),
             bad_checksum: counter("observer_bad_checksum_segments_total", "Segments received with a checksum (TCP, or IPv4 header) the host's stack rejects: dropped there, so counted nowhere else (no packets, bytes, connection or HTTP message)."),
+            bounds: counter_vec("observer_bounds_reached_total", "Times the daemon reached one of its bounds and let something go instead of growing: http_table (a connection's HTTP state evicted, the least recently active), http_pending (requests waiting beyond 16384 on one connection, kept as a count only), http_retired (HTTP state of a reused four-tuple dropped before its close), history (a closed connection dropped before --closed-retention, beyond --closed-max).", &["bound"]),
             api_refused: counter("observer_api_connections_refused_total", "API and /metrics connections closed at once because 256 were already open (each has 10 s to send a request head)."),
             trace_refused: counter("observer_trace_refused_total", "Live traces refused because 64 were already following connections."),
             registry: r,
@@ -414,6 +418,10 @@ impl Metrics {
             (&self.resets.with_label_values(&["received"]), resets_received),
         ] {
             // Kernel counters only grow; a scrape brings ours up to theirs.
+            c.inc_by(v.saturating_sub(c.get()));
+        }
+        for (bound, v) in t.bounds {
+            let c = self.bounds.with_label_values(&[bound]);
             c.inc_by(v.saturating_sub(c.get()));
         }
         self.connections_tracked.set(t.kernel_entries as i64);

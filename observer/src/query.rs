@@ -126,7 +126,8 @@ pub struct Query {
 }
 
 /// Connections in one answer unless `limit` says otherwise, and the most `limit` may ask for:
-/// the answer is built in memory, about 2 KiB per connection.
+/// their views are collected in memory first, about 2 KiB per connection (the text is written as
+/// it is sent).
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 100_000;
 

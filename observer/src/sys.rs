@@ -163,6 +163,18 @@ fn read_hex(path: &Path) -> Option<u64> {
     u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok()
 }
 
+/// Runs `f` with the file mode creation mask `mask`, then restores the previous one. The mask
+/// belongs to the process, not the thread: call this before other threads create files (the
+/// daemon binds its sockets before it starts anything else).
+pub fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask has no preconditions.
+    let before = unsafe { libc::umask(mask) };
+    let result = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(before) };
+    result
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -228,6 +228,7 @@ pub struct History {
     /// Oldest first, with the monotonic time each was archived.
     order: VecDeque<(u64, Incarnation)>,
     by_id: HashMap<Incarnation, Closed>,
+    dropped: u64,
 }
 
 /// A closed connection as history keeps it.
@@ -241,7 +242,7 @@ pub struct Closed {
 
 impl History {
     pub fn new(retention: Duration, max: usize) -> Self {
-        Self { retention, max, order: VecDeque::new(), by_id: HashMap::new() }
+        Self { retention, max, order: VecDeque::new(), by_id: HashMap::new(), dropped: 0 }
     }
 
     pub fn contains(&self, id: &Incarnation) -> bool {
@@ -264,7 +265,9 @@ impl History {
     pub fn expire(&mut self, now_ns: u64) {
         let retention_ns = self.retention.as_nanos() as u64;
         while let Some(&(at, id)) = self.order.front() {
-            if self.order.len() > self.max || now_ns.saturating_sub(at) > retention_ns {
+            let full = self.order.len() > self.max;
+            if full || now_ns.saturating_sub(at) > retention_ns {
+                self.dropped += (full && now_ns.saturating_sub(at) <= retention_ns) as u64;
                 self.order.pop_front();
                 self.by_id.remove(&id);
             } else {
@@ -275,6 +278,12 @@ impl History {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Closed connections dropped before their retention time because the history was full
+    /// (`--closed-max`).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     pub fn get(&self, id: &Incarnation) -> Option<&Closed> {

@@ -8,8 +8,13 @@
 //! access logs, `promtool check metrics`, and the daemon's own API for what the CLI must print.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io,
+    io::{self, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::{
+        fs::{FileTypeExt, MetadataExt, PermissionsExt},
+        net::{UnixListener, UnixStream},
+    },
+    path::Path,
     process::Output,
     time::{Duration, Instant},
 };
@@ -652,6 +657,129 @@ fn readyz_says_when_an_observed_interface_is_gone() {
     assert_eq!(problems.len(), 1, "{v:#}");
     assert!(problems[0].as_str().unwrap().contains(&format!("interface {GW_UPSTREAM_IF} is gone")), "{v:#}");
     assert_eq!(lab.observer.get("/healthz").0, 200, "liveness is not readiness");
+}
+
+/// `GET path` over the daemon's Unix socket (HTTP/1.0: the body ends with the connection).
+fn unix_get(socket: &Path, path: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(socket).unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    io::Read::read_to_string(&mut s, &mut answer).unwrap_or_else(|e| panic!("GET {path} on {}: {e}", socket.display()));
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("GET {path}: no head in {answer:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("GET {path}: {head:?}"));
+    (status, body.to_owned())
+}
+
+/// `--unix-socket`: the whole API on a socket only root may open (mode 0600), replacing a stale
+/// socket file left by a daemon that did not exit cleanly; the CLI reaches it with
+/// `--server unix:PATH`; the daemon removes it on exit. Also: every ring buffer is drained, with
+/// its lag in /api/v1/status, while the daemon keeps up.
+#[test]
+fn the_api_on_a_unix_socket_is_roots_alone_and_serves_the_cli() {
+    const TEST: &str = "the_api_on_a_unix_socket_is_roots_alone_and_serves_the_cli";
+    if !root_or_skip(TEST) {
+        return;
+    }
+    let topo = Topology::new(TEST);
+    let socket = topo.path("api.sock");
+    // A daemon killed with its socket still there: nothing answers on it.
+    drop(UnixListener::bind(&socket).expect("a stale socket"));
+    let upstream = Nginx::upstream(&topo);
+    let proxy = Nginx::proxy(&topo);
+    let observer = Observer::start_with(&topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], &["--unix-socket", socket.to_str().expect("a UTF-8 path")]);
+    let mut lab = Lab { observer, proxy, upstream, topo };
+
+    assert!(lab.observer.log().contains("removed the stale socket"), "{}", lab.observer.log());
+    let m = std::fs::symlink_metadata(&socket).expect("the socket");
+    assert!(m.file_type().is_socket(), "{} is not a socket: {m:?}", socket.display());
+    assert_eq!((m.permissions().mode() & 0o7777, m.uid()), (0o600, 0), "mode 0600, owned by root");
+    // Another user is refused by the mode (the directory is open to them).
+    let dir_mode = std::fs::metadata(&lab.topo.dir).unwrap().permissions().mode();
+    let as_nobody = |args: &[&std::ffi::OsStr]| std::process::Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]).args(args).output().expect("setpriv");
+    let curl_runs = as_nobody(&["--version".as_ref()]);
+    assert!(curl_runs.status.success(), "curl as nobody: {}", text(&curl_runs.stderr));
+    let refused = as_nobody(&["-sS".as_ref(), "--max-time".as_ref(), "10".as_ref(), "--unix-socket".as_ref(), socket.as_os_str(), "http://localhost/healthz".as_ref()]);
+    assert!(!refused.status.success(), "nobody reached the API through {} (directory mode {dir_mode:o}): {}", socket.display(), text(&refused.stdout));
+    assert_eq!(unix_get(&socket, "/healthz"), (200, "ok\n".to_owned()), "root reaches it");
+
+    // Traffic, then the same connections through either door.
+    let t = curl(&lab.topo.client, &urls(&["/ok", "/status/503"]), &[]);
+    let tcp = wait_closed_and_counted(&lab.observer, 3, 2);
+    let server = format!("unix:{}", socket.display());
+    let out = cli(&lab.topo.gateway, &["connections", "--json", "--server", &server]);
+    assert!(out.status.success(), "observer connections --server {server}: {}", text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("--json is not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!((v["count"].as_u64(), v["matched"].as_u64(), conn_set(&v)), (Some(3), Some(3), conn_set(&tcp)));
+    assert!(conn_set(&v).contains(&inbound(&t[0])), "{v:#}");
+    let out = cli(&lab.topo.gateway, &["status", "--server", &server]);
+    assert!(out.status.success(), "observer status --server {server}: {}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(&format!("observer {}", env!("CARGO_PKG_VERSION"))), "{}", text(&out.stdout));
+    let (code, body) = unix_get(&socket, &format!("/api/v1/connections/{}", inbound(&t[0]).replace(' ', "%20")));
+    assert_eq!(code, 200, "{body}");
+    let one: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(one["http"]["lifetime"]["requests"], 2, "{one:#}");
+
+    // Rings: each reported; quiet now, so drained: their lag is about zero (it must not stay at
+    // what it was during the traffic), and the daemon is ready.
+    let rings = |status: &Value| -> BTreeMap<String, f64> {
+        status["rings"].as_array().expect("rings").iter().map(|r| (r["ring"].as_str().unwrap().to_owned(), r["lag_seconds"].as_f64().unwrap())).collect()
+    };
+    let status = poll(WAIT, Duration::from_millis(100), || {
+        let (code, body) = unix_get(&socket, "/api/v1/status");
+        assert_eq!(code, 200, "{body}");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        rings(&status).values().all(|lag| *lag < 0.1).then_some(status)
+    })
+    .unwrap_or_else(|| panic!("rings still lag {WAIT:?} after the traffic: {}", unix_get(&socket, "/api/v1/status").1));
+    assert_eq!(rings(&status).keys().map(String::as_str).collect::<Vec<_>>(), ["events", "payload", "trace"], "{status:#}");
+    assert_eq!(status["config"]["ready_max_lag_seconds"], 1.0, "{status:#}");
+    let ready = poll(WAIT, Duration::from_millis(100), || (unix_get(&socket, "/readyz").0 == 200).then_some(()));
+    assert!(ready.is_some(), "/readyz: {}", unix_get(&socket, "/readyz").1);
+
+    // Gone with the daemon.
+    let exit = lab.observer.stop();
+    assert!(exit.is_some_and(|s| s.success()), "observer did not exit cleanly ({exit:?}):\n{}", lab.observer.log());
+    assert!(!socket.exists(), "{} is left after the daemon exited", socket.display());
+    let out = cli(&lab.topo.gateway, &["status", "--server", &server]);
+    assert!(text(&out.stderr).contains(&format!("no daemon at {server}")), "{}", text(&out.stderr));
+}
+
+/// `/api/v1/connections` is written as it is sent (chunked, never whole in memory): a list of
+/// thousands of connections still parses as one JSON object, with `count` and `matched` exact.
+#[test]
+fn a_long_connection_list_is_streamed_as_valid_json() {
+    const TEST: &str = "a_long_connection_list_is_streamed_as_valid_json";
+    const CONNECTIONS: usize = 2000;
+    if !root_or_skip(TEST) {
+        return;
+    }
+    raise_nofile(8192);
+    let topo = Topology::new(TEST);
+    let upstream = Nginx::upstream(&topo);
+    let proxy = Nginx::proxy_with_worker_connections(&topo, 4096);
+    let observer = Observer::start_with(&topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], &[]);
+    let lab = Lab { observer, proxy, upstream, topo };
+    let conns = KeepAlive::open_many(&lab.topo.client, proxy_v4(), CONNECTIONS).expect("opening 2000 connections to the proxy");
+    let clients: BTreeSet<String> = conns.iter().map(|c| format!("{} {}", proxy_v4(), c.local())).collect();
+    assert_eq!(clients.len(), CONNECTIONS);
+    wait_json(&lab.observer, "/api/v1/connections?role=inbound&state=open&limit=1", "2000 open inbound connections", WAIT, |v| v["matched"] == CONNECTIONS);
+
+    let all = lab.observer.get_json("/api/v1/connections?role=inbound&state=open&limit=100000");
+    assert_eq!((all["count"].as_u64(), all["matched"].as_u64()), (Some(CONNECTIONS as u64), Some(CONNECTIONS as u64)));
+    let names = conn_names(&all);
+    assert_eq!(names.len(), CONNECTIONS);
+    assert_eq!(names.iter().cloned().collect::<BTreeSet<_>>(), clients, "each connection once");
+    assert!(all["connections"].as_array().unwrap().iter().all(|c| c["status"] == "open" && c["role"] == "inbound" && c["local"] == proxy_v4().to_string()));
+    let some = lab.observer.get_json("/api/v1/connections?role=inbound&limit=1500&sort=first_seen&order=asc");
+    assert_eq!((some["count"].as_u64(), some["matched"].as_u64(), conn_names(&some).len()), (Some(1500), Some(CONNECTIONS as u64), 1500));
+
+    // Sent as it is written: chunked, without a length known in advance.
+    let head = lab.topo.gateway.run("curl", ["-sS", "-o", "/dev/null", "-D", "-", &format!("http://{}/api/v1/connections?limit=100000", observer_tests::observer::API)]);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    drop(conns);
 }
 
 #[test]

@@ -42,6 +42,18 @@ enum Task {
     /// Benchmarks (needs root): throughput with and without the observer through a real nginx,
     /// per-program kernel run time, daemon memory, exactness under load. Release build.
     Bench,
+    /// Property tests of both HTTP framers (the kernel's and the daemon's) on many more cases
+    /// than the unit suite runs: noise, corruptions, segmentations, duplicates, reorders,
+    /// strict lengths and statuses (docs/architecture.md, "Property tests"). Release build, all
+    /// CPUs, no root, no kernel programs.
+    Fuzz {
+        /// Cases in all, shared among the properties as the unit suite shares its 10^5.
+        #[arg(long, default_value_t = 10_000_000)]
+        cases: u64,
+        /// Base seed of the cases (default: from the clock, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Set up, build, and run the whole test suite: unit, property and end-to-end tests (needs root).
     Test {
         /// Run the end-to-end suite this many times instead (after the unit tests), and print
@@ -89,6 +101,7 @@ fn run(task: Task) -> Result<()> {
                 .current_dir(workspace_root());
             status(&mut cmd)
         }
+        Task::Fuzz { cases, seed } => fuzz(cases, seed),
         Task::Test { stress, load, args } => {
             setup(false)?;
             // The end-to-end tests run the daemon as operators do: a release build. (A debug
@@ -105,6 +118,29 @@ fn run(task: Task) -> Result<()> {
             status(&mut cmd)
         }
     }
+}
+
+/// `cargo xtask fuzz`: the property tests of `observer/src/http/properties.rs`, the code path
+/// the unit suite runs, with `cases` cases shared among them and base seed `seed`.
+fn fuzz(cases: u64, seed: Option<u64>) -> Result<()> {
+    let seed = seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    eprintln!("xtask fuzz: {cases} cases, seed {seed:#x} (again: cargo xtask fuzz --cases {cases} --seed {seed:#x})");
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // The kernel programs are not needed (the framers' code is shared, `observer-common`), so
+    // neither root nor bpf-linker is. One test thread: each property uses every CPU itself.
+    cmd.args(["test", "--release", "--package", "observer", "--bin", "observer", "--", "http::properties::", "--nocapture", "--test-threads", "1"])
+        .env("OBSERVER_SKIP_EBPF", "1")
+        .env("OBSERVER_FUZZ_CASES", cases.to_string())
+        .env("OBSERVER_FUZZ_SEED", format!("{seed:#x}"))
+        .current_dir(workspace_root());
+    let result = status(&mut cmd);
+    let secs = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(()) => eprintln!("xtask fuzz: {cases} cases passed in {secs:.0} s ({:.0} cases/s, build included), seed {seed:#x}", cases as f64 / secs),
+        Err(_) => eprintln!("xtask fuzz: a property failed (above: its case's seed and how to run it alone); this run: --cases {cases} --seed {seed:#x}"),
+    }
+    result
 }
 
 fn workspace_root() -> PathBuf {

@@ -337,6 +337,24 @@ fn refused_upgrade_goes_on() {
     assert_eq!(c.losses(), vec![]);
 }
 
+/// A server may refuse an upgrade (or a CONNECT) before the request's head has all arrived:
+/// framing goes on after the head in the same segment, as it would had the segments been cut
+/// right after it.
+#[test]
+fn an_upgrade_refused_before_its_head_ends_goes_on_at_once() {
+    let rest: &[u8] = b"\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+    for cut in [0, 2, 4, rest.len()] {
+        let mut c = Conn::new();
+        c.send(C, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443");
+        c.send(S, &resp(407, "auth"));
+        c.send_cut(C, rest, &[cut]);
+        c.send(S, &resp(200, ""));
+        assert_eq!(c.methods(), vec![Method::Connect, Method::Get], "cut at {cut}");
+        assert_eq!(c.statuses(), vec![407, 200], "cut at {cut}");
+        assert_eq!((c.losses(), c.f.phase(C)), (vec![], Phase::Idle), "cut at {cut}");
+    }
+}
+
 #[test]
 fn connect_tunnels_on_2xx_only() {
     let mut c = Conn::new();
@@ -391,9 +409,12 @@ fn content_length_values() {
     assert_eq!(one("Content-Length: 000005"), ok);
     assert_eq!(one("Content-Length: 5\r\nContent-Length: 5"), ok, "the same value twice");
     let bad = (vec![200], vec![(S, LostReason::BadLength)], Phase::Lost);
-    for v in ["Content-Length: +5", "Content-Length: -5", "Content-Length: 5 5", "Content-Length: 5,5", "Content-Length: 0x5", "Content-Length:", "Content-Length: 5a", "Content-Length: 5\r\nContent-Length: 6", "Content-Length: 18446744073709551616", "Content-Length: 99999999999999999999999"] {
+    for v in ["Content-Length: +5", "Content-Length: -5", "Content-Length: 5 5", "Content-Length: 5,5", "Content-Length: 0x5", "Content-Length:", "Content-Length: 5a", "Content-Length: 5\r\nContent-Length: 6", "Content-Length: 18446744073709551616", "Content-Length: 99999999999999999999999", "Content-Length: 5\r5", "Content-Length: \r"] {
         assert_eq!(one(v), bad, "{v}");
     }
+    // A bare CR reads as SP (RFC 9112 section 2.2): whitespace around the digits.
+    assert_eq!(one("Content-Length: \r5"), ok);
+    assert_eq!(one("Content-Length: 5\r\r"), ok);
     // Not Content-Length.
     assert_eq!(one("Content-Lengths: 5\r\nContent-Length: 5"), ok);
     assert_eq!(one("X-Content-Length: 7\r\nContent-Length: 5"), ok);

@@ -5,6 +5,8 @@
 
 /// A message head can be at most this long before the stream is declared broken.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// A chunk-size line or a trailer line can be at most this long.
+const MAX_LINE: usize = 4096;
 const MAX_HEADERS: usize = 128;
 
 /// How a message's body is delimited.
@@ -122,6 +124,12 @@ impl Framer {
         self.buf.clear();
     }
 
+    /// Bytes of a head, chunk-size line or trailer kept until it is complete.
+    #[cfg(test)]
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Bytes of body (or chunk data) still to come that framing does not need to see.
     pub fn skippable(&self) -> u64 {
         match self.state {
@@ -228,10 +236,12 @@ impl Framer {
                 }
                 State::ChunkSize | State::Trailers => {
                     let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                        self.buf.extend_from_slice(data);
-                        if self.buf.len() > 4096 {
+                        // At most one byte past the bound is kept: enough to know it was crossed.
+                        let room = (MAX_LINE + 1).saturating_sub(self.buf.len());
+                        self.buf.extend_from_slice(&data[..data.len().min(room)]);
+                        if self.buf.len() > MAX_LINE {
                             self.state = State::Broken;
-                            found.push(Found::Broken("a chunk-size or trailer line longer than 4096 bytes".into()));
+                            found.push(Found::Broken(format!("a chunk-size or trailer line longer than {MAX_LINE} bytes")));
                         }
                         return found;
                     };
@@ -245,13 +255,15 @@ impl Framer {
                         }
                         continue;
                     }
-                    // chunk-size [ chunk-ext ] (RFC 9112 section 7.1)
+                    // chunk-size [ chunk-ext ] (RFC 9112 section 7.1): 1*HEXDIG, whitespace around it
+                    // tolerated (as the kernel's framer does); no sign, which `from_str_radix` takes.
                     let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-                    match u64::from_str_radix(hex, 16) {
-                        Ok(0) => self.state = State::Trailers,
-                        Ok(n) => self.state = State::ChunkData(n),
-                        Err(_) => {
+                    let hex = std::str::from_utf8(hex).unwrap_or("").trim_matches([' ', '\t', '\r']);
+                    let digits = hex.bytes().all(|b| b.is_ascii_hexdigit());
+                    match (digits, u64::from_str_radix(hex, 16)) {
+                        (true, Ok(0)) => self.state = State::Trailers,
+                        (true, Ok(n)) => self.state = State::ChunkData(n),
+                        _ => {
                             self.state = State::Broken;
                             found.push(Found::Broken(format!("chunk size {hex:?} is not hexadecimal")));
                             return found;

@@ -5,10 +5,14 @@
 #[cfg(test)]
 mod differential;
 pub mod framing;
+#[cfg(test)]
+mod properties;
 pub mod stream;
+#[cfg(test)]
+mod testgen;
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, VecDeque},
     sync::{Arc, OnceLock},
 };
 
@@ -25,8 +29,34 @@ use stream::Stream;
 
 /// Bodies at least this long are skipped in the kernel (no copy) instead of forwarded.
 pub const SKIP_MIN: u64 = 16 * 1024;
+/// The most one skip hint covers (see `HttpTable::on_record`).
+const MAX_SKIP: u64 = 1 << 30;
 /// Responses remembered per connection for `GET /api/v1/connections/{c}` and `observer trace`.
 pub const RECENT: usize = 32;
+/// Requests waiting for their responses whose method, target and time a connection keeps; beyond,
+/// a request is only counted as waiting (in order: later ones wait behind it), its response has
+/// no latency, and the overflow is counted ([`bounds::PENDING_OVERFLOW`]).
+pub const MAX_PENDING: usize = 16_384;
+
+/// Times the daemon's HTTP state reached one of its bounds, since it started (all connections):
+/// `/metrics` says so (`observer_bounds_reached_total`) instead of growing.
+pub mod bounds {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Requests waiting beyond [`super::MAX_PENDING`] on one connection (kept as a count only).
+    pub static PENDING_OVERFLOW: AtomicU64 = AtomicU64::new(0);
+    /// Retired states dropped: more than 128 for one four-tuple, or as many four-tuples waiting as
+    /// the table holds connections.
+    pub static RETIRED_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+    pub fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
 
 /// Text a request carries (method, target): shared, so that the request waiting for its response,
 /// what framing reports and the history entry hold one copy.
@@ -181,6 +211,10 @@ struct Pending {
 struct Direction {
     stream: Stream,
     framer: Framer,
+    /// Where the stream ends (after its last byte), once its FIN was seen. A response delimited
+    /// by the close ends there once every byte before it was framed: the FIN's record may be
+    /// handled before records of earlier bytes (sent from another CPU).
+    fin_at: Option<u32>,
 }
 
 fn window<'a>(seconds: impl Iterator<Item = &'a (u64, Counts)>, now_ns: u64, secs: u64) -> Counts {
@@ -241,6 +275,8 @@ pub struct HttpConn {
     request_dir: Option<u8>,
     dirs: [Direction; 2],
     pending: VecDeque<Pending>,
+    /// Requests waiting behind `pending` once it is full ([`MAX_PENDING`]): counted, not kept.
+    overflow: u64,
     lifetime: Counts,
     /// Per-second buckets (monotonic second, counts), the last 60 seconds.
     seconds: VecDeque<(u64, Counts)>,
@@ -260,14 +296,15 @@ pub struct HttpConn {
     kernel_framed: [bool; 2],
     /// Per direction: the kernel handed it to the daemon's framer (`SEG_HANDOFF`).
     handed_off: [bool; 2],
-    pub last_activity_ns: u64,
+    /// The time of its latest record: what a full table evicts by (kept in `HttpTable::by_activity`).
+    last_activity_ns: u64,
     /// When this connection's HTTP state began (its first record): which incarnation of a
     /// four-tuple it belongs to.
     pub first_ns: u64,
 }
 
 fn new_direction() -> Direction {
-    Direction { stream: Stream::default(), framer: Framer::new(false) }
+    Direction { stream: Stream::default(), framer: Framer::new(false), fin_at: None }
 }
 
 impl HttpConn {
@@ -277,6 +314,7 @@ impl HttpConn {
             request_dir: None,
             dirs: [new_direction(), new_direction()],
             pending: VecDeque::new(),
+            overflow: 0,
             lifetime: Counts::default(),
             seconds: VecDeque::new(),
             last_status: None,
@@ -326,7 +364,7 @@ impl HttpConn {
         // A direction the daemon's framer was never handed is the kernel's (`--kernel-http`).
         let kernel = self.kernel_framed.iter().any(|&k| k);
         let in_sync = self.dirs.iter().zip(self.handed_off).all(|(d, handed)| (kernel && !handed && d.stream.next().is_none()) || (d.stream.is_synced() && !d.framer.is_broken()));
-        make_view(&self.lifetime, self.seconds.iter(), self.last_status, self.pending.len(), self.framing_lost, in_sync, self.recent.iter(), now_ns, to_unix)
+        make_view(&self.lifetime, self.seconds.iter(), self.last_status, self.pending.len() + self.overflow as usize, self.framing_lost, in_sync, self.recent.iter(), now_ns, to_unix)
     }
 
     /// What history keeps of the connection once it has closed: counts and recent exchanges,
@@ -392,10 +430,12 @@ impl HttpConn {
             self.lost_at_close = true;
             out.push(Outcome::FramingLost);
             self.pending.clear();
+            self.overflow = 0;
             return;
         }
-        let n = self.pending.len() as u64;
+        let n = self.pending.len() as u64 + self.overflow;
         self.pending.clear();
+        self.overflow = 0;
         if n == 0 {
             return;
         }
@@ -440,7 +480,12 @@ impl HttpConn {
                 self.lifetime.requests += 1;
                 self.bucket(ts_ns).requests += 1;
                 out.push(Outcome::Request { method: method.clone(), target: target.clone() });
-                self.pending.push_back(Pending { method, target, ts_ns });
+                if self.overflow > 0 || self.pending.len() >= MAX_PENDING {
+                    self.overflow += 1;
+                    bounds::add(&bounds::PENDING_OVERFLOW);
+                } else {
+                    self.pending.push_back(Pending { method, target, ts_ns });
+                }
             }
             Head::Response { status, .. } => {
                 self.request_dir.get_or_insert(if dir == DIR_IN { DIR_OUT } else { DIR_IN });
@@ -448,7 +493,16 @@ impl HttpConn {
                 self.bucket(ts_ns).add_status(status);
                 self.last_status = Some(status);
                 // An interim (1xx) response does not answer the request; 101 does (and ends HTTP).
-                let answered = if status >= 200 || status == 101 { self.pending.pop_front() } else { None };
+                let answered = if status >= 200 || status == 101 {
+                    // Waiting requests beyond the queue are answered once the queue is.
+                    let a = self.pending.pop_front();
+                    if a.is_none() && self.overflow > 0 {
+                        self.overflow -= 1;
+                    }
+                    a
+                } else {
+                    None
+                };
                 let request_dir = if dir == DIR_IN { DIR_OUT } else { DIR_IN };
                 let switched = status == 101 || ((200..300).contains(&status) && answered.as_ref().is_some_and(|p| &*p.method == "CONNECT"));
                 if switched {
@@ -553,9 +607,15 @@ const RETIRED_PER_KEY: usize = 128;
 /// Every connection's HTTP state, fed by the kernel's payload records.
 pub struct HttpTable {
     conns: HashMap<ConnKey, HttpConn>,
+    /// `conns` by their last activity, least recent first: a full table evicts one connection in
+    /// O(log n) instead of scanning every one for the oldest (a table of a million connections
+    /// would otherwise scan it for each new one once full).
+    by_activity: BTreeSet<(u64, ConnKey)>,
     /// Connections whose four-tuple was reused before their close was processed.
     retired: HashMap<ConnKey, Vec<HttpConn>>,
     max: usize,
+    /// Connections evicted to make room (the table was full).
+    evictions: u64,
     /// The kernel has refused payload records since the daemon started (the ring was full):
     /// only then can a gap be bytes lost to the daemon rather than on the wire.
     records_lost: bool,
@@ -586,42 +646,92 @@ pub struct Update {
 
 impl HttpTable {
     pub fn new(max: usize) -> Self {
-        Self { conns: HashMap::new(), retired: HashMap::new(), max, records_lost: false }
+        Self { conns: HashMap::new(), by_activity: BTreeSet::new(), retired: HashMap::new(), max, evictions: 0, records_lost: false }
     }
 
     pub fn get(&self, key: &ConnKey) -> Option<&HttpConn> {
         self.conns.get(key)
     }
 
+    /// Connections evicted so far because the table was full (the least recently active first).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Takes `key`'s connection out of the table (and out of the eviction order).
+    fn remove(&mut self, key: &ConnKey) -> Option<HttpConn> {
+        let conn = self.conns.remove(key)?;
+        self.by_activity.remove(&(conn.last_activity_ns, *key));
+        Some(conn)
+    }
+
     /// The connection of `key`, made if new. `fresh`: a new connection starts on this
     /// four-tuple (its SYN, its first request): one used before is kept apart for its close.
     fn conn(&mut self, key: ConnKey, fresh: bool, ts_ns: u64) -> &mut HttpConn {
-        if fresh && self.conns.get(&key).is_some_and(|c| c.messages > 0 || !c.pending.is_empty()) {
-            if let Some(old) = self.conns.remove(&key) {
+        if fresh && self.conns.get(&key).is_some_and(|c| c.messages > 0 || !c.pending.is_empty() || c.overflow > 0) {
+            if let Some(old) = self.remove(&key) {
+                // Bounded: as many four-tuples waiting as the table holds connections (one goes,
+                // any: their closes are overdue) ...
+                if self.retired.len() >= self.max && !self.retired.contains_key(&key) {
+                    if let Some(k) = self.retired.keys().next().copied() {
+                        self.retired.remove(&k);
+                        bounds::add(&bounds::RETIRED_DROPPED);
+                    }
+                }
                 let waiting = self.retired.entry(key).or_default();
-                // Bounded: a four-tuple reused faster than closes are processed keeps the newest.
+                // ... and a four-tuple reused faster than closes are processed keeps the newest.
                 if waiting.len() >= RETIRED_PER_KEY {
                     waiting.remove(0);
+                    bounds::add(&bounds::RETIRED_DROPPED);
                 }
                 waiting.push(old);
             }
         }
         if self.conns.len() >= self.max && !self.conns.contains_key(&key) {
             // Bounded: the least recently active connection gives way.
-            if let Some(oldest) = self.conns.iter().min_by_key(|(_, c)| c.last_activity_ns).map(|(k, _)| *k) {
+            if let Some((_, oldest)) = self.by_activity.pop_first() {
                 self.conns.remove(&oldest);
+                self.evictions += 1;
             }
         }
+        let new = !self.conns.contains_key(&key);
         let conn = self.conns.entry(key).or_insert_with(|| HttpConn { first_ns: ts_ns, ..HttpConn::new() });
-        conn.last_activity_ns = ts_ns;
+        if new || conn.last_activity_ns != ts_ns {
+            if !new {
+                self.by_activity.remove(&(conn.last_activity_ns, key));
+            }
+            conn.last_activity_ns = ts_ns;
+            self.by_activity.insert((ts_ns, key));
+        }
         conn
+    }
+
+    /// What the table holds stays within its bounds: connections, retired states per four-tuple,
+    /// and per connection its history, reassembly buffers and head buffers; the eviction order
+    /// lists every connection once, at its last activity.
+    #[cfg(test)]
+    pub fn check_bounds(&self) {
+        assert!(self.conns.len() <= self.max.max(1), "{} connections in a table of {}", self.conns.len(), self.max);
+        assert_eq!(self.by_activity.len(), self.conns.len(), "the eviction order lists every connection once");
+        for (ts, key) in &self.by_activity {
+            assert_eq!(self.conns.get(key).map(|c| c.last_activity_ns), Some(*ts), "{key:?} in the eviction order");
+        }
+        let retired = self.retired.values().inspect(|w| assert!(w.len() <= RETIRED_PER_KEY)).flatten();
+        for c in self.conns.values().chain(retired) {
+            assert!(c.recent.len() <= RECENT && c.seconds.len() <= 61);
+            for d in &c.dirs {
+                assert!(d.stream.pending_bytes() <= stream::MAX_PENDING_BYTES);
+                assert!(d.framer.buffered() <= framing::MAX_HEAD + 4, "{} bytes of a head buffered", d.framer.buffered());
+            }
+        }
     }
 
     /// One message the kernel framed and counted (`--kernel-http`): a `SEG_MSG` record.
     fn on_message(&mut self, key: ConnKey, dir: u8, data: &[u8], ts_ns: u64) -> Update {
         let mut update = Update::default();
         let Some(info) = data.get(..MSG_INFO).and_then(|b| <&[u8; MSG_INFO]>::try_from(b).ok()).map(MsgInfo::decode) else { return update };
-        if dir > DIR_OUT || (info.kind != MSG_REQUEST && info.kind != MSG_RESPONSE) {
+        // The kernel counts statuses in 100..=599 only; a record that says otherwise is not one.
+        if dir > DIR_OUT || (info.kind != MSG_REQUEST && info.kind != MSG_RESPONSE) || (info.kind == MSG_RESPONSE && !(100..=599).contains(&info.status)) {
             return update;
         }
         let conn = self.conn(key, info.kind == MSG_REQUEST && info.flags & MSG_FIRST != 0, ts_ns);
@@ -697,20 +807,24 @@ impl HttpTable {
             let d = &mut conn.dirs[dir as usize];
             d.stream.sync(seq.wrapping_add(1));
             d.framer.reset();
+            d.fin_at = None;
             update.role = conn.role;
             return update;
         }
         let before = conn.hints;
         let mut out = Vec::new();
-        Self::feed(conn, dir, seq, data, ts_ns, records_lost, &mut out);
         if flags & SEG_FIN != 0 {
-            conn.dirs[dir as usize].framer.closed();
+            conn.dirs[dir as usize].fin_at = Some(seq.wrapping_add(data.len() as u32));
         }
+        Self::feed(conn, dir, seq, data, ts_ns, records_lost, &mut out);
         // Ask the kernel to skip long bodies: no copy of what framing does not need.
         for d in [DIR_IN, DIR_OUT] {
             let dd = &mut conn.dirs[d as usize];
             let n = dd.framer.skippable();
             if n >= SKIP_MIN {
+                // Sequence numbers compare within 2^31 (the kernel's `seq_before`, `Stream`): a
+                // longer body is skipped a GiB at a time, a new hint at the next record.
+                let n = n.min(MAX_SKIP);
                 if let Some(next) = dd.stream.next() {
                     let to = next.wrapping_add(n as u32);
                     dd.stream.skip_to(to);
@@ -769,6 +883,12 @@ impl HttpTable {
         // A gap that never filled while records were lost: those bytes were lost to us. Start
         // again at what waited.
         conn.expire_gap(dir, ts_ns, records_lost, out);
+        let d = &mut conn.dirs[dir as usize];
+        if let (Some(end), Some(next)) = (d.fin_at, d.stream.next()) {
+            if !observer_common::http::seq_before(next, end) {
+                d.framer.closed();
+            }
+        }
     }
 
     /// The connection ended: its unanswered requests count as failures. Returns its state.
@@ -792,11 +912,11 @@ impl HttpTable {
         let mut conn = if let Some(c) = take_retired(self, &within) {
             c
         } else if self.conns.get(key).is_some_and(within) {
-            self.conns.remove(key)?
+            self.remove(key)?
         } else if let Some(c) = take_retired(self, &by_end) {
             c
         } else if self.conns.get(key).is_some_and(by_end) {
-            self.conns.remove(key)?
+            self.remove(key)?
         } else {
             return None;
         };
@@ -1169,6 +1289,50 @@ mod tests {
         assert_eq!(u.hints.map(|h| h.flags), Some(HINT_NOT_HTTP));
         c.send(S, &resp(200, ""));
         assert_eq!(c.counts(), Counts::default());
+    }
+
+    /// A full table gives way to a new connection by evicting the least recently active one
+    /// (from an ordered index, not a scan), and counts it.
+    #[test]
+    fn a_full_table_evicts_the_least_recently_active() {
+        let mut t = HttpTable::new(3);
+        let key = |port: u16| ConnKey { local_port: port, ..ConnKey::zeroed() };
+        let req = b"GET / HTTP/1.1\r\n\r\n";
+        for (port, ts) in [(1, 10), (2, 20), (3, 30)] {
+            t.on_record(key(port), C, 100, 0, req, ts);
+        }
+        // Port 1 is active again: port 2 is now the oldest.
+        t.on_record(key(1), C, 100 + req.len() as u32, 0, req, 40);
+        t.on_record(key(4), C, 100, 0, req, 50);
+        assert!(t.get(&key(2)).is_none() && [1, 3, 4].iter().all(|p| t.get(&key(*p)).is_some()));
+        assert_eq!(t.evictions(), 1);
+        // A close takes a connection out of the order too: the next new one evicts no one.
+        t.close(&key(3), 0, 60, &StreamEnds::default()).unwrap();
+        t.on_record(key(5), C, 100, 0, req, 70);
+        assert_eq!(t.evictions(), 1);
+        t.on_record(key(6), C, 100, 0, req, 80);
+        assert_eq!(t.evictions(), 2);
+        assert!(t.get(&key(1)).is_none(), "port 1 (last active at 40) gave way");
+        t.check_bounds();
+    }
+
+    /// The FIN's record may be handled before records of the bytes before it (sent from another
+    /// CPU): a response delimited by the close ends where the stream does, not where its FIN
+    /// record came.
+    #[test]
+    fn a_fin_before_the_last_bytes_of_an_until_close_response_waits_for_them() {
+        let mut c = Conn::new();
+        c.send(C, b"GET / HTTP/1.1\r\n\r\n");
+        let body = b"HTTP/1.0 200 OK\r\n\r\nsome body, then Content-Length: 5\r\n and more";
+        let (a, b) = body.split_at(30);
+        c.at(S, 5001, a);
+        let u = c.t.on_record(c.key, S, 5001 + 40, SEG_FIN, &b[10..], 50);
+        assert!(u.outcomes.is_empty());
+        c.at(S, 5001 + 30, &b[..10]);
+        assert_eq!(c.statuses(), vec![200]);
+        assert!(!c.outcomes.contains(&Outcome::FramingLost), "{:?}", c.outcomes);
+        let v = c.t.get(&c.key).unwrap().view(100, &|_| 0.0);
+        assert!(v.in_sync && v.framing_lost == 0, "{v:?}");
     }
 
     #[test]

@@ -127,6 +127,12 @@ impl Stream {
         out
     }
 
+    /// Bytes waiting behind gaps.
+    #[cfg(test)]
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// Bytes wait behind a gap.
     pub fn has_gap(&self) -> bool {
         !self.pending.is_empty()
