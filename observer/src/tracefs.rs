@@ -64,6 +64,10 @@ pub fn layout(fields: &[Field]) -> Option<TpLayout> {
 pub enum TracepointError {
     #[error("tracepoint {0} does not exist on this kernel (no {1})")]
     Missing(String, String),
+    #[error("tracepoint {0}: {1} is not readable by this user (tracefs is root's by default): run the daemon as root, or mount tracefs readable by its group (`mount -t tracefs -o remount,gid=GROUP,mode=0750 tracefs {TRACEFS}`); tp_btf hooks need no tracefs")]
+    Unreadable(String, String),
+    #[error("tracepoint {0}: tracefs is not mounted at {TRACEFS} (mounting it needs CAP_SYS_ADMIN): `mount -t tracefs tracefs {TRACEFS}`")]
+    NotMounted(String),
     #[error("tracepoint {0} has a record layout observer does not know: {1:?}")]
     UnknownLayout(String, Vec<String>),
 }
@@ -71,9 +75,16 @@ pub enum TracepointError {
 /// Reads `events/<category>/<name>/format` and returns its layout.
 pub fn read_layout(category: &str, name: &str) -> Result<TpLayout, TracepointError> {
     let path = Path::new(TRACEFS).join("events").join(category).join(name).join("format");
-    let text = fs::read_to_string(&path).map_err(|_| TracepointError::Missing(format!("{category}:{name}"), path.display().to_string()))?;
+    let tp = format!("{category}:{name}");
+    let denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+    match fs::metadata(Path::new(TRACEFS).join("events")) {
+        Err(e) if denied(&e) => return Err(TracepointError::Unreadable(tp, TRACEFS.into())),
+        Err(_) => return Err(TracepointError::NotMounted(tp)),
+        Ok(_) => {}
+    }
+    let text = fs::read_to_string(&path).map_err(|e| if denied(&e) { TracepointError::Unreadable(tp.clone(), path.display().to_string()) } else { TracepointError::Missing(tp.clone(), path.display().to_string()) })?;
     let fields = parse_format(&text);
-    layout(&fields).ok_or_else(|| TracepointError::UnknownLayout(format!("{category}:{name}"), fields.iter().map(|f| f.name.clone()).collect()))
+    layout(&fields).ok_or_else(|| TracepointError::UnknownLayout(tp, fields.iter().map(|f| f.name.clone()).collect()))
 }
 
 #[cfg(test)]

@@ -183,7 +183,20 @@ impl Observer {
 
     /// [`Observer::start_with`] with another build of the daemon (e.g. a benchmark's base build).
     pub fn start_bin(topo: &Topology, bin: &Path, interfaces: &[&str], extra: &[&str]) -> Observer {
-        let mut args: Vec<String> = vec!["run".into()];
+        Observer::start_via(topo, bin, &[], interfaces, extra)
+    }
+
+    /// [`Observer::start_bin`] through a wrapper that ends by executing the daemon in place (its
+    /// process id stays the daemon's): `program WRAPPER_ARGS... BIN run ...`, e.g. `setpriv`.
+    pub fn start_wrapped(topo: &Topology, program: &Path, wrapper_args: &[&str], interfaces: &[&str], extra: &[&str]) -> Observer {
+        let mut leading: Vec<String> = wrapper_args.iter().map(|s| s.to_string()).collect();
+        leading.push(observer_bin().display().to_string());
+        Observer::start_via(topo, program, &leading, interfaces, extra)
+    }
+
+    fn start_via(topo: &Topology, bin: &Path, leading: &[String], interfaces: &[&str], extra: &[&str]) -> Observer {
+        let mut args: Vec<String> = leading.to_vec();
+        args.push("run".into());
         for i in interfaces {
             args.extend(["--interface".into(), (*i).into()]);
         }
