@@ -66,6 +66,13 @@ pub struct Framer {
     state: State,
     buf: Vec<u8>,
     head_ts: u64,
+    /// How much of `buf` the last parse of the head saw: the head is parsed again only when the
+    /// new bytes may end it, or when it has doubled since (so a head arriving a byte per segment
+    /// costs linear time, not quadratic), or at its bound.
+    parsed_len: usize,
+    /// Parses of heads so far (tests count them).
+    #[cfg(test)]
+    parses: usize,
 }
 
 fn body_from_headers(headers: &[httparse::Header<'_>]) -> Result<Option<BodyMode>, String> {
@@ -97,7 +104,15 @@ fn body_from_headers(headers: &[httparse::Header<'_>]) -> Result<Option<BodyMode
 
 impl Framer {
     pub fn new(is_response: bool) -> Self {
-        Self { is_response, state: State::Idle, buf: Vec::new(), head_ts: 0 }
+        Self {
+            is_response,
+            state: State::Idle,
+            buf: Vec::new(),
+            head_ts: 0,
+            parsed_len: 0,
+            #[cfg(test)]
+            parses: 0,
+        }
     }
 
     pub fn is_response(&self) -> bool {
@@ -183,12 +198,29 @@ impl Framer {
                     self.state = State::Head;
                     self.head_ts = ts_ns;
                     self.buf.clear();
+                    self.parsed_len = 0;
                 }
                 State::Head => {
                     let take = data.len().min(MAX_HEAD + 4 - self.buf.len().min(MAX_HEAD + 4));
                     let before = self.buf.len();
                     self.buf.extend_from_slice(&data[..take]);
-                    match self.parse_head() {
+                    // A head ends at an empty line (`\n\n`, `\n\r\n`): only bytes that may
+                    // complete one are worth a parse, besides the first ones (they tell
+                    // garbage early) and the doubling that keeps errors found soon.
+                    let new = &self.buf[before.saturating_sub(2)..];
+                    let may_end = new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
+                    let due = before == 0 || may_end || self.buf.len() >= 2 * self.parsed_len || self.buf.len() >= MAX_HEAD;
+                    let parsed = if due {
+                        self.parsed_len = self.buf.len();
+                        #[cfg(test)]
+                        {
+                            self.parses += 1;
+                        }
+                        self.parse_head()
+                    } else {
+                        Ok(None)
+                    };
+                    match parsed {
                         Ok(None) => {
                             if self.buf.len() >= MAX_HEAD {
                                 self.state = State::Broken;
@@ -334,6 +366,25 @@ mod tests {
             Head::Request { body, .. } => *body,
             Head::Response { status, body } => response_body(*status, *body, None),
         })
+    }
+
+    #[test]
+    fn a_head_a_byte_at_a_time_is_parsed_a_bounded_number_of_times() {
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..50 {
+            head += &format!("X-Field-{i}: {}\r\n", "v".repeat(600));
+        }
+        head += "Content-Length: 2\r\n\r\nokHTTP/1.1 204 No Content\r\n\r\n";
+        let mut whole = Framer::new(true);
+        let want = statuses(&heads(&mut whole, head.as_bytes()));
+        let mut f = Framer::new(true);
+        let mut got = Vec::new();
+        for b in head.as_bytes() {
+            got.extend(statuses(&heads(&mut f, std::slice::from_ref(b))));
+        }
+        assert_eq!((got, want), (vec![200, 204], vec![200, 204]));
+        // About 30 KB a byte at a time: once per doubling and once at each end, not per byte.
+        assert!(f.parses <= 40, "{} parses", f.parses);
     }
 
     fn statuses(found: &[Found]) -> Vec<u16> {
