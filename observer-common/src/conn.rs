@@ -98,7 +98,10 @@ pub struct ConnStats {
     pub isn_in: u32,
     pub isn_out: u32,
     /// Bit 0: a SYN was received, bit 1: a SYN was sent.
-    pub syn_seen: u32,
+    pub syn_seen: u8,
+    /// What the connection carries, from its first bytes (`crate::proto`, `PROTO_*`).
+    pub protocol: u8,
+    pub _pad2: u16,
     /// Which bytes of each direction were seen (`crate::seq`: the highest sequence number and
     /// one gap behind it, in one word the programs update with compare-and-exchange).
     pub seq_in: u64,
@@ -144,6 +147,8 @@ impl ConnStats {
             isn_in: 0,
             isn_out: 0,
             syn_seen: 0,
+            protocol: 0,
+            _pad2: 0,
             seq_in: 0,
             seq_out: 0,
             retransmitted_segments_in: 0,

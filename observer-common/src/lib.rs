@@ -11,6 +11,7 @@ pub mod frame;
 pub mod global;
 pub mod http;
 pub mod packet;
+pub mod proto;
 pub mod seq;
 pub mod trace;
 pub mod tracepoint;

@@ -10,6 +10,7 @@ mod csum;
 mod frame;
 mod http;
 mod maps;
+mod proto;
 mod sock;
 mod tc;
 mod trace;

@@ -27,6 +27,16 @@ pub static CONN_SCRATCH: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(
 #[map]
 pub static CSUM_SCRATCH: PerCpuArray<[u32; crate::csum::BLOCK / 4]> = PerCpuArray::with_max_entries(1, 0);
 
+/// TLS connections' server names (`proto::observer_protocol`), by four-tuple.
+#[map]
+pub static TLS_NAMES: LruHashMap<ConnKey, observer_common::proto::ServerName> = LruHashMap::with_max_entries(65_536, 0);
+
+/// A connection's first segment, copied for `proto::observer_protocol`, and the name it finds.
+#[map]
+pub static HELLO_SCRATCH: PerCpuArray<[u8; observer_common::proto::HELLO_LEN]> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static NAME_SCRATCH: PerCpuArray<observer_common::proto::ServerName> = PerCpuArray::with_max_entries(1, 0);
+
 /// A key copied into map memory (`conn::observer_superseded`).
 #[map]
 pub static KEY_SCRATCH: PerCpuArray<ConnKey> = PerCpuArray::with_max_entries(1, 0);

@@ -212,10 +212,16 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
             Direction::Egress => ((*stats).isn_out, (*stats).syn_seen & 2 != 0),
         }
     };
+    let first_byte = syn_seen && tcp.seq == isn.wrapping_add(1);
+    // The first bytes of a stream say what the connection carries (once per connection).
+    // SAFETY: `stats` is a non-null `CONNS` value.
+    if payload_len > 0 && first_byte && unsafe { (*stats).protocol } == observer_common::proto::PROTO_UNKNOWN {
+        crate::proto::observer_protocol(ctx.skb.skb, stats);
+    }
     #[cfg_attr(not(feature = "kernel-framer"), allow(unused_mut, reason = "only the kernel framer moves the segment's start"))]
     let mut seg = http::Seg {
         dir: wire_dir,
-        first_byte: syn_seen && tcp.seq == isn.wrapping_add(1),
+        first_byte,
         seq: tcp.seq,
         flags: f,
         off: payload_off,

@@ -156,7 +156,26 @@ impl App {
         let frames = self.kernel_frames(only);
         let mut all = table::merge(kernel, &history, QUIET_NS, &live, &frames, only);
         all.retain(|c| !self.is_own(&c.incarnation.0));
+        self.add_server_names(&mut all, only);
         all
+    }
+
+    /// The TLS server names the kernel found, onto their connections (the incarnation must
+    /// match: a four-tuple reused since names another connection).
+    fn add_server_names(&self, conns: &mut [Connection], only: Option<&ConnKey>) {
+        let maps = self.maps.lock().expect("maps lock poisoned");
+        let names: std::collections::HashMap<ConnKey, observer_common::proto::ServerName> = match only {
+            Some(k) => maps.tls_names.get(k, 0).ok().map(|n| (*k, n)).into_iter().collect(),
+            None if conns.iter().any(|c| c.protocol == "tls") => maps.tls_names.iter().filter_map(Result::ok).collect(),
+            None => return,
+        };
+        for c in conns.iter_mut().filter(|c| c.protocol == "tls") {
+            let (key, first_seen_ns) = c.incarnation;
+            if let Some(n) = names.get(&key).filter(|n| n.conn == first_seen_ns as u32) {
+                let len = (n.len as usize).min(n.name.len());
+                c.sni = Some(String::from_utf8_lossy(&n.name[..len]).into_owned());
+            }
+        }
     }
 
     /// One connection by its four-tuple: the newest incarnation.

@@ -168,7 +168,7 @@ impl Metrics {
             connections_active: reg(&r, IntGaugeVec::new(Opts::new("observer_connections_active", "Open connections by role."), &["role"]).expect("valid")),
             connections_closed_kept: reg(&r, IntGauge::new("observer_connections_closed_kept", "Closed connections the daemon keeps for post-mortems (bounded, see --closed-retention).").expect("valid")),
             opened: counter_vec("observer_connections_opened_total", "Connections that reached ESTABLISHED, by role and service port.", &["role", "port"]),
-            closed: counter_vec("observer_connections_closed_total", "Connections that ended, by role, service port and reason (normal, reset_sent, reset_received, refused, timed_out).", &["role", "port", "reason"]),
+            closed: counter_vec("observer_connections_closed_total", "Connections that ended, by role, service port, reason (normal, reset_sent, reset_received, refused, timed_out) and protocol (from the first bytes: http1, tls, h2, other, unknown).", &["role", "port", "reason", "protocol"]),
             handshake_rtt: reg(&r, HistogramVec::new(
                 HistogramOpts::new("observer_handshake_rtt_seconds", "TCP handshake round-trip time as seen on this host's interfaces, by role.")
                     .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
@@ -325,7 +325,8 @@ impl Metrics {
     pub fn connection_closed(&self, key: &ConnKey, stats: &ConnStats) {
         let role = Role::from_u8(stats.role);
         let reason = observer_common::conn::CloseReason::of(stats).name();
-        self.closed.with_label_values(&[role.name(), &self.port_label(key, role), reason]).inc();
+        let protocol = observer_common::proto::protocol_name(stats.protocol);
+        self.closed.with_label_values(&[role.name(), &self.port_label(key, role), reason, protocol]).inc();
     }
 
     /// Replaces the per-connection series with `top`: connections that left it lose theirs, so

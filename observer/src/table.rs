@@ -85,6 +85,12 @@ pub struct Connection {
     /// HTTP payload records the kernel could not hand over (full ring). Harmless when they held
     /// only body bytes; when framing missed a message because of them, `http.framing_lost` says so.
     pub payload_records_lost: u64,
+    /// What it carries, from its first bytes: `http1`, `tls`, `h2` (HTTP/2 with prior
+    /// knowledge), `other`, or `unknown` (no payload yet, or first seen mid-stream).
+    pub protocol: &'static str,
+    /// For `tls`: the server name its client asked for (SNI), when the ClientHello's first
+    /// segment carried it.
+    pub sni: Option<String>,
     /// Handshake round-trip time in milliseconds, when both handshake packets were seen here.
     pub handshake_rtt_ms: Option<f64>,
     /// Who closed first: `local`, `remote`, or `unknown` (still open, or no FIN/reset seen).
@@ -148,6 +154,8 @@ impl Connection {
             isn_in: _,
             isn_out: _,
             syn_seen: _,
+            protocol,
+            _pad2: _,
             seq_in: _,
             seq_out: _,
             retransmitted_segments_in,
@@ -194,6 +202,8 @@ impl Connection {
             retransmitted_bytes_in,
             retransmitted_bytes_out,
             payload_records_lost,
+            protocol: observer_common::proto::protocol_name(protocol),
+            sni: None,
             handshake_rtt_ms: (handshake_rtt_ns != 0).then(|| handshake_rtt_ns as f64 / 1e6),
             closer: closer.name(),
             close_reason: closed.then(|| CloseReason::of(stats).name()),

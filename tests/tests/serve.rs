@@ -207,10 +207,10 @@ fn metrics_pass_promtool_and_carry_no_four_tuple_labels() {
 /// values are bounded by: role ∈ {inbound, outbound, unknown} (3), port ∈ {80} (the proxy's port
 /// for inbound connections, the upstream's for outbound ones: 1), code ∈ {200, 500} (2), class ∈
 /// {2xx, 5xx} (2, determined by code), reason ∈ {normal, reset_sent, reset_received, refused,
-/// timed_out} (5).
+/// timed_out} (5), protocol ∈ {http1, tls, h2, other, unknown} (5).
 const GROWING: &[(&str, &[&str])] = &[
     ("observer_connections_opened_total", &["role", "port"]),
-    ("observer_connections_closed_total", &["role", "port", "reason"]),
+    ("observer_connections_closed_total", &["role", "port", "reason", "protocol"]),
     ("observer_http_requests_total", &["role", "port"]),
     ("observer_http_responses_total", &["role", "port", "code"]),
     ("observer_http_requests_unanswered_total", &["role", "port"]),
@@ -224,6 +224,7 @@ fn label_bound(label: &str) -> usize {
         "port" => 1,
         "code" | "class" => 2,
         "reason" => 5,
+        "protocol" => 5,
         other => panic!("no bound for label {other}"),
     }
 }

@@ -154,6 +154,8 @@ pub struct Maps {
     pub conns: HashMap<MapData, ConnKey, ConnStats>,
     pub global: PerCpuArray<MapData, u64>,
     pub http_hints: HashMap<MapData, ConnKey, HttpHints>,
+    /// TLS connections' server names (`observer_common::proto`).
+    pub tls_names: HashMap<MapData, ConnKey, observer_common::proto::ServerName>,
     /// The kernel's HTTP framing per connection (`observer_common::frame`).
     pub http_frames: HashMap<MapData, ConnKey, ConnFrame>,
     /// Times the kernel framer lost its place, per CPU, by `LostReason`.
@@ -257,6 +259,7 @@ fn load_object(
         .map_max_entries("EVENTS", sizes.events_bytes)
         .map_max_entries("PAYLOAD", sizes.payload_bytes)
         .map_max_entries("HTTP_HINTS", sizes.connections)
+        .map_max_entries("TLS_NAMES", sizes.connections)
         // Attempts whose handshake is under way: a quarter of the connections (at least 1024).
         .map_max_entries("HALF_OPEN", (sizes.connections / 4).max(1024))
         // LRU maps are preallocated: without the kernel framer, a token size instead of ~20 MiB.
@@ -271,7 +274,7 @@ fn load_object(
         let pinned = state.pinned_map_sizes().map_err(BpfError::State)?;
         for (name, entries) in pinned {
             let asked = match name {
-                "CONNS" | "HTTP_HINTS" => Some(sizes.connections),
+                "CONNS" | "HTTP_HINTS" | "TLS_NAMES" => Some(sizes.connections),
                 "EVENTS" => Some(sizes.events_bytes),
                 "PAYLOAD" => Some(sizes.payload_bytes),
                 _ => None,
@@ -426,6 +429,7 @@ fn load_object(
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
     let payload = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(BpfError::Map("PAYLOAD"))?).map_err(|_| BpfError::Map("PAYLOAD"))?;
     let http_hints = HashMap::try_from(ebpf.take_map("HTTP_HINTS").ok_or(BpfError::Map("HTTP_HINTS"))?).map_err(|_| BpfError::Map("HTTP_HINTS"))?;
+    let tls_names = HashMap::try_from(ebpf.take_map("TLS_NAMES").ok_or(BpfError::Map("TLS_NAMES"))?).map_err(|_| BpfError::Map("TLS_NAMES"))?;
     let frame_lost = PerCpuArray::try_from(ebpf.take_map("FRAME_LOST").ok_or(BpfError::Map("FRAME_LOST"))?).map_err(|_| BpfError::Map("FRAME_LOST"))?;
     let http_agg = PerCpuHashMap::try_from(ebpf.take_map("HTTP_AGG").ok_or(BpfError::Map("HTTP_AGG"))?).map_err(|_| BpfError::Map("HTTP_AGG"))?;
     let http_frames = HashMap::try_from(ebpf.take_map("HTTP_FRAMES").ok_or(BpfError::Map("HTTP_FRAMES"))?).map_err(|_| BpfError::Map("HTTP_FRAMES"))?;
@@ -444,7 +448,7 @@ fn load_object(
             kernel_http: kernel_http == 1,
             kernel_http_refused: None,
         },
-        Maps { conns, global, http_hints, http_frames, frame_lost, http_agg },
+        Maps { conns, global, http_hints, tls_names, http_frames, frame_lost, http_agg },
         Rings { events, payload, trace },
         trace_maps,
     ))

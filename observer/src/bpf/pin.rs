@@ -32,7 +32,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The maps that carry counts and undelivered records across restarts, with the key and value
 /// sizes this build gives them. Scratch space, the trace filters and the port filter are not
 /// pinned: each daemon starts them afresh.
-pub const PINNED_MAPS: [(&str, usize, usize); 9] = [
+pub const PINNED_MAPS: [(&str, usize, usize); 10] = [
     ("CONNS", size_of::<ConnKey>(), size_of::<ConnStats>()),
     ("HALF_OPEN", size_of::<ConnKey>(), size_of::<ConnStats>()),
     ("GLOBAL", 4, 8),
@@ -40,6 +40,7 @@ pub const PINNED_MAPS: [(&str, usize, usize); 9] = [
     ("FRAME_LOST", 4, 8),
     ("HTTP_AGG", size_of::<AggKey>(), 8),
     ("HTTP_HINTS", size_of::<ConnKey>(), size_of::<HttpHints>()),
+    ("TLS_NAMES", size_of::<ConnKey>(), size_of::<observer_common::proto::ServerName>()),
     // Ring buffers: records the programs wrote while no daemon read them.
     ("EVENTS", 0, 0),
     ("PAYLOAD", 0, 0),
