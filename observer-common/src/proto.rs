@@ -72,10 +72,18 @@ pub fn protocol_of(b: &[u8; START_LEN], len: usize) -> u8 {
     }
 }
 
-/// A big-endian u16 at `i` of `b` (masked into it).
+/// The byte at `i` of `b`, the index masked into it. Read opaquely first: the compiler, which
+/// can prove the index in bounds from the checks before, would drop the mask, and older
+/// verifiers (6.1), which cannot follow that proof, refuse the access.
+#[inline(always)]
+fn at(b: &[u8; HELLO_LEN], i: usize) -> usize {
+    b[(crate::frame::opaque(&(i as u32)) as usize) & (HELLO_LEN - 1)] as usize
+}
+
+/// A big-endian u16 at `i` of `b`.
 #[inline(always)]
 fn be16(b: &[u8; HELLO_LEN], i: usize) -> usize {
-    ((b[i & (HELLO_LEN - 1)] as usize) << 8) | b[(i + 1) & (HELLO_LEN - 1)] as usize
+    (at(b, i) << 8) | at(b, i + 1)
 }
 
 /// The server name (SNI, RFC 6066 section 3) of the ClientHello that starts `b` (its first `len`
@@ -90,7 +98,7 @@ pub fn client_hello_sni(b: &[u8; HELLO_LEN], len: usize, out: &mut [u8; SNI_MAX]
         return 0;
     }
     let mut p = 43;
-    p += 1 + b[p & (HELLO_LEN - 1)] as usize;
+    p += 1 + at(b, p);
     if p + 2 > len {
         return 0;
     }
@@ -98,7 +106,7 @@ pub fn client_hello_sni(b: &[u8; HELLO_LEN], len: usize, out: &mut [u8; SNI_MAX]
     if p + 1 > len {
         return 0;
     }
-    p += 1 + b[p & (HELLO_LEN - 1)] as usize;
+    p += 1 + at(b, p);
     if p + 2 > len {
         return 0;
     }
@@ -114,7 +122,7 @@ pub fn client_hello_sni(b: &[u8; HELLO_LEN], len: usize, out: &mut [u8; SNI_MAX]
         p += 4;
         if kind == 0 {
             // server_name: list length (2), name type (1, 0 = host_name), name length (2), name.
-            if p + 5 > end || b[(p + 2) & (HELLO_LEN - 1)] != 0 {
+            if p + 5 > end || at(b, p + 2) != 0 {
                 return 0;
             }
             let n = be16(b, p + 3);
@@ -127,7 +135,7 @@ pub fn client_hello_sni(b: &[u8; HELLO_LEN], len: usize, out: &mut [u8; SNI_MAX]
                 if i >= n {
                     break;
                 }
-                *o = b[(start + i) & (HELLO_LEN - 1)];
+                *o = at(b, start + i) as u8;
             }
             return n;
         }
