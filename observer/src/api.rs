@@ -259,11 +259,11 @@ async fn trace(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<S
         Ok(QueryParams(p)) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("the query string could not be read ({e})")),
     };
-    let filter = match crate::trace::Filter::from_params(&params) {
+    let follow = match crate::trace::Follow::from_params(&params) {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let Some((subscription, rx)) = app.trace.subscribe(filter) else {
+    let Some((subscription, rx)) = app.trace.subscribe(follow) else {
         app.metrics.trace_refused.inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

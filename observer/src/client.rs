@@ -11,8 +11,69 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+/// Where the daemon answers, as `--server` (or `OBSERVER_SERVER`) names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// `HOST:PORT`, resolved when connecting (a name may have several addresses).
+    Tcp(String),
+    /// `unix:PATH`: the daemon's `--unix-socket`.
+    Unix(std::path::PathBuf),
+}
+
+impl Server {
+    /// Reads `HOST:PORT`, `[V6]:PORT`, `http://HOST:PORT` (a trailing `/` allowed) or
+    /// `unix:PATH`. The URL form is accepted because that is how the API is written in docs and
+    /// curl commands; anything it cannot honour is refused here, before a connection is tried.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        const FORMS: &str = "expected HOST:PORT (127.0.0.1:9470), http://HOST:PORT, http://[V6]:PORT or unix:PATH";
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(format!("{s:?}: unix: needs the socket's path, e.g. unix:/run/observer.sock"));
+            }
+            return Ok(Server::Unix(path.into()));
+        }
+        if s.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")) {
+            return Err(format!(
+                "{s:?}: TLS is not served: the daemon speaks plain HTTP on its --listen address (loopback by default); use http://HOST:PORT, or reach a remote daemon through an SSH tunnel or a TLS-terminating proxy"
+            ));
+        }
+        let authority = match s.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => {
+                let authority = rest.strip_suffix('/').unwrap_or(rest);
+                if authority.contains(['/', '?', '#']) {
+                    return Err(format!("{s:?}: only the daemon's address, without a path: the API's routes are fixed ({FORMS})"));
+                }
+                authority
+            }
+            Some((scheme, _)) => return Err(format!("{s:?}: {scheme}: is not a scheme the daemon serves; {FORMS}")),
+            None => s,
+        };
+        let (host, port) = authority.rsplit_once(':').ok_or_else(|| format!("{s:?}: no port; {FORMS}"))?;
+        if port.parse::<u16>().is_err() {
+            return Err(format!("{s:?}: {port:?} is not a port (0 to 65535); {FORMS}"));
+        }
+        // An IPv6 address has colons of its own: only the bracketed form is unambiguous.
+        let bare_v6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
+        if host.is_empty() || bare_v6 {
+            return Err(format!("{s:?}: {FORMS}"));
+        }
+        Ok(Server::Tcp(authority.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Server::Tcp(a) => f.write_str(a),
+            Server::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 pub struct Client {
-    server: String,
+    server: Server,
 }
 
 /// A response with its status and body.
@@ -22,28 +83,31 @@ pub struct Reply {
 }
 
 impl Client {
-    pub fn new(server: &str) -> Self {
-        Self { server: server.to_owned() }
+    pub fn new(server: Server) -> Self {
+        Self { server }
     }
 
-    pub fn server(&self) -> &str {
+    pub fn server(&self) -> &Server {
         &self.server
     }
 
     fn connect(&self) -> Result<Stream> {
-        if let Some(path) = self.server.strip_prefix("unix:") {
-            return match UnixStream::connect(path) {
-                Ok(s) => Ok(Stream::Unix(s)),
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                    bail!("cannot open {}: {e}: the daemon's socket is for its own user only (mode 0600); run this as that user (sudo)", self.server)
-                }
-                Err(e) => bail!("no daemon at {}: is `observer run --unix-socket {path}` running? ({e}); point at another with --server", self.server),
-            };
-        }
-        let addrs: Vec<SocketAddr> = self
-            .server
+        let server = &self.server;
+        let authority = match server {
+            Server::Unix(path) => {
+                return match UnixStream::connect(path) {
+                    Ok(s) => Ok(Stream::Unix(s)),
+                    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                        bail!("cannot open {server}: {e}: the daemon's socket is for its own user only (mode 0600); run this as that user (sudo)")
+                    }
+                    Err(e) => bail!("no daemon at {server}: is `observer run --unix-socket {}` running? ({e}); point at another with --server", path.display()),
+                };
+            }
+            Server::Tcp(a) => a,
+        };
+        let addrs: Vec<SocketAddr> = authority
             .to_socket_addrs()
-            .with_context(|| format!("--server {:?} is not an address: expected HOST:PORT, e.g. 127.0.0.1:9470, or unix:PATH", self.server))?
+            .with_context(|| format!("--server {authority:?} is not an address: expected HOST:PORT, e.g. 127.0.0.1:9470, or unix:PATH"))?
             .collect();
         let mut last = None;
         for a in addrs {
@@ -53,8 +117,7 @@ impl Client {
             }
         }
         bail!(
-            "no daemon at {}: is `observer run` running? ({}); point at another with --server",
-            self.server,
+            "no daemon at {server}: is `observer run` running? ({}); point at another with --server",
             last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
         )
     }
@@ -62,7 +125,10 @@ impl Client {
     fn request(&self, path: &str) -> Result<BufReader<Stream>> {
         let mut s = self.connect()?;
         // A socket path is no host name.
-        let host = if self.server.starts_with("unix:") { "localhost" } else { &self.server };
+        let host = match &self.server {
+            Server::Unix(_) => "localhost",
+            Server::Tcp(a) => a,
+        };
         write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n")?;
         Ok(BufReader::new(s))
     }
@@ -173,5 +239,38 @@ impl Write for Stream {
             Stream::Tcp(s) => s.flush(),
             Stream::Unix(s) => s.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_are_read_in_every_written_form() {
+        let tcp = |a: &str| Ok(Server::Tcp(a.to_owned()));
+        assert_eq!(Server::parse("127.0.0.1:9470"), tcp("127.0.0.1:9470"));
+        assert_eq!(Server::parse("localhost:9470"), tcp("localhost:9470"));
+        assert_eq!(Server::parse("http://127.0.0.1:9470"), tcp("127.0.0.1:9470"));
+        assert_eq!(Server::parse("http://127.0.0.1:9470/"), tcp("127.0.0.1:9470"));
+        assert_eq!(Server::parse("HTTP://[::1]:9470/"), tcp("[::1]:9470"));
+        assert_eq!(Server::parse("[2001:db8::1]:9470"), tcp("[2001:db8::1]:9470"));
+        assert_eq!(Server::parse("unix:/run/observer.sock"), Ok(Server::Unix("/run/observer.sock".into())));
+        assert_eq!(Server::parse("unix:/run/observer.sock").unwrap().to_string(), "unix:/run/observer.sock");
+        assert_eq!(Server::parse("http://[::1]:9470").unwrap().to_string(), "[::1]:9470");
+    }
+
+    #[test]
+    fn servers_it_cannot_reach_are_refused_with_the_reason() {
+        let err = |s: &str| Server::parse(s).unwrap_err();
+        assert!(err("https://127.0.0.1:9470").contains("TLS is not served"), "{}", err("https://127.0.0.1:9470"));
+        assert!(err("http://127.0.0.1:9470/api/v1").contains("without a path"));
+        assert!(err("ftp://127.0.0.1:21").contains("ftp: is not a scheme"));
+        assert!(err("127.0.0.1").contains("no port"));
+        assert!(err("http://127.0.0.1").contains("no port"));
+        assert!(err("127.0.0.1:http").contains("is not a port"));
+        assert!(err("::1:9470").contains("http://[V6]:PORT"));
+        assert!(err(":9470").contains("HOST:PORT"));
+        assert!(err("unix:").contains("socket's path"));
     }
 }

@@ -2,7 +2,7 @@
 //! `main` parses arguments and wires the parts together.
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod api;
 mod btf;
@@ -30,6 +30,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print times in UTC (`…Z`) instead of local time with its offset (`…+02:00`).
+    #[arg(long, global = true)]
+    utc: bool,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +108,10 @@ enum Command {
         /// and `?…` where a query was: tokens in URLs stay out of them.
         #[arg(long)]
         show_query: bool,
+        /// `text` (for people), or `json`: one object per line with `time` (RFC 3339, UTC),
+        /// `level`, `target` and `message`, for log collectors. RUST_LOG sets the level.
+        #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+        log_format: LogFormat,
     },
     /// List connections from a running daemon, as a table (or JSON).
     Connections {
@@ -126,17 +133,22 @@ enum Command {
         server: ServerOpt,
     },
     /// Follow connections live: one by its four-tuple (LOCAL REMOTE), or all of a remote
-    /// address, remote endpoint, or local port. Prints what is known first, then the timeline.
+    /// address or endpoint, a local port, or both. Prints what is known first, then the timeline.
     Trace {
         /// LOCAL REMOTE endpoints, e.g. `198.18.1.1:80 198.18.1.2:51234`.
         #[arg(num_args = 0..=2, value_name = "ENDPOINT")]
         connection: Vec<String>,
-        /// Every connection with this remote address (198.18.1.2) or endpoint (198.18.1.2:51234).
-        #[arg(long, conflicts_with_all = ["connection", "local_port"])]
+        /// Every connection with this remote address (198.18.1.2) or endpoint (198.18.1.2:51234);
+        /// with --local-port, only those on that local port.
+        #[arg(long, conflicts_with = "connection")]
         remote: Option<String>,
-        /// Every connection on this local port.
-        #[arg(long, conflicts_with_all = ["connection", "remote"])]
+        /// Every connection on this local port; with --remote, only those of that remote.
+        #[arg(long, conflicts_with = "connection")]
         local_port: Option<u16>,
+        /// Only responses with this status: a code (502) or a class (5xx). The timeline then
+        /// shows those responses alone (no packets, requests or lifecycle lines).
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -156,6 +168,13 @@ enum Command {
         #[command(flatten)]
         server: ServerOpt,
     },
+    /// Print a completion script for SHELL: `observer completions bash > /etc/bash_completion.d/observer`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `observer man | man -l -`, or save it as observer.1.
+    Man,
     /// Detach the programs a daemon left attached and remove its pinned state (its counts go
     /// too). Run it where the daemon ran (same network namespace), with the daemon stopped.
     Detach {
@@ -168,14 +187,15 @@ enum Command {
 /// Where the CLI finds the daemon.
 #[derive(clap::Args)]
 struct ServerOpt {
-    /// The daemon's API: HOST:PORT (its --listen), or unix:PATH (its --unix-socket).
-    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-    server: String,
+    /// The daemon's API: HOST:PORT or http://HOST:PORT (its --listen; http://[V6]:PORT for
+    /// IPv6), or unix:PATH (its --unix-socket). The flag wins over OBSERVER_SERVER.
+    #[arg(long, env = "OBSERVER_SERVER", default_value = DEFAULT_LISTEN, value_name = "ADDR", value_parser = client::Server::parse)]
+    server: client::Server,
 }
 
 impl ServerOpt {
     fn client(&self) -> client::Client {
-        client::Client::new(&self.server)
+        client::Client::new(self.server.clone())
     }
 }
 
@@ -198,21 +218,67 @@ struct ListOpts {
     /// Local or remote port.
     #[arg(long)]
     port: Option<u16>,
+    /// This host's port.
+    #[arg(long)]
+    local_port: Option<u16>,
+    /// The peer's port.
+    #[arg(long)]
+    remote_port: Option<u16>,
     /// Local or remote address.
     #[arg(long)]
     address: Option<std::net::IpAddr>,
+    /// Only connections with at least N requests in the window.
+    #[arg(long, value_name = "N")]
+    min_requests: Option<u64>,
+    /// Sort order: desc (the largest first) or asc.
+    #[arg(long, value_parser = ["desc", "asc"])]
+    order: Option<String>,
 }
 
 impl ListOpts {
+    /// Every filter goes to the API under its own name: the daemon validates the values, so the
+    /// CLI and the API cannot disagree about them.
     fn into_args(self) -> cli::ListArgs {
-        let ListOpts { sort, limit, window, state, role, port, address } = self;
-        let mut filters = Vec::new();
-        if let Some(v) = state { filters.push(("state".into(), v)) }
-        if let Some(v) = role { filters.push(("role".into(), v)) }
-        if let Some(v) = port { filters.push(("port".into(), v.to_string())) }
-        if let Some(v) = address { filters.push(("address".into(), v.to_string())) }
+        let ListOpts { sort, limit, window, state, role, port, local_port, remote_port, address, min_requests, order } = self;
+        let filters = [
+            ("state", state),
+            ("role", role),
+            ("port", port.map(|v| v.to_string())),
+            ("local_port", local_port.map(|v| v.to_string())),
+            ("remote_port", remote_port.map(|v| v.to_string())),
+            ("address", address.map(|v| v.to_string())),
+            ("min_requests", min_requests.map(|v| v.to_string())),
+            ("order", order),
+        ];
+        let filters = filters.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))).collect();
         cli::ListArgs { sort, limit, window, filters }
     }
+}
+
+/// `observer run --log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The log, as `--log-format` asks: env_logger's own lines, or one JSON object per line (a log
+/// collector then needs no pattern for our messages, which may hold spaces, colons and quotes).
+fn init_log(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        b.format(|buf, record| {
+            use std::io::Write as _;
+            let line = serde_json::json!({
+                "time": buf.timestamp_micros().to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "message": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
 }
 
 /// `observer run --http-framing`.
@@ -223,10 +289,15 @@ enum HttpFraming {
 }
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Run { log_format, .. } => *log_format,
+        _ => LogFormat::Text,
+    };
+    init_log(log_format);
+    let zone = if cli.utc { cli::Zone::Utc } else { cli::Zone::Local };
     let result = match cli.command {
-        Command::Run { interfaces, listen, metrics_listen, unix_socket, ready_max_lag_ms, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral, show_query } => {
+        Command::Run { interfaces, listen, metrics_listen, unix_socket, ready_max_lag_ms, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral, show_query, log_format: _ } => {
             http::set_keep_query(show_query);
             let config = daemon::Config {
                 interfaces,
@@ -246,19 +317,24 @@ fn main() -> std::process::ExitCode {
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }
         Command::Connections { list, json, server } => cli::connections(&server.client(), &list.into_args(), json),
-        Command::Top { list, iterations, server } => cli::top(&server.client(), list.into_args(), iterations),
+        Command::Top { list, iterations, server } => cli::top(&server.client(), list.into_args(), iterations, zone),
         Command::Status { json, server } => cli::status(&server.client(), json),
         Command::Detach { state_dir } => daemon::detach(&state_dir),
-        Command::Trace { connection, remote, local_port, json, count, duration, server } => {
+        Command::Trace { connection, remote, local_port, status, json, count, duration, server } => {
             let target = match (connection.as_slice(), remote, local_port) {
                 ([local, remote], None, None) => Ok(cli::TraceTarget::Connection(format!("{local} {remote}"))),
-                ([], Some(r), None) => Ok(cli::TraceTarget::Remote(r)),
-                ([], None, Some(p)) => Ok(cli::TraceTarget::LocalPort(p)),
-                _ => Err(anyhow::anyhow!("say what to follow: LOCAL REMOTE (e.g. `observer trace 198.18.1.1:80 198.18.1.2:51234`), --remote ADDR[:PORT], or --local-port PORT")),
+                ([], remote, local_port) if remote.is_some() || local_port.is_some() => Ok(cli::TraceTarget::Partial { remote, local_port }),
+                _ => Err(anyhow::anyhow!("say what to follow: LOCAL REMOTE (e.g. `observer trace 198.18.1.1:80 198.18.1.2:51234`), --remote ADDR[:PORT], --local-port PORT, or both of these")),
             };
             let duration = duration.map(|d| std::time::Duration::from_secs_f64(d.max(0.0)));
-            target.and_then(|t| cli::trace(&server.client(), t, json, count, duration))
+            let opts = cli::TraceOpts { status, json, count, duration, zone };
+            target.and_then(|t| cli::trace(&server.client(), t, &opts))
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "observer", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -275,4 +351,74 @@ fn parse_ring_kib(s: &str) -> Result<u32, String> {
         return Err(format!("{kib} KiB: the ring buffer size must be a power of two from 4 to 1048576 KiB"));
     }
     Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bash_completion_offers_every_subcommand_and_option() {
+        let mut out = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "observer", &mut out);
+        let script = String::from_utf8(out).unwrap();
+        assert!(script.contains("complete -F _observer"), "{script}");
+        for word in ["run", "connections", "top", "trace", "status", "detach", "completions", "man", "--server", "--min-requests", "--status", "--log-format"] {
+            assert!(script.contains(word), "the bash completion lacks {word:?}");
+        }
+    }
+
+    #[test]
+    fn the_man_page_renders_with_its_sections() {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut out).unwrap();
+        let page = String::from_utf8(out).unwrap();
+        for section in [".TH observer 1", ".SH NAME", ".SH SYNOPSIS", ".SH SUBCOMMANDS", "observer\\-trace"] {
+            assert!(page.contains(section), "the man page lacks {section:?}:\n{page}");
+        }
+    }
+
+    #[test]
+    fn the_server_comes_from_the_flag_then_the_environment_then_the_default() {
+        let server = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Status { server, .. }) => Ok(server.server.to_string()),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        // One test touches the variable, so that no other test sees it change.
+        std::env::remove_var("OBSERVER_SERVER");
+        assert_eq!(server(&["observer", "status"]), Ok(DEFAULT_LISTEN.to_owned()));
+        std::env::set_var("OBSERVER_SERVER", "http://[::1]:9471/");
+        assert_eq!(server(&["observer", "status"]), Ok("[::1]:9471".to_owned()));
+        assert_eq!(server(&["observer", "status", "--server", "unix:/run/o.sock"]), Ok("unix:/run/o.sock".to_owned()));
+        std::env::set_var("OBSERVER_SERVER", "https://gw:9470");
+        assert!(server(&["observer", "status"]).unwrap_err().contains("TLS is not served"));
+        std::env::remove_var("OBSERVER_SERVER");
+        assert!(server(&["observer", "status", "--server", "gw"]).unwrap_err().contains("no port"));
+    }
+
+    #[test]
+    fn every_connections_filter_reaches_the_api_under_its_name() {
+        let Command::Connections { list, .. } = Cli::try_parse_from([
+            "observer", "connections", "--state", "closed", "--role", "inbound", "--port", "80", "--local-port", "8080", "--remote-port", "51234",
+            "--address", "198.18.1.2", "--min-requests", "3", "--order", "asc", "--server", "127.0.0.1:9470",
+        ])
+        .unwrap()
+        .command
+        else {
+            unreachable!()
+        };
+        let a = list.into_args();
+        let names: Vec<(&str, &str)> = a.filters.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            names,
+            [("state", "closed"), ("role", "inbound"), ("port", "80"), ("local_port", "8080"), ("remote_port", "51234"), ("address", "198.18.1.2"), ("min_requests", "3"), ("order", "asc")]
+        );
+        assert!(Cli::try_parse_from(["observer", "connections", "--order", "up"]).is_err());
+    }
 }

@@ -199,3 +199,18 @@ pub fn ktime_to_unix_seconds(ktime_ns: u64) -> f64 {
 pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }
+
+/// The local zone's offset from UTC in seconds at `unix` (east positive), from the C library's
+/// zone data (`TZ`, else /etc/localtime, read by glibc on first use): it follows daylight saving
+/// time, which a fixed offset taken once would not. 0 when the time cannot be converted.
+pub fn utc_offset_seconds(unix: i64) -> i32 {
+    let t: libc::time_t = unix;
+    // SAFETY: localtime_r writes into the valid `tm` it is given, and reads `t`.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return 0;
+        }
+        tm.tm_gmtoff as i32
+    }
+}

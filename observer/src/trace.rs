@@ -42,31 +42,8 @@ fn key_with_remote(ip: IpAddr, port: u16) -> ConnKey {
 }
 
 impl Filter {
-    /// From the trace route's parameters: `connection=LOCAL REMOTE`, `remote=ADDR` or
-    /// `remote=ADDR:PORT`, or `local_port=PORT`, exactly one.
-    pub fn from_params(params: &HashMap<String, String>) -> Result<Self, String> {
-        let expected = "expected exactly one of connection=LOCAL REMOTE, remote=ADDRESS, remote=ADDRESS:PORT, local_port=PORT";
-        if params.len() != 1 {
-            return Err(expected.into());
-        }
-        let (name, v) = params.iter().next().expect("one parameter");
-        let (shape, k) = match name.as_str() {
-            "connection" => (SHAPE_CONNECTION, parse_connection(v)?),
-            "remote" => match v.parse::<SocketAddr>() {
-                Ok(ep) => (SHAPE_REMOTE_ENDPOINT, key_with_remote(ep.ip(), ep.port())),
-                Err(_) => {
-                    let ip: IpAddr = v.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| format!("remote={v:?}: expected an address (198.18.0.1, 2001:db8::1) or an endpoint (198.18.0.1:51234, [2001:db8::1]:443)"))?;
-                    (SHAPE_REMOTE_ADDR, key_with_remote(ip, 0))
-                }
-            },
-            "local_port" => {
-                let mut k = ConnKey::zeroed();
-                k.local_port = v.parse().map_err(|_| format!("local_port={v:?}: expected a port from 0 to 65535"))?;
-                (SHAPE_LOCAL_PORT, k)
-            }
-            other => return Err(format!("unknown parameter {other:?}: {expected}")),
-        };
-        Ok(Self { shape, key: filter_key(shape, &k) })
+    fn new(shape: u32, k: &ConnKey) -> Self {
+        Self { shape, key: filter_key(shape, k) }
     }
 
     pub fn matches(&self, key: &ConnKey) -> bool {
@@ -74,8 +51,103 @@ impl Filter {
     }
 }
 
+/// Which responses a trace keeps: one status code, or a class (`5xx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusMatch {
+    Code(u16),
+    /// The hundreds digit: 5 for `5xx`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    pub fn parse(v: &str) -> Result<Self, String> {
+        let expected = || format!("status={v:?}: expected a status code (502) or a class (5xx), from 100 to 599");
+        let lower = v.to_ascii_lowercase();
+        let m = match lower.strip_suffix("xx") {
+            Some(class) => StatusMatch::Class(class.parse().map_err(|_| expected())?),
+            None => StatusMatch::Code(lower.parse().map_err(|_| expected())?),
+        };
+        match m {
+            StatusMatch::Class(1..=5) | StatusMatch::Code(100..=599) => Ok(m),
+            _ => Err(expected()),
+        }
+    }
+
+    pub fn matches(self, status: u64) -> bool {
+        match self {
+            StatusMatch::Code(c) => status == u64::from(c),
+            StatusMatch::Class(c) => status / 100 == u64::from(c),
+        }
+    }
+}
+
+/// What one trace follows. The kernel filters by one shape only (one hash lookup per shape in
+/// use, per packet); what a trace asks for beyond that (a local port as well as a remote, a
+/// status) is checked here, on the lines the kernel's filter let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Follow {
+    pub kernel: Filter,
+    /// With `remote=`: only connections on this local port too.
+    pub local_port: Option<u16>,
+    /// Only `response` lines with a matching status, nothing else.
+    pub status: Option<StatusMatch>,
+}
+
+impl Follow {
+    /// From the trace route's parameters: `connection=LOCAL REMOTE`, `remote=ADDR` or
+    /// `remote=ADDR:PORT`, `local_port=PORT`, or `remote=` and `local_port=` together; and
+    /// `status=CODE|CLASS` with any of them.
+    pub fn from_params(params: &HashMap<String, String>) -> Result<Self, String> {
+        let expected = "expected connection=LOCAL REMOTE, remote=ADDRESS[:PORT], local_port=PORT, or remote= and local_port= together (and optionally status=502 or status=5xx)";
+        let mut status = None;
+        let (mut connection, mut remote, mut local_port) = (None, None, None);
+        for (name, v) in params {
+            match name.as_str() {
+                "connection" => connection = Some(parse_connection(v)?),
+                "remote" => {
+                    remote = Some(match v.parse::<SocketAddr>() {
+                        Ok(ep) => Filter::new(SHAPE_REMOTE_ENDPOINT, &key_with_remote(ep.ip(), ep.port())),
+                        Err(_) => {
+                            let ip: IpAddr = v.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| format!("remote={v:?}: expected an address (198.18.0.1, 2001:db8::1) or an endpoint (198.18.0.1:51234, [2001:db8::1]:443)"))?;
+                            Filter::new(SHAPE_REMOTE_ADDR, &key_with_remote(ip, 0))
+                        }
+                    })
+                }
+                "local_port" => local_port = Some(v.parse::<u16>().map_err(|_| format!("local_port={v:?}: expected a port from 0 to 65535"))?),
+                "status" => status = Some(StatusMatch::parse(v)?),
+                other => return Err(format!("unknown parameter {other:?}: {expected}")),
+            }
+        }
+        let (kernel, local_port) = match (connection, remote, local_port) {
+            (Some(c), None, None) => (Filter::new(SHAPE_CONNECTION, &c), None),
+            // The remote's shape is the narrower one in the kernel: a remote has few
+            // connections, a local port (80, 443) may have every connection of the host.
+            (None, Some(r), p) => (r, p),
+            (None, None, Some(p)) => {
+                let mut k = ConnKey::zeroed();
+                k.local_port = p;
+                (Filter::new(SHAPE_LOCAL_PORT, &k), None)
+            }
+            _ => return Err(expected.into()),
+        };
+        Ok(Self { kernel, local_port, status })
+    }
+
+    fn matches(&self, key: &ConnKey) -> bool {
+        self.kernel.matches(key) && self.local_port.is_none_or(|p| key.local_port == p)
+    }
+
+    /// Whether a timeline line of a matching connection goes to this trace.
+    fn wants(&self, line: &Value) -> bool {
+        match self.status {
+            None => true,
+            Some(m) => line.get("type").and_then(Value::as_str) == Some("response") && line.get("status").and_then(Value::as_u64).is_some_and(|s| m.matches(s)),
+        }
+    }
+}
+
 struct Subscriber {
-    filter: Filter,
+    follow: Follow,
     tx: mpsc::Sender<String>,
 }
 
@@ -121,23 +193,23 @@ impl Hub {
     }
 
     fn shapes(state: &State) -> u32 {
-        state.subs.values().fold(0, |m, s| m | s.filter.shape)
+        state.subs.values().fold(0, |m, s| m | s.follow.kernel.shape)
     }
 
     /// A new live trace, or `None` when [`MAX_SUBSCRIBERS`] are already following (each holds a
     /// queue of up to 4096 lines).
-    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Option<(Subscription, mpsc::Receiver<String>)> {
+    pub fn subscribe(self: &Arc<Self>, follow: Follow) -> Option<(Subscription, mpsc::Receiver<String>)> {
         let mut st = self.state.lock().expect("trace lock");
         if st.subs.len() >= MAX_SUBSCRIBERS {
             return None;
         }
         let (tx, rx) = mpsc::channel(4096);
-        if !st.subs.values().any(|s| s.filter == filter) {
-            self.kernel.add(&filter);
+        if !st.subs.values().any(|s| s.follow.kernel == follow.kernel) {
+            self.kernel.add(&follow.kernel);
         }
         st.next_id += 1;
         let id = st.next_id;
-        st.subs.insert(id, Subscriber { filter, tx });
+        st.subs.insert(id, Subscriber { follow, tx });
         self.kernel.set_shapes(Self::shapes(&st));
         Some((Subscription { hub: self.clone(), id }, rx))
     }
@@ -145,8 +217,8 @@ impl Hub {
     fn unsubscribe(&self, id: u64) {
         let mut st = self.state.lock().expect("trace lock");
         let Some(gone) = st.subs.remove(&id) else { return };
-        if !st.subs.values().any(|s| s.filter == gone.filter) {
-            self.kernel.remove(&gone.filter);
+        if !st.subs.values().any(|s| s.follow.kernel == gone.follow.kernel) {
+            self.kernel.remove(&gone.follow.kernel);
         }
         self.kernel.set_shapes(Self::shapes(&st));
     }
@@ -159,12 +231,14 @@ impl Hub {
     /// subscriber loses the line; its stream says so.
     pub fn publish(&self, key: &ConnKey, line: impl FnOnce() -> Value) {
         let st = self.state.lock().expect("trace lock");
-        let matching: Vec<&Subscriber> = st.subs.values().filter(|s| s.filter.matches(key)).collect();
+        let matching: Vec<&Subscriber> = st.subs.values().filter(|s| s.follow.matches(key)).collect();
         if matching.is_empty() {
             return;
         }
-        let text = line().to_string();
-        for s in matching {
+        let line = line();
+        let mut text = None;
+        for s in matching.into_iter().filter(|s| s.follow.wants(&line)) {
+            let text = text.get_or_insert_with(|| line.to_string());
             let _ = s.tx.try_send(text.clone());
         }
     }
@@ -225,27 +299,75 @@ mod tests {
         HashMap::from([(k.to_owned(), v.to_owned())])
     }
 
+    fn follow(pairs: &[(&str, &str)]) -> Result<Follow, String> {
+        Follow::from_params(&pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
     #[test]
     fn filters_parse_and_match() {
         let c = parse_connection("198.18.1.1:80 198.18.1.2:5000").unwrap();
         let other = parse_connection("198.18.1.1:80 198.18.1.3:5000").unwrap();
-        let f = Filter::from_params(&params("connection", "198.18.1.1:80 198.18.1.2:5000")).unwrap();
+        let f = Follow::from_params(&params("connection", "198.18.1.1:80 198.18.1.2:5000")).unwrap();
         assert!(f.matches(&c) && !f.matches(&other));
-        let f = Filter::from_params(&params("remote", "198.18.1.2")).unwrap();
+        let f = Follow::from_params(&params("remote", "198.18.1.2")).unwrap();
         assert!(f.matches(&c) && !f.matches(&other));
-        let f = Filter::from_params(&params("remote", "198.18.1.2:5001")).unwrap();
+        let f = Follow::from_params(&params("remote", "198.18.1.2:5001")).unwrap();
         assert!(!f.matches(&c));
-        let f = Filter::from_params(&params("local_port", "80")).unwrap();
+        let f = Follow::from_params(&params("local_port", "80")).unwrap();
         assert!(f.matches(&c) && f.matches(&other));
-        assert!(Filter::from_params(&params("remote", "nonsense")).unwrap_err().contains("expected an address"));
-        assert!(Filter::from_params(&HashMap::new()).unwrap_err().contains("exactly one"));
+        assert!(Follow::from_params(&params("remote", "nonsense")).unwrap_err().contains("expected an address"));
+        assert!(Follow::from_params(&HashMap::new()).unwrap_err().contains("expected connection="));
+    }
+
+    #[test]
+    fn a_remote_and_a_local_port_combine() {
+        let on_80 = parse_connection("198.18.1.1:80 198.18.1.2:5000").unwrap();
+        let on_8080 = parse_connection("198.18.1.1:8080 198.18.1.2:5001").unwrap();
+        let elsewhere = parse_connection("198.18.1.1:80 198.18.1.3:5000").unwrap();
+        let f = follow(&[("remote", "198.18.1.2"), ("local_port", "80")]).unwrap();
+        assert_eq!((f.kernel.shape, f.local_port), (SHAPE_REMOTE_ADDR, Some(80)), "the kernel filters by the remote");
+        assert_eq!((f.matches(&on_80), f.matches(&on_8080), f.matches(&elsewhere)), (true, false, false));
+        let f = follow(&[("remote", "198.18.1.2:5001"), ("local_port", "8080")]).unwrap();
+        assert_eq!((f.matches(&on_80), f.matches(&on_8080)), (false, true));
+        assert!(follow(&[("connection", "198.18.1.1:80 198.18.1.2:5000"), ("local_port", "80")]).unwrap_err().contains("together"));
+    }
+
+    #[test]
+    fn a_status_keeps_only_the_responses_it_names() {
+        let response = |status: u64| json!({"type": "response", "status": status});
+        let class = follow(&[("local_port", "80"), ("status", "5xx")]).unwrap();
+        let code = follow(&[("local_port", "80"), ("status", "502")]).unwrap();
+        assert_eq!([500, 502, 599, 404, 200].map(|s| class.wants(&response(s))), [true, true, true, false, false]);
+        assert_eq!([500, 502, 503].map(|s| code.wants(&response(s))), [false, true, false]);
+        for other in [json!({"type": "request", "status": 502}), json!({"type": "packet"}), json!({"type": "no_response"})] {
+            assert!(!class.wants(&other) && !code.wants(&other), "{other}");
+        }
+        assert!(follow(&[("local_port", "80")]).unwrap().wants(&json!({"type": "packet"})));
+        for bad in ["6xx", "0xx", "99", "600", "5x", "error"] {
+            assert!(follow(&[("local_port", "80"), ("status", bad)]).unwrap_err().contains("a class (5xx)"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn published_lines_reach_only_the_traces_that_want_them() {
+        let hub = Arc::new(Hub::new(Box::new(Arc::new(Recorder(Mutex::new(Vec::new()))))));
+        let (_all, mut all) = hub.subscribe(follow(&[("remote", "198.18.1.2")]).unwrap()).unwrap();
+        let (_errors, mut errors) = hub.subscribe(follow(&[("remote", "198.18.1.2"), ("local_port", "80"), ("status", "5xx")]).unwrap()).unwrap();
+        let on_80 = parse_connection("198.18.1.1:80 198.18.1.2:5000").unwrap();
+        let on_81 = parse_connection("198.18.1.1:81 198.18.1.2:5001").unwrap();
+        for (key, status) in [(on_80, 200), (on_80, 502), (on_81, 503)] {
+            hub.publish(&key, || json!({"type": "response", "connection": key.to_string(), "status": status}));
+        }
+        let drain = |rx: &mut mpsc::Receiver<String>| std::iter::from_fn(|| rx.try_recv().ok()).map(|l| serde_json::from_str::<Value>(&l).unwrap()["status"].as_u64().unwrap()).collect::<Vec<_>>();
+        assert_eq!(drain(&mut all), [200, 502, 503]);
+        assert_eq!(drain(&mut errors), [502]);
     }
 
     #[test]
     fn the_kernel_filter_leaves_with_the_last_subscriber() {
         let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
         let hub = Arc::new(Hub::new(Box::new(rec.clone())));
-        let f = Filter::from_params(&params("local_port", "80")).unwrap();
+        let f = Follow::from_params(&params("local_port", "80")).unwrap();
         let (a, _ra) = hub.subscribe(f).expect("room");
         let (b, _rb) = hub.subscribe(f).expect("room");
         drop(a);
@@ -258,7 +380,7 @@ mod tests {
     #[test]
     fn subscribers_are_capped() {
         let hub = Arc::new(Hub::new(Box::new(Arc::new(Recorder(Mutex::new(Vec::new()))))));
-        let f = Filter::from_params(&params("local_port", "80")).unwrap();
+        let f = Follow::from_params(&params("local_port", "80")).unwrap();
         let held: Vec<_> = (0..MAX_SUBSCRIBERS).map(|_| hub.subscribe(f).expect("room")).collect();
         assert!(hub.subscribe(f).is_none());
         drop(held);

@@ -67,6 +67,22 @@ pub mod addr {
             IpAddr::V6(v6) => format!("http://[{v6}]"),
         }
     }
+
+    /// The gateway's proxy (port 80) on its client side, IPv4.
+    pub fn proxy_v4() -> std::net::SocketAddr {
+        std::net::SocketAddr::new(GATEWAY_CLIENT_SIDE_V4.into(), 80)
+    }
+
+    /// `http://PROXY/path` on the gateway's client side, IPv4.
+    pub fn proxy_url(path: &str) -> String {
+        format!("{}{path}", http_base(GATEWAY_CLIENT_SIDE_V4.into()))
+    }
+}
+
+/// The written form (`LOCAL REMOTE`, as the gateway sees it) of the inbound connection of a
+/// client transfer.
+pub fn inbound(t: &Transfer) -> String {
+    format!("{} {}", t.remote, t.local)
 }
 
 /// Decides whether an end-to-end test can run: `true` as root. Otherwise prints why the test is

@@ -563,6 +563,19 @@ impl Tmux {
         assert!(ok, "tmux send-keys: {text}");
     }
 
+    /// Presses one key by its tmux name (`C-c`: Ctrl-C), as a terminal sends it.
+    pub fn send_key(&self, key: &str) {
+        let (ok, text) = self.run(&["send-keys", "-t", &self.session, key]);
+        assert!(ok, "tmux send-keys {key}: {text}");
+    }
+
+    /// Resizes the window, as a terminal emulator does when its window is resized: the program in
+    /// the pane gets SIGWINCH.
+    pub fn resize(&self, width: u16, height: u16) {
+        let (ok, text) = self.run(&["resize-window", "-t", &self.session, "-x", &width.to_string(), "-y", &height.to_string()]);
+        assert!(ok, "tmux resize-window: {text}");
+    }
+
     /// `Some(Ok(exit status))` once the pane's command has exited, `Some(Err(signal))` if a
     /// signal ended it, `None` while it runs.
     pub fn exit_status(&self) -> Option<Result<i32, String>> {

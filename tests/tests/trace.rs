@@ -10,16 +10,16 @@
 //! gateway's source port of each proxied request), the daemon's BPF maps read with bpftool.
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use observer_tests::{
-    addr::{self, http_base},
+    addr::{self, http_base, proxy_url as url, proxy_v4},
+    inbound,
     curl,
     observer::{observer_bin, WAIT},
     operator::{bpf_map_dump, bpf_maps_of, bpf_value_u64, daemon_pid, CliProcess, Exchange, KeepAlive, TraceStream},
-    poll, root_or_skip, Lab, Observer, Transfer,
+    poll, root_or_skip, Lab, Observer,
 };
 use serde_json::Value;
 
@@ -28,18 +28,8 @@ const SHAPE_REMOTE_ADDR: u64 = 1 << 1;
 const SHAPE_REMOTE_ENDPOINT: u64 = 1 << 2;
 const SHAPE_LOCAL_PORT: u64 = 1 << 3;
 
-fn proxy_v4() -> SocketAddr {
-    SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), 80)
-}
 
-fn url(path: &str) -> String {
-    format!("{}{path}", http_base(addr::GATEWAY_CLIENT_SIDE_V4.into()))
-}
 
-/// The written form of the inbound connection of a client transfer.
-fn inbound(t: &Transfer) -> String {
-    format!("{} {}", t.remote, t.local)
-}
 
 fn outbound_of(remote_port: u16) -> String {
     format!("{}:{remote_port} {}:80", addr::GATEWAY_UPSTREAM_SIDE_V4, addr::UPSTREAM_V4)
