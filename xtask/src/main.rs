@@ -7,13 +7,16 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+mod dist;
 mod stress;
 use clap::{Parser, Subcommand};
 
 /// Debian packages to build the kernel programs (see ../shared/TOOLCHAIN.md for why these).
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
-/// Debian packages the end-to-end tests drive: real servers, clients and tools.
-const TEST_PACKAGES: &[&str] = &["iproute2", "nginx-light", "haproxy", "curl", "wrk", "iputils-ping", "bpftool", "tmux", "prometheus", "python3", "procps", "libcap2-bin", "ethtool"];
+/// Debian packages the end-to-end tests drive: real servers, clients and tools (`systemd` for
+/// `systemd-analyze verify` of dist/observer.service, there already on a systemd host;
+/// `python3-yaml` to read dist/kubernetes/; `dpkg-deb`, for `cargo xtask dist`, is in dpkg).
+const TEST_PACKAGES: &[&str] = &["iproute2", "nginx-light", "haproxy", "curl", "wrk", "iputils-ping", "bpftool", "tmux", "prometheus", "python3", "procps", "libcap2-bin", "ethtool", "systemd", "python3-yaml"];
 /// Debian packages only the benchmark needs: its peer, full packet capture.
 const BENCH_PACKAGES: &[&str] = &["tshark"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -53,6 +56,16 @@ enum Task {
         /// Base seed of the cases (default: from the clock, printed).
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// The release binary as a Debian package in target/dist/: the binary, the systemd unit, the
+    /// options file /etc/default/observer, the `observer` system user (docs/install.md).
+    Dist {
+        /// Package this binary instead of building one (`cargo build --release`).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Where the package goes (default: target/dist/).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Set up, build, and run the whole test suite: unit, property and end-to-end tests (needs root).
     Test {
@@ -102,6 +115,21 @@ fn run(task: Task) -> Result<()> {
             status(&mut cmd)
         }
         Task::Fuzz { cases, seed } => fuzz(cases, seed),
+        Task::Dist { binary, out } => {
+            let binary = match binary {
+                Some(b) => b,
+                None => {
+                    setup(true)?;
+                    cargo(&["build", "--release", "--package", "observer"])?;
+                    target_dir().join("release/observer")
+                }
+            };
+            let out = out.unwrap_or_else(|| target_dir().join("dist"));
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let deb = dist::deb(&workspace_root(), &binary, &out)?;
+            eprintln!("xtask dist: {}", deb.display());
+            Ok(())
+        }
         Task::Test { stress, load, args } => {
             setup(false)?;
             // The end-to-end tests run the daemon as operators do: a release build. (A debug
@@ -145,6 +173,15 @@ fn fuzz(cases: u64, seed: Option<u64>) -> Result<()> {
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ has a parent").to_path_buf()
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR`, else target/ of the workspace.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 fn status(cmd: &mut Command) -> Result<()> {
