@@ -193,10 +193,11 @@ fn normal_open_and_close(lab: &Lab, server: IpAddr, client: IpAddr, family: &str
     assert_eq!(snap.connections.len(), 2 * PATHS.len(), "nothing else was tracked:\n{}", snap.pretty());
 
     // Metrics: exactly n opened and n closed ("normal") per role, nothing else.
-    let delta = |name: &str, labels: &[(&str, &str)]| after.get(name, labels) - before.get(name, labels);
+    // Label subsets: `observer_connections_closed_total` also carries `protocol`.
+    let delta = |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
     for role in ["inbound", "outbound"] {
         assert_eq!(delta(OPENED, &[("role", role), ("port", "80")]), n, "{OPENED}{{role={role},port=80}}:\n{}", after.series(OPENED));
-        assert_eq!(delta(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]), n, "{CLOSED}{{role={role},port=80,reason=normal}}:\n{}", after.series(CLOSED));
+        assert_eq!(delta(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal"), ("protocol", "http1")]), n, "{CLOSED}{{role={role},port=80,reason=normal,protocol=http1}}:\n{}", after.series(CLOSED));
         assert_eq!(after.get("observer_connections_active", &[("role", role)]), 0.0, "no connection is open:\n{}", after.series("observer_connections_active"));
     }
     assert_eq!(after.sum(OPENED, &[]) - before.sum(OPENED, &[]), 2.0 * n, "{}", after.series(OPENED));
@@ -265,7 +266,7 @@ fn client_abort_with_linger_zero_is_a_reset_received() {
     tcp::abort(s).expect("closing with SO_LINGER 0");
 
     let after = wait_for_metrics(&lab.observer, "one inbound connection closed by a received reset", |m| {
-        m.get(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) - before.get(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) >= 1.0
+        m.sum(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) - before.sum(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) >= 1.0
     });
     let snap = lab.observer.connections();
     let c = entry(&snap, proxy, client_end);
@@ -312,7 +313,7 @@ fn server_abort_with_linger_zero_is_a_reset_sent() {
     assert_eq!(got.as_ref().map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset), "the client's read after the server's abort: {got:?}");
 
     let after = wait_for_metrics(&observer, "one inbound connection closed by a sent reset", |m| {
-        m.get(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) - before.get(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) >= 1.0
+        m.sum(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) - before.sum(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) >= 1.0
     });
     let snap = observer.connections();
     let c = entry(&snap, server, client_end);
@@ -350,7 +351,7 @@ fn syn_to_a_port_without_listener_is_refused_inbound() {
 
     // No socket ever existed on the gateway: the daemon's sweep finds it once it is quiet.
     let after = wait_for_metrics(&observer, "one refused inbound connection", |m| {
-        m.get(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) - before.get(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
+        m.sum(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) - before.sum(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
     });
     let snap = observer.connections();
     assert_eq!(snap.connections.len(), 1, "only the refused connection:\n{}", snap.pretty());
@@ -383,7 +384,7 @@ fn connect_to_an_upstream_port_without_listener_is_refused_outbound() {
     assert_eq!(refused.as_ref().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused), "connecting to {closed_port}: {refused:?}");
 
     let after = wait_for_metrics(&observer, "one refused outbound connection", |m| {
-        m.get(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) - before.get(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
+        m.sum(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) - before.sum(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
     });
     let snap = observer.connections();
     let mine = snap.with_remote(closed_port);
@@ -958,7 +959,7 @@ fn every_closed_connection_is_counted_once_under_churn() {
     let after = metrics(&lab.observer);
     assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), expected, "{}", after.series(CLOSED));
     for role in ["inbound", "outbound"] {
-        assert_eq!(after.get(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]) - before.get(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]), REQUESTS as f64, "{}", after.series(CLOSED));
+        assert_eq!(after.sum(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]) - before.sum(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]), REQUESTS as f64, "{}", after.series(CLOSED));
         assert_eq!(after.get(OPENED, &[("role", role), ("port", "80")]) - before.get(OPENED, &[("role", role), ("port", "80")]), REQUESTS as f64, "{}", after.series(OPENED));
     }
 }
