@@ -41,13 +41,13 @@ fn human_secs(x: f64) -> String {
 }
 
 /// Columns of the connections table: the first three are text (left-aligned), the rest numbers.
-const COLUMNS: [&str; 14] = ["CONNECTION (local remote)", "ROLE", "STATE", "REQ", "4XX", "5XX", "NORESP", "ERR%", "LAST", "RETX", "RST", "IN", "OUT", "AGE"];
-const LEFT_ALIGNED: usize = 3;
+const COLUMNS: [&str; 15] = ["CONNECTION (local remote)", "ROLE", "STATE", "PROTO", "REQ", "4XX", "5XX", "NORESP", "ERR%", "LAST", "RETX", "RST", "IN", "OUT", "AGE"];
+const LEFT_ALIGNED: usize = 4;
 
 /// The connections table, one line each, for `connections` and `top`. Each column is as wide as
 /// its widest value (or its header), so nothing is cut but at `width`, the terminal's edge.
 pub fn render_table(conns: &[Value], window: &str, width: usize) -> String {
-    let rows: Vec<[String; 14]> = conns.iter().map(|c| table_row(c, window)).collect();
+    let rows: Vec<[String; 15]> = conns.iter().map(|c| table_row(c, window)).collect();
     let widths: Vec<usize> = (0..COLUMNS.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([COLUMNS[i].chars().count()]).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in std::iter::once(COLUMNS.map(str::to_owned)).chain(rows) {
@@ -63,7 +63,7 @@ pub fn render_table(conns: &[Value], window: &str, width: usize) -> String {
 }
 
 /// One connection's cells, in the order of [`COLUMNS`].
-fn table_row(c: &Value, window: &str) -> [String; 14] {
+fn table_row(c: &Value, window: &str) -> [String; 15] {
     let w = match window {
         "60s" => "last_60s",
         "lifetime" => "lifetime",
@@ -92,6 +92,11 @@ fn table_row(c: &Value, window: &str) -> [String; 14] {
             s(c, "connection").to_owned(),
             s(c, "role").to_owned(),
             state,
+            // `tls:NAME` with the server name the client asked for.
+            match c.get("sni").and_then(Value::as_str) {
+                Some(name) => format!("tls:{name}"),
+                None => c.get("protocol").and_then(Value::as_str).unwrap_or("-").to_owned(),
+            },
             req,
             r4,
             r5,

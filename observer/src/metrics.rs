@@ -143,6 +143,9 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c:
 impl Metrics {
     pub fn new(attachments: &[Attachment], tracepoints: &[(String, bool)]) -> Self {
         let r = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+        // names every Prometheus client library exports, so standard dashboards find the daemon.
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process metrics register once");
         let info = reg(&r, IntGaugeVec::new(Opts::new("observer_build_info", "Version of the running observer and the kernel it runs on (always 1)."), &["version", "kernel"]).expect("valid"));
         info.with_label_values(&[env!("CARGO_PKG_VERSION"), &crate::sys::kernel_release()]).set(1);
         let attached = reg(&r, IntGaugeVec::new(Opts::new("observer_tc_attached", "tc programs attached, by interface, direction and mode (tcx or clsact); 1 while attached."), &["interface", "direction", "mode"]).expect("valid"));

@@ -108,6 +108,13 @@ fn each_connection_names_what_it_carries() {
         }
     };
     check("every connection's first bytes counted", &|c| field(c, "status") == "open");
+    // The CLI's table says it too: `tls:NAME`, `h2`, `other`.
+    let bin = observer_tests::observer::observer_bin();
+    let table = topo.gateway.run(&bin.display().to_string(), ["connections", "--limit", "100"]);
+    for (want, end) in [("tls:edge.example.com", ends[0]), ("h2", ends[3]), ("other", ends[5])] {
+        let row = table.lines().find(|l| l.contains(&end.to_string())).unwrap_or_else(|| panic!("no row for {end}:\n{table}"));
+        assert!(row.split_whitespace().any(|f| f == want), "{want} in the row of {end}:\n{table}");
+    }
     drop(open);
     check("every connection closed", &|c| field(c, "status") == "closed");
 }

@@ -172,9 +172,13 @@ fn metrics_pass_promtool_and_carry_no_four_tuple_labels() {
     assert!(report.status.success(), "promtool check metrics failed ({}):\n{}\n--- the text ---\n{}", report.status, report.output, m.text);
 
     assert!(!m.samples.is_empty());
+    for family in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"] {
+        assert!(m.value(family, &[]).is_some_and(|v| v > 0.0), "{family} is exported and positive:\n{}", m.text);
+    }
     for s in &m.samples {
         let family = m.family_of(&s.name);
-        assert!(family.starts_with("observer_"), "metric {} does not start with observer_", s.name);
+        // Ours, and the standard process metrics every client library exports.
+        assert!(family.starts_with("observer_") || family.starts_with("process_"), "metric {} does not start with observer_ or process_", s.name);
         let kind = m.types.get(family).unwrap_or_else(|| panic!("no # TYPE for {family} (line {:?})", s.line));
         if kind == "counter" {
             assert!(family.ends_with("_total"), "counter {family} does not end in _total");
