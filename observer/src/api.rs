@@ -304,8 +304,17 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
         "connections_tracked": t.kernel_entries,
         "table": t,
         "config": {
+            "interfaces": app.config.interfaces,
+            "listen": app.config.listen.to_string(),
+            "metrics_listen": app.config.metrics_listen.map(|a| a.to_string()),
+            "state_dir": app.config.state_dir,
+            "top_k": app.config.top_k,
+            "http_ports": app.config.http_ports,
+            // As written on the command line (`--lifecycle-hook`).
+            "lifecycle_hook": clap::ValueEnum::to_possible_value(&app.config.lifecycle_hook).map(|v| v.get_name().to_owned()),
             "max_connections": app.config.map_sizes.connections,
             "events_bytes": app.config.map_sizes.events_bytes,
+            "payload_bytes": app.config.map_sizes.payload_bytes,
             "closed_retention_seconds": app.config.closed_retention.as_secs(),
             "closed_max": app.config.closed_max,
             "http_framing": if app.config.kernel_http { "kernel" } else { "daemon" },

@@ -854,6 +854,11 @@ fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     assert_eq!((s["table"]["closed_kept"].as_u64(), s["table"]["open_inbound"].as_u64(), s["table"]["open_outbound"].as_u64()), (Some(3), Some(0), Some(0)), "{s:#}");
     assert_eq!(s["config"]["max_connections"], 65536);
     assert_eq!(s["config"]["http_framing"], "kernel", "the default");
+    // Every option that shapes what is observed, as the daemon runs with it (Lab's defaults).
+    let c = &s["config"];
+    assert_eq!((c["top_k"].as_u64(), c["lifecycle_hook"].as_str(), c["listen"].as_str()), (Some(20), Some("auto"), Some("127.0.0.1:9470")), "{s:#}");
+    assert_eq!((c["payload_bytes"].as_u64(), c["state_dir"].as_str(), c["metrics_listen"].as_str()), (Some(4 * 1024 * 1024), Some("/sys/fs/bpf/observer"), None), "{s:#}");
+    assert_eq!(c["http_ports"], serde_json::json!([]), "every port: {s:#}");
 }
 
 #[test]
