@@ -100,6 +100,9 @@ pub struct Metrics {
     /// The (local, remote) label pairs of the per-connection series now exported.
     top_labels: Mutex<HashSet<(String, String)>>,
     ports: Mutex<HashSet<u16>>,
+    /// This host's ephemeral port range (`net.ipv4.ip_local_port_range`): a connection whose role
+    /// is unknown (open before the daemon started) takes as service port the end outside it.
+    ephemeral: (u16, u16),
     /// The HTTP series by (role, port label, status; 0 for the per-port ones), looked up once:
     /// a message costs one hash lookup instead of formatting and hashing its label values.
     http_series: Mutex<HashMap<SeriesKey, HttpSeries>>,
@@ -206,6 +209,7 @@ impl Metrics {
             top_failed: reg(&r, IntGaugeVec::new(Opts::new("observer_connection_failed_10s", "Per connection, top K only: 5xx responses and unanswered requests over the last 10 s."), &["local", "remote"]).expect("valid")),
             top_labels: Mutex::new(HashSet::new()),
             ports: Mutex::new(HashSet::new()),
+            ephemeral: ephemeral_range(),
             http_series: Mutex::new(HashMap::new()),
             kernel_http_seen: Mutex::new(HashMap::new()),
             http_agg_full: counter("observer_http_kernel_aggregates_full_total", "Messages the kernel framer counted that its full HTTP_AGG map could not add to the aggregates: /metrics misses them (should stay 0)."),
@@ -226,7 +230,7 @@ impl Metrics {
 
     /// The connection's service port as labelled: `None` for `other`.
     fn service_port(&self, key: &ConnKey, role: Role) -> Option<u16> {
-        self.service_port_of(if role == Role::Outbound { key.remote_port } else { key.local_port })
+        self.service_port_of(service_port(key, role, self.ephemeral))
     }
 
     /// `port` as labelled: `None` for `other` (past [`MAX_PORT_LABELS`] distinct ports).
@@ -440,5 +444,54 @@ impl Metrics {
         }
         TextEncoder::new().encode(&families, &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// The port that names a connection's service: the local one for inbound connections, the
+/// remote one for outbound ones; when the role is unknown (the connection was open before the
+/// daemon started, no SYN seen, and HTTP framing has not told yet), the end that is not in the
+/// ephemeral range `(lo, hi)`, else the lower one: never a client's ephemeral port, which would
+/// spend the bounded port labels on one-off values.
+pub fn service_port(key: &ConnKey, role: Role, (lo, hi): (u16, u16)) -> u16 {
+    match role {
+        Role::Outbound => key.remote_port,
+        Role::Inbound => key.local_port,
+        Role::Unknown => {
+            let ephemeral = |p: u16| (lo..=hi).contains(&p);
+            match (ephemeral(key.local_port), ephemeral(key.remote_port)) {
+                (true, false) => key.remote_port,
+                (false, true) => key.local_port,
+                _ => key.local_port.min(key.remote_port),
+            }
+        }
+    }
+}
+
+/// `net.ipv4.ip_local_port_range` of the daemon's network namespace (Linux's default when it
+/// cannot be read).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_role_never_names_an_ephemeral_port() {
+        let key = |local, remote| ConnKey { local_port: local, remote_port: remote, ..ConnKey::zeroed() };
+        let range = (32768, 60999);
+        assert_eq!(service_port(&key(80, 51234), Role::Unknown, range), 80, "a client of ours, open before the start");
+        assert_eq!(service_port(&key(45678, 8080), Role::Unknown, range), 8080, "our own connection to an upstream");
+        assert_eq!(service_port(&key(443, 8443), Role::Unknown, range), 443, "neither ephemeral: the lower");
+        assert_eq!(service_port(&key(45678, 51234), Role::Unknown, range), 45678, "both ephemeral: the lower");
+        assert_eq!(service_port(&key(45678, 8080), Role::Outbound, range), 8080);
+        assert_eq!(service_port(&key(80, 51234), Role::Inbound, range), 80);
     }
 }
