@@ -67,6 +67,14 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// A demo (needs root): a gateway in network namespaces (nginx as reverse proxy, an
+    /// upstream), many healthy client connections and one that draws 502s; `observer top` finds
+    /// it, `observer trace` follows it. Removes everything it made on exit, Ctrl-C or failure.
+    Demo {
+        /// How long the traffic runs, in seconds.
+        #[arg(long, default_value_t = 45)]
+        duration: u64,
+    },
     /// Set up, build, and run the whole test suite: unit, property and end-to-end tests (needs root).
     Test {
         /// Run the end-to-end suite this many times instead (after the unit tests), and print
@@ -129,6 +137,18 @@ fn run(task: Task) -> Result<()> {
             let deb = dist::deb(&workspace_root(), &binary, &out)?;
             eprintln!("xtask dist: {}", deb.display());
             Ok(())
+        }
+        Task::Demo { duration } => {
+            setup(false)?;
+            cargo(&["build", "--release", "--package", "observer"])?;
+            cargo(&["build", "--release", "--package", "observer-tests", "--bin", "demo"])?;
+            let release = target_dir().join("release");
+            let mut cmd = Command::new(release.join("demo"));
+            cmd.args(["--duration", &duration.to_string()]).env("OBSERVER_BIN", release.join("observer"));
+            // In place of xtask: no parent of the demo's that a Ctrl-C ends before the demo has
+            // removed what it made.
+            let e = std::os::unix::process::CommandExt::exec(&mut cmd);
+            Err(e).with_context(|| format!("running {cmd:?}"))
         }
         Task::Test { stress, load, args } => {
             setup(false)?;
