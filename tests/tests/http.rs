@@ -155,7 +155,14 @@ impl HttpLab {
             let picked: Vec<&Connection> = s.connections.iter().filter(|c| select(c)).collect();
             let views: Vec<Option<HttpView>> = picked.iter().map(|c| http_of(c)).collect();
             let (req, ans) = views.iter().flatten().fold((0, 0), |(r, a), h| (r + h.lifetime.requests, a + h.lifetime.responses() + h.lifetime.no_response));
-            picked.len() >= n && picked.iter().all(|c| settled(c)) && req >= requests && ans >= answers
+            // The windows come from the message records, the lifetime from the kernel's exact
+            // counts: an answer given while records still wait in the ring (its drain is bounded
+            // under load) has windows behind the lifetime. Settled means they caught up (unless
+            // the view says it lost records, or the lab is older than the 60 s window).
+            let windows_caught_up = views.iter().flatten().all(|h| {
+                !h.in_sync || h.framing_lost > 0 || self.started.elapsed() > Duration::from_secs(55) || (h.last_60s.requests, h.last_60s.responses() + h.last_60s.no_response) == (h.lifetime.requests, h.lifetime.responses() + h.lifetime.no_response)
+            });
+            picked.len() >= n && picked.iter().all(|c| settled(c)) && req >= requests && ans >= answers && windows_caught_up
         };
         let mut last = None;
         let found = poll(timeout, Duration::from_millis(50), || {
