@@ -119,8 +119,7 @@ pub extern "C" fn observer_csum_check(skb: *mut __sk_buff, family: u32, l3: u32,
         }
         let left = tcp_len - done;
         let n = if left > BLOCK as u32 { BLOCK as u32 } else { left };
-        // 1 ..= BLOCK in a form every verifier follows (see `http::forward`).
-        let n = (observer_common::frame::opaque(&n).wrapping_sub(1) & (BLOCK as u32 - 1)) + 1;
+        let n = crate::util::len_within(n, BLOCK as u32);
         // Rounded up to whole words, the padding zero (a trailing odd byte is the high half of
         // its 16-bit word, in network order).
         let last = (observer_common::frame::opaque(&((n - 1) / 4)) & (BLOCK as u32 / 4 - 1)) as usize;

@@ -124,10 +124,8 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
         if n == 0 || n > PAYLOAD_WINDOW {
             break;
         }
-        // 1 ..= PAYLOAD_WINDOW again, in a form older verifiers (6.1) also follow (they lose the
-        // bounds above and refuse a length that may be 0). Read opaquely: the compiler would
-        // fold the mask away, knowing the bounds.
-        let len = (observer_common::frame::opaque(&(n as u32)).wrapping_sub(1) & (PAYLOAD_WINDOW as u32 - 1)) + 1;
+        // 1 ..= PAYLOAD_WINDOW again, in a form older verifiers (6.1) also follow.
+        let len = crate::util::len_within(n as u32, PAYLOAD_WINDOW as u32);
         // SAFETY: `data` holds PAYLOAD_WINDOW bytes and len is within that.
         let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off as u32, ev.data.as_mut_ptr() as *mut _, len) };
         if rc != 0 {

@@ -26,8 +26,7 @@ pub extern "C" fn observer_protocol(skb: *mut __sk_buff, stats: *mut ConnStats) 
         return 0;
     }
     let n = if len > HELLO_LEN { HELLO_LEN } else { len } as u32;
-    // 1 ..= HELLO_LEN in a form every verifier follows (see `http::forward`).
-    let n = (observer_common::frame::opaque(&n).wrapping_sub(1) & (HELLO_LEN as u32 - 1)) + 1;
+    let n = crate::util::len_within(n, HELLO_LEN as u32);
     // SAFETY: `n` ≤ HELLO_LEN bytes into the block.
     if unsafe { bpf_skb_load_bytes(skb as *const _, a.payload_off, buf.as_mut_ptr() as *mut _, n) } != 0 {
         return 0;

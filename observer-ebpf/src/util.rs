@@ -30,3 +30,13 @@ pub fn gauge(c: Counter, v: u64) {
         unsafe { *p = v };
     }
 }
+
+/// `n` (1 ..= `max`, a power of two) in a form every verifier follows as a length for a helper
+/// (`bpf_skb_load_bytes`): masked after an opaque read, since the compiler, knowing the bounds,
+/// would fold a plain mask away, and older verifiers (6.1) lose them and refuse a length that
+/// may be 0.
+#[inline(always)]
+pub fn len_within(n: u32, max: u32) -> u32 {
+    (observer_common::frame::opaque(&n).wrapping_sub(1) & (max - 1)) + 1
+}
+
