@@ -20,7 +20,7 @@ use crate::{
     trace::{self, Hub},
     metrics::{KernelCounters, Metrics, TableGauges, TopConnection},
     sys::{self, monotonic_ns},
-    table::{self, Connection, History},
+    table::{self, Connection, History, Incarnation},
 };
 
 /// A connection without a socket here (refused SYN) counts as closed after this much quiet.
@@ -675,8 +675,6 @@ pub fn detach(state_dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// One connection of a four-tuple: its key and when its kernel entry was first seen.
-type Incarnation = (ConnKey, u64);
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
 /// future is first polled.
