@@ -321,6 +321,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
             "http_framing_refused": app.kernel_http_refused,
             "ready_max_lag_seconds": app.config.ready_max_lag.as_secs_f64(),
             "unix_socket": app.config.unix_socket,
+            "upstreams": app.config.upstreams.describe(),
         },
     }))
 }

@@ -62,6 +62,8 @@ pub struct Config {
     pub unix_socket: Option<std::path::PathBuf>,
     /// `/readyz` fails when a ring buffer has had records waiting unread longer than this.
     pub ready_max_lag: Duration,
+    /// How outbound connections get their bounded `upstream` label.
+    pub upstreams: crate::upstream::Policy,
 }
 
 /// What the API handlers and the pump share.
@@ -241,8 +243,9 @@ impl App {
     pub fn render_metrics(&self, with_connections: bool) -> String {
         // One read of the kernel map serves the top K and the table gauges.
         let kernel = self.kernel_entries();
-        let mut conns: Vec<Connection> = self
-            .connections_of(&kernel, None)
+        let all = self.connections_of(&kernel, None);
+        self.metrics.upstreams.scrape(&all);
+        let mut conns: Vec<Connection> = all
             .into_iter()
             .filter(|c| c.http.as_ref().is_some_and(|h| h.last_10s.counts.requests + h.last_10s.failed > 0))
             .collect();
@@ -325,6 +328,9 @@ impl App {
         let frame = frame.or_else(|| self.kernel_frame(&key).filter(|f| crate::kernel_http::belongs(f, &stats)));
         if history.archive(key, stats, http, frame, monotonic_ns()) {
             self.metrics.connection_closed(&key, &stats);
+            if let Some(archived) = history.get(&(key, stats.first_seen_ns)) {
+                self.metrics.upstreams.finished(&table::closed_connection(archived, monotonic_ns()));
+            }
         }
     }
 
@@ -583,7 +589,7 @@ pub async fn run(config: Config) -> Result<()> {
         history: Mutex::new(History::new(config.closed_retention, config.closed_max)),
         superseded: Mutex::new(std::collections::HashMap::new()),
         http: Mutex::new(HttpTable::new(config.map_sizes.connections as usize)),
-        metrics: Metrics::new(&loaded.attachments, &loaded.tracepoints),
+        metrics: Metrics::new(&loaded.attachments, &loaded.tracepoints, config.upstreams.clone()),
         trace: Arc::new(Hub::new(Box::new(trace_maps))),
         attachments: loaded.attachments.clone(),
         tracepoints: loaded.tracepoints.clone(),

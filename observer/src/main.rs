@@ -21,6 +21,7 @@ mod table;
 mod term;
 mod trace;
 mod unix_socket;
+mod upstream;
 
 /// Where the daemon listens unless told otherwise, and where the CLI looks for it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";
@@ -83,6 +84,16 @@ enum Command {
         /// (labelled local and remote address:port); 0 turns them off.
         #[arg(long, default_value_t = 20, value_name = "K")]
         top_k: usize,
+        /// Name the upstreams of outbound connections (repeatable; first match wins): an
+        /// endpoint (198.18.0.2:8080, [2001:db8::2]:8080), an address (any port) or a network
+        /// (198.18.0.0/24), optionally `=NAME`. With rules, `observer_upstream_*` series are
+        /// labelled with the rule's name, other upstreams `other`.
+        #[arg(long = "upstream", value_name = "ENDPOINT[=NAME]")]
+        upstreams: Vec<upstream::Rule>,
+        /// Without --upstream: the first N distinct upstream endpoints (address:port) get their
+        /// own `upstream` label for the daemon's life, later ones `other`.
+        #[arg(long, default_value_t = 32, value_name = "N")]
+        upstream_labels: usize,
         /// Where HTTP/1.x is framed. `kernel`: the tc programs count each connection's requests
         /// and responses where the bytes are, send the daemon one small record per message, and
         /// hand a direction they lose their place in to the daemon's framer. `daemon`: every data
@@ -297,7 +308,7 @@ fn main() -> std::process::ExitCode {
     init_log(log_format);
     let zone = if cli.utc { cli::Zone::Utc } else { cli::Zone::Local };
     let result = match cli.command {
-        Command::Run { interfaces, listen, metrics_listen, unix_socket, ready_max_lag_ms, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, http_framing, lifecycle_hook, state_dir, ephemeral, show_query, log_format: _ } => {
+        Command::Run { interfaces, listen, metrics_listen, unix_socket, ready_max_lag_ms, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, upstreams, upstream_labels, http_framing, lifecycle_hook, state_dir, ephemeral, show_query, log_format: _ } => {
             http::set_keep_query(show_query);
             let config = daemon::Config {
                 interfaces,
@@ -313,6 +324,7 @@ fn main() -> std::process::ExitCode {
                 state_dir: (!ephemeral).then_some(state_dir),
                 unix_socket,
                 ready_max_lag: std::time::Duration::from_millis(ready_max_lag_ms),
+                upstreams: upstream::Policy { rules: upstreams, max_labels: upstream_labels },
             };
             tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(daemon::run(config)))
         }

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub trace_refused: IntCounter,
     /// API connections closed at once: as many were open as the daemon serves at once.
     pub api_refused: IntCounter,
+    /// The `observer_upstream_*` series of outbound connections.
+    pub upstreams: crate::upstream::Upstreams,
 }
 
 /// Role (as u8), service port (`None`: `other`), status (0 for the per-port series).
@@ -144,7 +146,7 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c:
 }
 
 impl Metrics {
-    pub fn new(attachments: &[Attachment], tracepoints: &[(String, bool)]) -> Self {
+    pub fn new(attachments: &[Attachment], tracepoints: &[(String, bool)], upstreams: crate::upstream::Policy) -> Self {
         let r = Registry::new();
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
         // names every Prometheus client library exports, so standard dashboards find the daemon.
@@ -219,6 +221,7 @@ impl Metrics {
             bounds: counter_vec("observer_bounds_reached_total", "Times the daemon reached one of its bounds and let something go instead of growing: http_table (a connection's HTTP state evicted, the least recently active), http_pending (requests waiting beyond 16384 on one connection, kept as a count only), http_retired (HTTP state of a reused four-tuple dropped before its close), history (a closed connection dropped before --closed-retention, beyond --closed-max).", &["bound"]),
             api_refused: counter("observer_api_connections_refused_total", "API and /metrics connections closed at once because 256 were already open (each has 10 s to send a request head)."),
             trace_refused: counter("observer_trace_refused_total", "Live traces refused because 64 were already following connections."),
+            upstreams: crate::upstream::Upstreams::new(&r, upstreams),
             registry: r,
         }
     }
@@ -242,6 +245,7 @@ impl Metrics {
     pub fn connection_opened(&self, key: &ConnKey, stats: &ConnStats) {
         let role = Role::from_u8(stats.role);
         self.opened.with_label_values(&[role.name(), &self.port_label(key, role)]).inc();
+        self.upstreams.connection_opened(key, stats);
         if stats.handshake_rtt_ns != 0 {
             self.handshake_rtt.with_label_values(&[role.name()]).observe(stats.handshake_rtt_ns as f64 / 1e9);
         }
@@ -334,6 +338,7 @@ impl Metrics {
         let reason = observer_common::conn::CloseReason::of(stats).name();
         let protocol = observer_common::proto::protocol_name(stats.protocol);
         self.closed.with_label_values(&[role.name(), &self.port_label(key, role), reason, protocol]).inc();
+        self.upstreams.connection_closed(key, stats);
     }
 
     /// Replaces the per-connection series with `top`: connections that left it lose theirs, so

@@ -338,14 +338,17 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
         })
         .collect();
     let in_kernel: std::collections::HashSet<Incarnation> = out.iter().map(|c| c.incarnation).collect();
-    out.extend(history.iter().filter(|c| only.is_none_or(|k| *k == c.key) && !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| {
-        let mut conn = Connection::new(&c.key, &c.stats, true, now);
-        conn.http = closed_view(c);
-        conn.http_kernel = c.frame.as_ref().and_then(|f| KernelHttp::of(f, true));
-        conn.reconcile_http(true);
-        conn
-    }));
+    out.extend(history.iter().filter(|c| only.is_none_or(|k| *k == c.key) && !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| closed_connection(c, now)));
     out
+}
+
+/// An archived connection as the API shows it: final counts, with the kernel's where exact.
+pub fn closed_connection(c: &Closed, now_ns: u64) -> Connection {
+    let mut conn = Connection::new(&c.key, &c.stats, true, now_ns);
+    conn.http = c.http.as_ref().map(|h| h.view(now_ns, &ktime_to_unix_seconds));
+    conn.http_kernel = c.frame.as_ref().and_then(|f| KernelHttp::of(f, true));
+    conn.reconcile_http(true);
+    conn
 }
 
 #[cfg(test)]
