@@ -16,7 +16,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    daemon::App,
+    state::State as App,
     query::{parse_connection, Query},
 };
 
@@ -39,7 +39,7 @@ pub fn router(app: Arc<App>) -> Router {
 /// liveness (a stopped ring pump ends the daemon).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let mut problems = Vec::new();
-    let mut interfaces: Vec<&str> = app.attachments.iter().map(|a| a.interface.as_str()).collect();
+    let mut interfaces: Vec<&str> = app.loading.attachments.iter().map(|a| a.interface.as_str()).collect();
     interfaces.sort_unstable();
     interfaces.dedup();
     for i in interfaces {
@@ -47,7 +47,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
             problems.push(format!("interface {i} is gone: its traffic is not observed (restart the daemon once it is back)"));
         }
     }
-    if app.lifecycle_hook == "none" {
+    if app.loading.lifecycle_hook == "none" {
         problems.push("no lifecycle hook is attached: opens and closes are seen on the wire only".to_owned());
     }
     let bound = app.config.ready_max_lag;
@@ -291,12 +291,12 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": crate::sys::kernel_release(),
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
-        "attachments": app.attachments,
-        "tracepoints": app.tracepoints.iter().map(|(name, attached)| json!({ "tracepoint": name, "attached": attached })).collect::<Vec<_>>(),
-        "netns_filter": app.netns_filter,
-        "lifecycle_hook": app.lifecycle_hook,
-        "capabilities": app.capabilities,
-        "programs": app.programs.stats(),
+        "attachments": app.loading.attachments,
+        "tracepoints": app.loading.tracepoints.iter().map(|(name, attached)| json!({ "tracepoint": name, "attached": attached })).collect::<Vec<_>>(),
+        "netns_filter": app.loading.netns_filter,
+        "lifecycle_hook": app.loading.lifecycle_hook,
+        "capabilities": app.loading.capabilities,
+        "programs": app.loading.programs.stats(),
         "traces_active": app.trace.active(),
         "rings": app.ring_lag.all().map(|r| json!({ "ring": r.name, "lag_seconds": r.lag().as_secs_f64() })),
         "sweeps": app.sweeps.load(std::sync::atomic::Ordering::Relaxed),
@@ -318,7 +318,7 @@ async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
             "closed_retention_seconds": app.config.closed_retention.as_secs(),
             "closed_max": app.config.closed_max,
             "http_framing": if app.config.kernel_http { "kernel" } else { "daemon" },
-            "http_framing_refused": app.kernel_http_refused,
+            "http_framing_refused": app.loading.kernel_http_refused,
             "ready_max_lag_seconds": app.config.ready_max_lag.as_secs_f64(),
             "unix_socket": app.config.unix_socket,
             "upstreams": app.config.upstreams.describe(),

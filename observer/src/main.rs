@@ -11,6 +11,8 @@ mod client;
 mod tracefs;
 mod bpf;
 mod daemon;
+mod state;
+mod timeline;
 mod http;
 mod kernel_http;
 mod metrics;

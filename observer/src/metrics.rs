@@ -8,6 +8,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use observer_common::{
     conn::{ConnKey, ConnStats, Role},
+    global::Counter,
     http::AggKey,
 };
 use prometheus::{
@@ -47,6 +48,37 @@ pub struct KernelCounters {
     pub half_opened: u64,
     pub half_open_promoted: u64,
     pub bad_checksum: u64,
+}
+
+impl KernelCounters {
+    pub fn read(maps: &crate::bpf::Maps) -> Self {
+        let sum = |c: Counter| maps.counter(c);
+        let max = |c: Counter| maps.counter_max(c);
+        Self {
+            packets_seen: sum(Counter::PacketsSeen),
+            not_tcp: sum(Counter::NotTcp),
+            parse_failures: sum(Counter::ParseFailures),
+            conn_insert_failures: sum(Counter::ConnInsertFailures),
+            conn_inserts: sum(Counter::ConnInserts),
+            events_lost: sum(Counter::EventsLost),
+            resets_sent: sum(Counter::ResetsSent),
+            resets_received: sum(Counter::ResetsReceived),
+            retransmits: sum(Counter::Retransmits),
+            payload_lost: sum(Counter::PayloadLost),
+            payload_skipped: sum(Counter::PayloadSkipped),
+            payload_sent: sum(Counter::PayloadSent),
+            not_http: sum(Counter::NotHttp),
+            trace_lost: sum(Counter::TraceLost),
+            payload_backlog: max(Counter::PayloadBacklog),
+            events_backlog: max(Counter::EventsBacklog),
+            seq_contention: sum(Counter::SeqContention),
+            frame_insert_failures: sum(Counter::FrameInsertFailures),
+            http_agg_full: sum(Counter::HttpAggFull),
+            half_opened: sum(Counter::HalfOpened),
+            half_open_promoted: sum(Counter::HalfOpenPromoted),
+            bad_checksum: sum(Counter::BadChecksum),
+        }
+    }
 }
 
 /// What the daemon's table holds, read at scrape time.

@@ -1,46 +1,36 @@
-//! The thin loader layer: load the embedded kernel programs, attach them, and hand out the maps.
-//! The only module that talks to aya directly.
+//! The kernel boundary: load the embedded programs, attach them, and hand out typed views of
+//! their maps and rings. The only module that talks to aya; names of maps, programs and globals
+//! are in [`names`], the ring records' decoding in [`ring`], loading and attaching in `load`.
 #![expect(clippy::result_large_err, reason = "BpfError is built once, at start-up, on the way to an exit")]
 use std::{io, path::PathBuf};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink},
-        BtfTracePoint, ProgramError, SchedClassifier, TcAttachType, TracePoint,
-    },
-    util::KernelVersion,
-    Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::ProgramError,
+    Ebpf, EbpfError,
 };
 use observer_common::{
-    conn::{ConnKey, ConnStats},
-    frame::ConnFrame,
-    http::{AggKey, HttpHints},
-    tracepoint::{NetnsFilter, SkbSegs, SockLayout, TpLayout},
+    conn::{ConnEvent, ConnKey, ConnStats},
+    frame::{ConnFrame, LostReason},
+    global::Counter,
+    http::{AggKey, HttpHints, PayloadHeader},
+    proto::ServerName,
+    trace::TraceRecord,
 };
-use anyhow::Context as _;
 use thiserror::Error;
+
+mod load;
+pub mod names;
+pub mod pin;
+pub mod ring;
+
+pub use load::{load_and_attach, remove_tc_filters};
+pub use ring::{DrainRequest, Ring};
 
 /// The kernel object built by `build.rs` (empty when built with `OBSERVER_SKIP_EBPF=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf.o"));
 /// The same programs without the kernel HTTP framer, for kernels whose verifier refuses it.
 static EBPF_OBJECT_LITE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer-ebpf-lite.o"));
-
-pub const TC_INGRESS: &str = "observer_tc_ingress";
-pub const TC_EGRESS: &str = "observer_tc_egress";
-
-/// The socket tracepoints: (program, category, tracepoint, global holding its record layout).
-const TRACEPOINTS: [(&str, &str, &str, &str); 5] = [
-    ("observer_sock_set_state", "sock", "inet_sock_set_state", "LAYOUT_SET_STATE"),
-    ("observer_tcp_retransmit", "tcp", "tcp_retransmit_skb", "LAYOUT_RETRANSMIT"),
-    ("observer_tcp_send_reset", "tcp", "tcp_send_reset", "LAYOUT_SEND_RESET"),
-    ("observer_tcp_receive_reset", "tcp", "tcp_receive_reset", "LAYOUT_RECEIVE_RESET"),
-    ("observer_tcp_retransmit_synack", "tcp", "tcp_retransmit_synack", "LAYOUT_RETRANSMIT_SYNACK"),
-];
-
-/// The BTF-typed twin of the classic `sock:inet_sock_set_state` program.
-const SET_STATE_BTF: &str = "observer_sock_set_state_btf";
 
 /// Which hook follows connections' state changes (`sock:inet_sock_set_state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -52,8 +42,6 @@ pub enum LifecycleHook {
     /// Only the classic tracepoint: a record read through tracefs' layout, a helper call per field.
     Tracepoint,
 }
-
-pub mod pin;
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -99,7 +87,7 @@ pub struct MapSizes {
     pub payload_bytes: u32,
 }
 
-/// The loaded programs. Dropping it detaches every program it attached, except those pinned in
+/// What was loaded and attached. Dropping it detaches every program it attached, except those pinned in
 /// the state directory: they keep counting until `observer detach`.
 pub struct Loaded {
     /// Owns programs, links and the maps not taken out; shared with [`Programs`].
@@ -149,26 +137,86 @@ impl Programs {
     }
 }
 
-/// The maps the daemon reads.
+/// Everything the daemon holds of the kernel side once loaded.
+pub struct Kernel {
+    pub loaded: Loaded,
+    pub maps: Maps,
+    pub rings: Rings,
+    pub trace: TraceMaps,
+}
+
+/// The maps the daemon reads, as typed views (reads never fail: an entry that cannot be read,
+/// because it went in the meantime, is not there).
 pub struct Maps {
-    pub conns: HashMap<MapData, ConnKey, ConnStats>,
-    pub global: PerCpuArray<MapData, u64>,
-    pub http_hints: HashMap<MapData, ConnKey, HttpHints>,
-    /// TLS connections' server names (`observer_common::proto`).
-    pub tls_names: HashMap<MapData, ConnKey, observer_common::proto::ServerName>,
-    /// The kernel's HTTP framing per connection (`observer_common::frame`).
-    pub http_frames: HashMap<MapData, ConnKey, ConnFrame>,
-    /// Times the kernel framer lost its place, per CPU, by `LostReason`.
-    pub frame_lost: PerCpuArray<MapData, u64>,
-    /// What the kernel framer counted, per CPU, by role, port and status.
-    pub http_agg: PerCpuHashMap<MapData, AggKey, u64>,
+    conns: HashMap<MapData, ConnKey, ConnStats>,
+    global: PerCpuArray<MapData, u64>,
+    http_hints: HashMap<MapData, ConnKey, HttpHints>,
+    tls_names: HashMap<MapData, ConnKey, ServerName>,
+    http_frames: HashMap<MapData, ConnKey, ConnFrame>,
+    frame_lost: PerCpuArray<MapData, u64>,
+    http_agg: PerCpuHashMap<MapData, AggKey, u64>,
+}
+
+impl Maps {
+    /// Every connection entry (open, and closed ones not yet evicted).
+    pub fn conns(&self) -> Vec<(ConnKey, ConnStats)> {
+        self.conns.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn conn(&self, key: &ConnKey) -> Option<ConnStats> {
+        self.conns.get(key, 0).ok()
+    }
+
+    /// The kernel's HTTP framing state of every connection it frames.
+    pub fn frames(&self) -> std::collections::HashMap<ConnKey, ConnFrame> {
+        self.http_frames.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn frame(&self, key: &ConnKey) -> Option<ConnFrame> {
+        self.http_frames.get(key, 0).ok()
+    }
+
+    /// TLS server names (SNI) by four-tuple.
+    pub fn tls_names(&self) -> std::collections::HashMap<ConnKey, ServerName> {
+        self.tls_names.iter().filter_map(Result::ok).collect()
+    }
+
+    pub fn tls_name(&self, key: &ConnKey) -> Option<ServerName> {
+        self.tls_names.get(key, 0).ok()
+    }
+
+    /// A global counter summed over CPUs.
+    pub fn counter(&self, c: Counter) -> u64 {
+        self.global.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0)
+    }
+
+    /// A global gauge: the highest value any CPU wrote (ring backlogs).
+    pub fn counter_max(&self, c: Counter) -> u64 {
+        self.global.get(&(c as u32), 0).map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Times the kernel framer lost its place, by reason, summed over CPUs.
+    pub fn framing_lost(&self) -> Vec<(LostReason, u64)> {
+        LostReason::ALL.iter().map(|r| (*r, self.frame_lost.get(&(*r as u32), 0).map(|per_cpu| per_cpu.iter().sum::<u64>()).unwrap_or(0))).collect()
+    }
+
+    /// What the kernel framer counted, by role, service port and status (0: requests), summed
+    /// over CPUs.
+    pub fn http_aggregates(&self) -> Vec<(AggKey, u64)> {
+        self.http_agg.iter().filter_map(Result::ok).map(|(k, per_cpu)| (k, per_cpu.iter().sum::<u64>())).collect()
+    }
+
+    /// Tells the kernel what to do with a connection's payload (skip bytes, not HTTP).
+    pub fn set_hints(&mut self, key: &ConnKey, hints: HttpHints) -> Result<(), aya::maps::MapError> {
+        self.http_hints.insert(key, hints, 0)
+    }
 }
 
 /// The ring buffers the daemon drains.
 pub struct Rings {
-    pub events: RingBuf<MapData>,
-    pub payload: RingBuf<MapData>,
-    pub trace: RingBuf<MapData>,
+    pub events: Ring<ConnEvent>,
+    pub payload: Ring<PayloadHeader>,
+    pub trace: Ring<TraceRecord>,
 }
 
 /// The kernel side of live traces: filters and the mask of filter shapes in use.
@@ -195,331 +243,6 @@ impl crate::trace::KernelFilters for TraceMaps {
     }
 }
 
-/// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
-/// starts forwarding the programs' aya-log records to this process's log.
-///
-/// With `kernel_http`, a kernel whose verifier refuses the kernel framer (Debian 12's 6.1 gives up
-/// at its instruction limit; kernels before 5.17 lack `bpf_loop`) gets the object without it, and
-/// the daemon frames every connection's HTTP itself (`Loaded::kernel_http_refused` says why).
-pub fn load_and_attach(
-    interfaces: &[String],
-    sizes: MapSizes,
-    http_ports: &[u16],
-    kernel_http: bool,
-    lifecycle: LifecycleHook,
-    state: Option<&pin::State>,
-) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
-    if !kernel_http {
-        return load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle, state);
-    }
-    match load_object(EBPF_OBJECT, interfaces, sizes, http_ports, true, lifecycle, state) {
-        Err(BpfError::Verifier { program, io_error, log }) if program == TC_INGRESS || program == TC_EGRESS => {
-            let last = log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed")).unwrap_or("").trim();
-            let why = format!("the kernel's verifier refused {program} with the kernel HTTP framer ({io_error}: {last})");
-            log::warn!("{why}: loading the programs without it; HTTP is framed by the daemon (as with --http-framing daemon: the same counts, more CPU per request)");
-            let (mut loaded, maps, rings, trace) = load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle, state)?;
-            loaded.kernel_http_refused = Some(why);
-            Ok((loaded, maps, rings, trace))
-        }
-        other => other,
-    }
-}
-
-fn load_object(
-    object: &[u8],
-    interfaces: &[String],
-    sizes: MapSizes,
-    http_ports: &[u16],
-    kernel_http: bool,
-    lifecycle: LifecycleHook,
-    state: Option<&pin::State>,
-) -> Result<(Loaded, Maps, Rings, TraceMaps), BpfError> {
-    if object.is_empty() {
-        return Err(BpfError::NotBuilt);
-    }
-    if let Some(missing) = interfaces.iter().find(|i| !crate::sys::interface_exists(i)) {
-        return Err(BpfError::InterfaceMissing(missing.clone()));
-    }
-    // Tracepoint record layouts of this kernel, handed to the programs as globals.
-    let layouts: Vec<Result<TpLayout, crate::tracefs::TracepointError>> =
-        TRACEPOINTS.iter().map(|(_, category, name, _)| crate::tracefs::read_layout(category, name)).collect();
-    let btf = crate::btf::Btf::from_sys_fs();
-    if let Err(e) = &btf {
-        log::warn!("{e:#}");
-    }
-    let btf = btf.as_ref().ok();
-    let netns = netns_filter(btf);
-    let skb_segs = skb_segs(btf);
-    let sock_layout = if lifecycle == LifecycleHook::Tracepoint { SockLayout::absent() } else { sock_layout(btf) };
-    let ports_only: u32 = u32::from(!http_ports.is_empty());
-    let kernel_http: u32 = u32::from(kernel_http);
-    let mut loader = EbpfLoader::new();
-    loader
-        .map_max_entries("CONNS", sizes.connections)
-        .map_max_entries("EVENTS", sizes.events_bytes)
-        .map_max_entries("PAYLOAD", sizes.payload_bytes)
-        .map_max_entries("HTTP_HINTS", sizes.connections)
-        .map_max_entries("TLS_NAMES", sizes.connections)
-        // Attempts whose handshake is under way: a quarter of the connections (at least 1024).
-        .map_max_entries("HALF_OPEN", (sizes.connections / 4).max(1024))
-        // LRU maps are preallocated: without the kernel framer, a token size instead of ~20 MiB.
-        .map_max_entries("HTTP_FRAMES", if kernel_http == 1 { sizes.connections } else { 64 })
-        .override_global("NETNS_FILTER", &netns, true)
-        .override_global("SOCK_LAYOUT", &sock_layout, true)
-        .override_global("RETRANSMIT_SEGS", &skb_segs, true)
-        .override_global("HTTP_PORTS_ONLY", &ports_only, true)
-        .override_global("KERNEL_HTTP", &kernel_http, true);
-    // Pinned maps are reused as they are (their size included); the others are created and pinned.
-    if let Some(state) = state {
-        let pinned = state.pinned_map_sizes().map_err(BpfError::State)?;
-        for (name, entries) in pinned {
-            let asked = match name {
-                "CONNS" | "HTTP_HINTS" | "TLS_NAMES" => Some(sizes.connections),
-                "EVENTS" => Some(sizes.events_bytes),
-                "PAYLOAD" => Some(sizes.payload_bytes),
-                _ => None,
-            };
-            if asked.is_some_and(|a| a != entries) {
-                log::warn!("the pinned map {name} keeps its size ({entries}); a new size takes effect after `observer detach`");
-            }
-            loader.map_max_entries(name, entries);
-        }
-        for (name, _, _) in pin::PINNED_MAPS {
-            loader.map_pin_path(name, state.map_path(name));
-        }
-    }
-    for ((_, _, _, global), layout) in TRACEPOINTS.iter().zip(&layouts) {
-        if let Ok(layout) = layout {
-            loader.override_global(global, layout, true);
-        }
-    }
-    let mut ebpf = loader.load(object).map_err(classify_load_error)?;
-    start_log_forwarding(&mut ebpf);
-    // The port filter is in place before any program runs.
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ebpf.map_mut("HTTP_PORTS").ok_or(BpfError::Map("HTTP_PORTS"))?).map_err(|_| BpfError::Map("HTTP_PORTS"))?;
-    for p in http_ports {
-        ports.insert(p, 1, 0).map_err(|_| BpfError::Map("HTTP_PORTS"))?;
-    }
-
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    let mut attachments = Vec::new();
-    let mut program_ids = Vec::new();
-    // The link pins this daemon uses; others are removed once everything is attached.
-    let mut keep: Vec<PathBuf> = Vec::new();
-    for (program, attach_type, direction) in [(TC_INGRESS, TcAttachType::Ingress, "ingress"), (TC_EGRESS, TcAttachType::Egress, "egress")] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program)
-            .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
-            .try_into()
-            .map_err(|source| BpfError::Program { program, source })?;
-        prog.load().map_err(|e| classify_program_error(program, e))?;
-        if let Ok(info) = prog.info() {
-            program_ids.push((program, info.id()));
-        }
-        for interface in interfaces {
-            if !tcx {
-                // Older kernels attach through the clsact qdisc; it may exist already (ours from
-                // an earlier run, or someone else's): sharing it is fine, replacing it is not.
-                if let Err(e) = tc::qdisc_add_clsact(interface) {
-                    log::debug!("clsact on {interface}: {e} (already present?)");
-                }
-            }
-            let attach_error = |source| BpfError::Attach { program, interface: interface.clone(), direction, source };
-            match state {
-                // tcx: the link is pinned; a pinned link of an earlier daemon gets this program
-                // in one atomic step (no packet missed, none counted twice).
-                Some(state) if tcx => {
-                    let path = state.tc_link_path(direction, interface);
-                    keep.push(path.clone());
-                    let replaced = PinnedLink::from_pin(&path).ok().and_then(|old| {
-                        let link = SchedClassifierLink::try_from(FdLink::from(old)).ok()?;
-                        match prog.attach_to_link(link) {
-                            Ok(id) => Some(id),
-                            Err(e) => {
-                                log::warn!("{}: the pinned link could not take the new program ({e}): attaching anew", path.display());
-                                let _ = std::fs::remove_file(&path);
-                                None
-                            }
-                        }
-                    });
-                    let adopted = replaced.is_some();
-                    let id = match replaced {
-                        Some(id) => id,
-                        None => prog.attach(interface, attach_type).map_err(attach_error)?,
-                    };
-                    let link = prog.take_link(id).map_err(attach_error)?;
-                    if !adopted {
-                        let fd = FdLink::try_from(link).map_err(|e| BpfError::Pin { what: format!("the {direction} link on {interface}"), path: path.clone(), error: e.to_string() })?;
-                        fd.pin(&path).map_err(|e| BpfError::Pin { what: format!("the {direction} link on {interface}"), path: path.clone(), error: e.to_string() })?;
-                    }
-                    log::info!("{} {program} on {interface} {direction} (tcx, pinned at {})", if adopted { "replaced the program of" } else { "attached" }, path.display());
-                }
-                // clsact: netlink filters outlive the process that added them; a killed
-                // daemon's filter is removed (by name) before this one goes in, and this one
-                // stays when the daemon exits.
-                Some(_) => {
-                    if tc::qdisc_detach_program(interface, attach_type, program).is_ok() {
-                        log::info!("removed the {program} filter an earlier daemon left on {interface}");
-                    }
-                    let id = prog.attach(interface, attach_type).map_err(attach_error)?;
-                    std::mem::forget(prog.take_link(id).map_err(attach_error)?);
-                }
-                // `attach` appends (tcx) or adds a filter with a kernel-chosen priority (clsact):
-                // programs others attached stay in place and keep running.
-                None => {
-                    prog.attach(interface, attach_type).map_err(attach_error)?;
-                }
-            }
-            attachments.push(Attachment { interface: interface.clone(), direction, program, mode: if tcx { "tcx" } else { "clsact" } });
-            if state.is_none() || !tcx {
-                log::info!("attached {program} to {interface} {direction} ({})", if tcx { "tcx" } else { "clsact" });
-            }
-        }
-    }
-
-    // A missing or unusable tracepoint is reported; the rest keeps working.
-    let mut tracepoints = Vec::new();
-    let mut lifecycle_hook = "none";
-    for ((program, category, name, _), layout) in TRACEPOINTS.iter().zip(layouts) {
-        let full = format!("{category}:{name}");
-        if *program == TRACEPOINTS[0].0 && sock_layout.present == 1 {
-            match attach_btf_tracepoint(&mut ebpf, SET_STATE_BTF, name, state, &mut keep) {
-                Ok(id) => {
-                    program_ids.push((SET_STATE_BTF, id));
-                    log::info!("attached {SET_STATE_BTF} to tp_btf/{name}");
-                    lifecycle_hook = "tp_btf";
-                    tracepoints.push((full, true));
-                    continue;
-                }
-                Err(e) if lifecycle == LifecycleHook::TpBtf => return Err(e),
-                Err(e) => log::info!("tp_btf/{name}: {e}: the classic tracepoint follows state changes instead"),
-            }
-        } else if *program == TRACEPOINTS[0].0 && lifecycle == LifecycleHook::TpBtf {
-            return Err(BpfError::MissingFeature { feature: "the kernel BTF of struct sock (for --lifecycle-hook tp-btf)", since: "5.5", kernel: crate::sys::kernel_release() });
-        }
-        let attached = match layout {
-            Err(e) => {
-                log::warn!("{e}: its part of the connection lifecycle is not observed");
-                false
-            }
-            Ok(_) => match attach_tracepoint(&mut ebpf, program, category, name, state, &mut keep) {
-                Ok(id) => {
-                    program_ids.push((*program, id));
-                    log::info!("attached {program} to {full}");
-                    if *program == TRACEPOINTS[0].0 {
-                        lifecycle_hook = "tracepoint";
-                    }
-                    true
-                }
-                Err(e @ BpfError::Verifier { .. }) => return Err(e),
-                Err(e) => {
-                    log::warn!("{full}: {e}: its part of the connection lifecycle is not observed");
-                    false
-                }
-            },
-        };
-        tracepoints.push((full, attached));
-    }
-
-    if let Some(state) = state {
-        state.remove_links_except(&keep).map_err(BpfError::State)?;
-    }
-    let conns = HashMap::try_from(ebpf.take_map("CONNS").ok_or(BpfError::Map("CONNS"))?).map_err(|_| BpfError::Map("CONNS"))?;
-    let global = PerCpuArray::try_from(ebpf.take_map("GLOBAL").ok_or(BpfError::Map("GLOBAL"))?).map_err(|_| BpfError::Map("GLOBAL"))?;
-    let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(BpfError::Map("EVENTS"))?).map_err(|_| BpfError::Map("EVENTS"))?;
-    let payload = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(BpfError::Map("PAYLOAD"))?).map_err(|_| BpfError::Map("PAYLOAD"))?;
-    let http_hints = HashMap::try_from(ebpf.take_map("HTTP_HINTS").ok_or(BpfError::Map("HTTP_HINTS"))?).map_err(|_| BpfError::Map("HTTP_HINTS"))?;
-    let tls_names = HashMap::try_from(ebpf.take_map("TLS_NAMES").ok_or(BpfError::Map("TLS_NAMES"))?).map_err(|_| BpfError::Map("TLS_NAMES"))?;
-    let frame_lost = PerCpuArray::try_from(ebpf.take_map("FRAME_LOST").ok_or(BpfError::Map("FRAME_LOST"))?).map_err(|_| BpfError::Map("FRAME_LOST"))?;
-    let http_agg = PerCpuHashMap::try_from(ebpf.take_map("HTTP_AGG").ok_or(BpfError::Map("HTTP_AGG"))?).map_err(|_| BpfError::Map("HTTP_AGG"))?;
-    let http_frames = HashMap::try_from(ebpf.take_map("HTTP_FRAMES").ok_or(BpfError::Map("HTTP_FRAMES"))?).map_err(|_| BpfError::Map("HTTP_FRAMES"))?;
-    let trace = RingBuf::try_from(ebpf.take_map("TRACE").ok_or(BpfError::Map("TRACE"))?).map_err(|_| BpfError::Map("TRACE"))?;
-    let trace_maps = TraceMaps {
-        filters: std::sync::Mutex::new(HashMap::try_from(ebpf.take_map("TRACE_FILTERS").ok_or(BpfError::Map("TRACE_FILTERS"))?).map_err(|_| BpfError::Map("TRACE_FILTERS"))?),
-        shapes: std::sync::Mutex::new(Array::try_from(ebpf.take_map("TRACE_SHAPES").ok_or(BpfError::Map("TRACE_SHAPES"))?).map_err(|_| BpfError::Map("TRACE_SHAPES"))?),
-    };
-    Ok((
-        Loaded {
-            programs: Programs { ebpf: std::sync::Arc::new(std::sync::Mutex::new(ebpf)), ids: program_ids },
-            attachments,
-            tracepoints,
-            netns_filter: netns.enabled == 1,
-            lifecycle_hook,
-            kernel_http: kernel_http == 1,
-            kernel_http_refused: None,
-        },
-        Maps { conns, global, http_hints, tls_names, http_frames, frame_lost, http_agg },
-        Rings { events, payload, trace },
-        trace_maps,
-    ))
-}
-
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str, state: Option<&pin::State>, keep: &mut Vec<PathBuf>) -> Result<u32, BpfError> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
-        .try_into()
-        .map_err(|source| BpfError::Program { program, source })?;
-    prog.load().map_err(|e| classify_program_error(program, e))?;
-    let id = prog.attach(category, name).map_err(|source| BpfError::Program { program, source })?;
-    if let Some(state) = state {
-        let link = prog.take_link(id).map_err(|source| BpfError::Program { program, source })?;
-        pin_tracepoint_link(state, program, FdLink::try_from(link).map_err(|e| e.to_string()), keep);
-    }
-    Ok(prog.info().map(|i| i.id()).unwrap_or(0))
-}
-
-/// Pins a tracepoint's new link in place of the earlier daemon's, whose program then stops. The
-/// two overlap for the moment between (a tracepoint link cannot take another program): a state
-/// change in that moment is seen twice, which the transition makes harmless, and a reset or a
-/// retransmission would count twice. Where the kernel cannot pin it (perf-event tracepoints
-/// before 5.15), the hook stops with the daemon, and the log says so.
-fn pin_tracepoint_link(state: &pin::State, program: &'static str, link: Result<FdLink, String>, keep: &mut Vec<PathBuf>) {
-    let path = state.tracepoint_link_path(program);
-    let link = match link {
-        Ok(link) => link,
-        Err(e) => {
-            log::warn!("{program}: its link cannot be pinned on this kernel ({e}): it stops while the daemon is down");
-            return;
-        }
-    };
-    let _ = std::fs::remove_file(&path);
-    match link.pin(&path) {
-        Ok(_) => keep.push(path),
-        Err(e) => log::warn!("{program}: pinning its link at {} failed ({e}): it stops while the daemon is down", path.display()),
-    }
-}
-
-fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &'static str, name: &str, state: Option<&pin::State>, keep: &mut Vec<PathBuf>) -> Result<u32, BpfError> {
-    let btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::MissingFeature { feature: "kernel BTF (/sys/kernel/btf/vmlinux)", since: "5.5", kernel: format!("{} ({e})", crate::sys::kernel_release()) })?;
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
-        .try_into()
-        .map_err(|source| BpfError::Program { program, source })?;
-    prog.load(name, &btf).map_err(|e| classify_program_error(program, e))?;
-    let id = prog.attach().map_err(|source| BpfError::Program { program, source })?;
-    if let Some(state) = state {
-        let link = prog.take_link(id).map_err(|source| BpfError::Program { program, source })?;
-        pin_tracepoint_link(state, program, Ok(FdLink::from(link)), keep);
-    }
-    Ok(prog.info().map(|i| i.id()).unwrap_or(0))
-}
-
-/// Removes our tc filters (clsact, kernels before 6.6) from `interfaces`: netlink filters outlive
-/// the daemon and are not pinned. Returns how many interfaces and directions had one.
-pub fn remove_tc_filters(interfaces: &[String]) -> usize {
-    let mut removed = 0;
-    for interface in interfaces {
-        for (program, attach_type) in [(TC_INGRESS, TcAttachType::Ingress), (TC_EGRESS, TcAttachType::Egress)] {
-            if tc::qdisc_detach_program(interface, attach_type, program).is_ok() {
-                removed += 1;
-            }
-        }
-    }
-    removed
-}
-
 /// Run-time accounting of one of our programs (zero unless `kernel.bpf_stats_enabled` is 1).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProgramStats {
@@ -531,109 +254,3 @@ pub struct ProgramStats {
     pub verified_instructions: Option<u32>,
 }
 
-/// What a program needs from the kernel's BTF (`find`), or `fallback` when BTF or a member is
-/// missing, with a log line at `level` saying what that costs.
-fn from_btf<T>(btf: Option<&crate::btf::Btf>, find: impl FnOnce(&crate::btf::Btf) -> anyhow::Result<T>, fallback: T, level: log::Level, cost: &str) -> T {
-    match btf.context("no kernel BTF").and_then(find) {
-        Ok(found) => found,
-        Err(e) => {
-            log::log!(level, "{cost} ({e:#})");
-            fallback
-        }
-    }
-}
-
-/// Where a retransmitted skb's segment count is (`skb->cb` as `struct tcp_skb_cb`), from BTF.
-fn skb_segs(btf: Option<&crate::btf::Btf>) -> SkbSegs {
-    let find = |btf: &crate::btf::Btf| -> anyhow::Result<SkbSegs> {
-        let cb = btf.offset_of("sk_buff", &["cb"])?;
-        let segs = btf.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?;
-        let total = btf.offset_of("tcp_sock", &["total_retrans"]);
-        if let Err(e) = &total {
-            log::warn!("retransmissions are counted from the tracepoint's records, not read from the socket ({e:#})");
-        }
-        Ok(SkbSegs { enabled: 1, offset: cb + segs, total_enabled: u32::from(total.is_ok()), total_retrans: total.unwrap_or(0) })
-    };
-    from_btf(btf, find, SkbSegs::disabled(), log::Level::Warn, "retransmissions will count skbs, not segments")
-}
-
-/// Where the BTF-typed lifecycle hook finds a socket's protocol, family, ports and addresses.
-fn sock_layout(btf: Option<&crate::btf::Btf>) -> SockLayout {
-    let find = |btf: &crate::btf::Btf| -> anyhow::Result<SockLayout> {
-        let at = |path: &[&str]| -> anyhow::Result<u16> { Ok(u16::try_from(btf.offset_of("sock", path)?)?) };
-        let common = |m: &str| at(&["__sk_common", m]);
-        Ok(SockLayout {
-            present: 1,
-            protocol: at(&["sk_protocol"])?,
-            family: common("skc_family")?,
-            sport: u16::try_from(btf.offset_of("inet_sock", &["inet_sport"])?)?,
-            dport: common("skc_dport")?,
-            rcv_saddr: common("skc_rcv_saddr")?,
-            daddr: common("skc_daddr")?,
-            v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
-            v6_daddr: common("skc_v6_daddr")?,
-            _pad: 0,
-        })
-    };
-    from_btf(btf, find, SockLayout::absent(), log::Level::Info, "the BTF-typed lifecycle hook cannot be used: the classic tracepoint follows state changes")
-}
-
-/// Socket tracepoints fire for every network namespace: keep to ours, found through the
-/// kernel's BTF (`sock.__sk_common.skc_net` -> `net.ns.inum`). Without BTF offsets, every
-/// namespace is observed, and the log says so.
-fn netns_filter(btf: Option<&crate::btf::Btf>) -> NetnsFilter {
-    use std::os::unix::fs::MetadataExt;
-    let find = |btf: &crate::btf::Btf| -> anyhow::Result<NetnsFilter> {
-        Ok(NetnsFilter {
-            enabled: 1,
-            inum: std::fs::metadata("/proc/self/ns/net")?.ino() as u32,
-            sock_net: btf.offset_of("sock", &["__sk_common", "skc_net"])?,
-            net_inum: btf.offset_of("net", &["ns", "inum"])?,
-        })
-    };
-    from_btf(btf, find, NetnsFilter::disabled(), log::Level::Warn, "socket events cannot be limited to this network namespace: connections of other namespaces may appear")
-}
-
-fn classify_load_error(e: EbpfError) -> BpfError {
-    let kernel = crate::sys::kernel_release();
-    match e {
-        EbpfError::BtfError(_) => BpfError::MissingFeature { feature: "BTF support for BPF programs", since: "5.2", kernel },
-        // A map type the kernel does not know is refused with EINVAL at creation.
-        EbpfError::MapError(aya::maps::MapError::CreateError { ref name, ref io_error }) if io_error.raw_os_error() == Some(libc::EINVAL) => {
-            match name.as_str() {
-                "EVENTS" | "PAYLOAD" | "TRACE" | "AYA_LOGS" => BpfError::MissingFeature { feature: "BPF ring buffers (BPF_MAP_TYPE_RINGBUF)", since: "5.8", kernel },
-                "CONNS" | "HTTP_HINTS" | "HTTP_FRAMES" => BpfError::MissingFeature { feature: "LRU hash maps (BPF_MAP_TYPE_LRU_HASH)", since: "4.10", kernel },
-                _ => BpfError::Load(e),
-            }
-        }
-        other => BpfError::Load(other),
-    }
-}
-
-fn classify_program_error(program: &'static str, e: ProgramError) -> BpfError {
-    match e {
-        ProgramError::LoadError { io_error, verifier_log } => BpfError::Verifier { program, io_error, log: verifier_log.to_string() },
-        source => BpfError::Program { program, source },
-    }
-}
-
-/// Forwards the programs' aya-log records to the `log` crate. The logger owns the log map and
-/// must outlive the programs, so the task keeps it.
-#[expect(deprecated, reason = "the logger owns its fd for as long as AsyncFd holds it, which is the soundness condition")]
-fn start_log_forwarding(ebpf: &mut Ebpf) {
-    match aya_log::EbpfLogger::init(ebpf) {
-        Ok(logger) => match tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE) {
-            Ok(mut fd) => {
-                tokio::spawn(async move {
-                    loop {
-                        let Ok(mut guard) = fd.readable_mut().await else { break };
-                        guard.get_inner_mut().flush();
-                        guard.clear_ready();
-                    }
-                });
-            }
-            Err(e) => log::warn!("kernel program logs will not be shown: {e}"),
-        },
-        Err(e) => log::warn!("kernel program logs will not be shown: {e}"),
-    }
-}

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
+use super::names::map;
 use observer_common::{
     conn::{ConnKey, ConnStats},
     frame::ConnFrame,
@@ -33,17 +34,17 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// sizes this build gives them. Scratch space, the trace filters and the port filter are not
 /// pinned: each daemon starts them afresh.
 pub const PINNED_MAPS: [(&str, usize, usize); 10] = [
-    ("CONNS", size_of::<ConnKey>(), size_of::<ConnStats>()),
-    ("HALF_OPEN", size_of::<ConnKey>(), size_of::<ConnStats>()),
-    ("GLOBAL", 4, 8),
-    ("HTTP_FRAMES", size_of::<ConnKey>(), size_of::<ConnFrame>()),
-    ("FRAME_LOST", 4, 8),
-    ("HTTP_AGG", size_of::<AggKey>(), 8),
-    ("HTTP_HINTS", size_of::<ConnKey>(), size_of::<HttpHints>()),
-    ("TLS_NAMES", size_of::<ConnKey>(), size_of::<observer_common::proto::ServerName>()),
+    (map::CONNS, size_of::<ConnKey>(), size_of::<ConnStats>()),
+    (map::HALF_OPEN, size_of::<ConnKey>(), size_of::<ConnStats>()),
+    (map::GLOBAL, 4, 8),
+    (map::HTTP_FRAMES, size_of::<ConnKey>(), size_of::<ConnFrame>()),
+    (map::FRAME_LOST, 4, 8),
+    (map::HTTP_AGG, size_of::<AggKey>(), 8),
+    (map::HTTP_HINTS, size_of::<ConnKey>(), size_of::<HttpHints>()),
+    (map::TLS_NAMES, size_of::<ConnKey>(), size_of::<observer_common::proto::ServerName>()),
     // Ring buffers: records the programs wrote while no daemon read them.
-    ("EVENTS", 0, 0),
-    ("PAYLOAD", 0, 0),
+    (map::EVENTS, 0, 0),
+    (map::PAYLOAD, 0, 0),
 ];
 
 /// This daemon's pinned state: the layout directory, and a lock that keeps a second daemon off it.
@@ -107,7 +108,7 @@ impl State {
                     self.root.display()
                 );
             }
-            if name == "GLOBAL" && info.max_entries() != observer_common::global::GLOBAL_SLOTS {
+            if name == map::GLOBAL && info.max_entries() != observer_common::global::GLOBAL_SLOTS {
                 bail!(
                     "the pinned map {} holds {} counters, this build {}: it was written by an incompatible build; `observer detach --state-dir {}` removes the state (and its counts)",
                     path.display(),
