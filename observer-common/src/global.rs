@@ -86,7 +86,7 @@ impl Counter {
         Counter::BadChecksum,
     ];
 
-    /// The name used in metrics and the API.
+    /// The name in the API (`kernel_counters` of `/api/v1/status`).
     pub const fn name(self) -> &'static str {
         match self {
             Counter::PacketsSeen => "packets_seen",
@@ -101,10 +101,10 @@ impl Counter {
             Counter::PayloadLost => "payload_lost",
             Counter::PayloadSkipped => "payload_skipped",
             Counter::PayloadSent => "payload_sent",
-            Counter::NotHttp => "not_http_connections",
+            Counter::NotHttp => "not_http",
             Counter::TraceLost => "trace_lost",
-            Counter::PayloadBacklog => "payload_backlog_bytes",
-            Counter::EventsBacklog => "events_backlog_bytes",
+            Counter::PayloadBacklog => "payload_backlog",
+            Counter::EventsBacklog => "events_backlog",
             Counter::SeqContention => "seq_contention",
             Counter::FrameInsertFailures => "frame_insert_failures",
             Counter::HttpAggFull => "http_agg_full",

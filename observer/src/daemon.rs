@@ -48,7 +48,7 @@ pub struct Config {
     /// `/readyz` fails when a ring buffer has had records waiting unread longer than this.
     pub ready_max_lag: Duration,
     /// How outbound connections get their bounded `upstream` label.
-    pub upstreams: crate::upstream::Policy,
+    pub upstreams: crate::metrics::upstream::Policy,
 }
 
 pub async fn run(config: Config) -> Result<()> {

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{CommandFactory, Parser, Subcommand};
+use metrics::upstream;
 
 mod api;
 mod btf;
@@ -23,7 +24,6 @@ mod table;
 mod term;
 mod trace;
 mod unix_socket;
-mod upstream;
 
 /// Where the daemon listens unless told otherwise, and where the CLI looks for it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9470";

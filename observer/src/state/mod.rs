@@ -62,7 +62,7 @@ pub struct State {
     /// consistent with the kernel's maps at that moment (a connection shown closed has its HTTP
     /// records framed).
     drain: [tokio::sync::mpsc::Sender<DrainRequest>; 2],
-    maps: Mutex<Maps>,
+    maps: Arc<Mutex<Maps>>,
     history: Mutex<History>,
     /// Final counts of closed connections whose kernel entry a new connection on the same
     /// four-tuple took over before they were archived (`Superseded` events), by (key, first seen).
@@ -82,13 +82,14 @@ pub struct State {
 impl State {
     /// `drain`: the event pump's and the payload pump's request channels, in that order.
     pub fn new(config: Config, maps: Maps, loading: Loading, trace: Hub, drain: [tokio::sync::mpsc::Sender<DrainRequest>; 2], poll: Duration) -> Self {
+        let maps = Arc::new(Mutex::new(maps));
         Self {
             drain,
-            maps: Mutex::new(maps),
+            metrics: Metrics::new(maps.clone(), &loading.attachments, &loading.tracepoints, config.upstreams.clone()),
+            maps,
             history: Mutex::new(History::new(config.closed_retention, config.closed_max)),
             superseded: Mutex::new(std::collections::HashMap::new()),
             http: Mutex::new(HttpTable::new(config.map_sizes.connections as usize)),
-            metrics: Metrics::new(&loading.attachments, &loading.tracepoints, config.upstreams.clone()),
             trace: Arc::new(trace),
             loading,
             started: Instant::now(),
@@ -208,13 +209,9 @@ impl State {
             .collect();
         self.metrics.set_top(&top);
         self.metrics.set_programs(&self.loading.programs.stats());
-        let (aggregates, framing_lost) = {
-            let maps = self.maps();
-            (maps.http_aggregates(), maps.framing_lost())
-        };
+        let aggregates = self.maps().http_aggregates();
         self.metrics.kernel_http(&aggregates);
-        let framing_lost: Vec<(&'static str, u64)> = framing_lost.into_iter().map(|(r, n)| (r.name(), n)).collect();
-        self.metrics.render(&self.kernel_counters(), &framing_lost, &self.table_gauges(&kernel), with_connections)
+        self.metrics.render(self.kernel_counter(Counter::ConnInserts), &self.table_gauges(&kernel), with_connections)
     }
 
     pub fn table_gauges(&self, kernel: &[(ConnKey, ConnStats)]) -> TableGauges {

@@ -2,13 +2,12 @@
 //! `port` (the service port: local for inbound connections, remote for outbound) takes at most
 //! [`MAX_PORT_LABELS`] distinct values, then `other`.
 #![forbid(unsafe_code)]
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use observer_common::{
     conn::{ConnKey, ConnStats, Role},
-    global::Counter,
     http::AggKey,
 };
 use prometheus::{
@@ -17,68 +16,17 @@ use prometheus::{
 
 use crate::bpf::Attachment;
 
+mod kernel;
+mod ports;
+pub mod upstream;
+
+pub use kernel::{KernelCollector, KernelCounters};
+use ports::{ephemeral_range, service_port};
+
 pub const MAX_PORT_LABELS: usize = 64;
 
 fn port_name(port: Option<u16>) -> String {
     port.map_or_else(|| "other".to_owned(), |p| p.to_string())
-}
-
-/// What the kernel counted, read at scrape time.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct KernelCounters {
-    pub packets_seen: u64,
-    pub not_tcp: u64,
-    pub parse_failures: u64,
-    pub conn_insert_failures: u64,
-    pub conn_inserts: u64,
-    pub events_lost: u64,
-    pub resets_sent: u64,
-    pub resets_received: u64,
-    pub retransmits: u64,
-    pub payload_lost: u64,
-    pub payload_skipped: u64,
-    pub payload_sent: u64,
-    pub not_http: u64,
-    pub trace_lost: u64,
-    pub payload_backlog: u64,
-    pub events_backlog: u64,
-    pub seq_contention: u64,
-    pub frame_insert_failures: u64,
-    pub http_agg_full: u64,
-    pub half_opened: u64,
-    pub half_open_promoted: u64,
-    pub bad_checksum: u64,
-}
-
-impl KernelCounters {
-    pub fn read(maps: &crate::bpf::Maps) -> Self {
-        let sum = |c: Counter| maps.counter(c);
-        let max = |c: Counter| maps.counter_max(c);
-        Self {
-            packets_seen: sum(Counter::PacketsSeen),
-            not_tcp: sum(Counter::NotTcp),
-            parse_failures: sum(Counter::ParseFailures),
-            conn_insert_failures: sum(Counter::ConnInsertFailures),
-            conn_inserts: sum(Counter::ConnInserts),
-            events_lost: sum(Counter::EventsLost),
-            resets_sent: sum(Counter::ResetsSent),
-            resets_received: sum(Counter::ResetsReceived),
-            retransmits: sum(Counter::Retransmits),
-            payload_lost: sum(Counter::PayloadLost),
-            payload_skipped: sum(Counter::PayloadSkipped),
-            payload_sent: sum(Counter::PayloadSent),
-            not_http: sum(Counter::NotHttp),
-            trace_lost: sum(Counter::TraceLost),
-            payload_backlog: max(Counter::PayloadBacklog),
-            events_backlog: max(Counter::EventsBacklog),
-            seq_contention: sum(Counter::SeqContention),
-            frame_insert_failures: sum(Counter::FrameInsertFailures),
-            http_agg_full: sum(Counter::HttpAggFull),
-            half_opened: sum(Counter::HalfOpened),
-            half_open_promoted: sum(Counter::HalfOpenPromoted),
-            bad_checksum: sum(Counter::BadChecksum),
-        }
-    }
 }
 
 /// What the daemon's table holds, read at scrape time.
@@ -95,14 +43,9 @@ pub struct TableGauges {
 
 pub struct Metrics {
     registry: Registry,
-    packets_seen: IntCounter,
-    packets_not_tcp: IntCounter,
-    packets_parse_failures: IntCounter,
-    conn_insert_failures: IntCounter,
+    /// The kernel's counters, read at each scrape.
+    kernel: Arc<KernelCollector>,
     evictions: IntCounter,
-    events_lost: IntCounter,
-    resets: IntCounterVec,
-    retransmits: IntCounter,
     connections_tracked: IntGauge,
     connections_active: IntGaugeVec,
     connections_closed_kept: IntGauge,
@@ -115,14 +58,7 @@ pub struct Metrics {
     http_unanswered: IntCounterVec,
     http_latency: HistogramVec,
     http_framing_lost: IntCounter,
-    payload_lost: IntCounter,
-    not_http: IntCounterVec,
     program_runs: IntCounterVec,
-    trace_lost: IntCounter,
-    seq_contention: IntCounter,
-    frame_insert_failures: IntCounter,
-    kernel_framing_lost: IntCounterVec,
-    ring_backlog: IntGaugeVec,
     pub ring_size: IntGaugeVec,
     program_run_seconds: CounterVec,
     program_verified: IntGaugeVec,
@@ -140,17 +76,13 @@ pub struct Metrics {
     http_series: Mutex<HashMap<SeriesKey, HttpSeries>>,
     /// The kernel's HTTP aggregates as last added ([`Metrics::kernel_http`]).
     kernel_http_seen: Mutex<HashMap<AggKey, u64>>,
-    http_agg_full: IntCounter,
-    attempts: IntCounter,
-    attempts_completed: IntCounter,
-    bad_checksum: IntCounter,
     bounds: IntCounterVec,
     /// Live traces refused: as many were following as the daemon keeps at once.
     pub trace_refused: IntCounter,
     /// API connections closed at once: as many were open as the daemon serves at once.
     pub api_refused: IntCounter,
     /// The `observer_upstream_*` series of outbound connections.
-    pub upstreams: crate::upstream::Upstreams,
+    pub upstreams: upstream::Upstreams,
 }
 
 /// Role (as u8), service port (`None`: `other`), status (0 for the per-port series).
@@ -178,8 +110,10 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c:
 }
 
 impl Metrics {
-    pub fn new(attachments: &[Attachment], tracepoints: &[(String, bool)], upstreams: crate::upstream::Policy) -> Self {
+    pub fn new(maps: Arc<Mutex<crate::bpf::Maps>>, attachments: &[Attachment], tracepoints: &[(String, bool)], upstreams: upstream::Policy) -> Self {
         let r = Registry::new();
+        let kernel = Arc::new(KernelCollector::new(maps));
+        r.register(Box::new(SharedCollector(kernel.clone()))).expect("the kernel counters register once");
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
         // names every Prometheus client library exports, so standard dashboards find the daemon.
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process metrics register once");
@@ -196,14 +130,7 @@ impl Metrics {
         let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid"));
         let counter_vec = |name: &str, help: &str, labels: &[&str]| reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid"));
         Self {
-            packets_seen: counter("observer_packets_seen_total", "Packets the tc programs saw, on every attached interface and direction."),
-            packets_not_tcp: counter("observer_packets_not_tcp_total", "Well-formed packets that are not TCP (ARP, UDP, ICMP, ...)."),
-            packets_parse_failures: counter("observer_packets_parse_failures_total", "Packets whose headers could not be parsed (truncated, IP fragments, long IPv6 extension chains)."),
-            conn_insert_failures: counter("observer_connection_insert_failures_total", "New connections the kernel map refused (expected to stay 0: the map is LRU)."),
             evictions: counter("observer_connection_evictions_total", "Connections the full kernel map evicted (least recently active first) to make room."),
-            events_lost: counter("observer_events_lost_total", "Lifecycle events dropped because the ring buffer was full; per-connection counters stay exact."),
-            resets: counter_vec("observer_resets_total", "TCP resets by direction (sent by this host's stack, received from peers), every connection together.", &["direction"]),
-            retransmits: counter("observer_retransmits_total", "TCP segments this host retransmitted, every connection together."),
             connections_tracked: reg(&r, IntGauge::new("observer_connections_tracked", "Entries in the kernel's connection map (open and recently closed).").expect("valid")),
             connections_active: reg(&r, IntGaugeVec::new(Opts::new("observer_connections_active", "Open connections by role."), &["role"]).expect("valid")),
             connections_closed_kept: reg(&r, IntGauge::new("observer_connections_closed_kept", "Closed connections the daemon keeps for post-mortems (bounded, see --closed-retention).").expect("valid")),
@@ -227,13 +154,6 @@ impl Metrics {
                 &["role", "port", "class"],
             ).expect("valid")),
             http_framing_lost: counter("observer_http_framing_lost_total", "Times HTTP framing of a connection lost its place (bytes the daemon never got) and resynchronised at the next message."),
-            payload_lost: counter("observer_payload_records_lost_total", "HTTP payload records dropped because the payload ring buffer was full."),
-            not_http: counter_vec("observer_not_http_connections_total", "Connections found not to be HTTP/1.x (TLS, binary protocols), never parsed: by the kernel from their first bytes, or by the daemon when those were too few to tell.", &["detected_by"]),
-            trace_lost: counter("observer_trace_records_lost_total", "Trace records dropped because the trace ring buffer was full."),
-            frame_insert_failures: counter("observer_http_kernel_frame_insert_failures_total", "Connections whose kernel HTTP framing state the HTTP_FRAMES map refused (should stay 0: the map is LRU)."),
-            kernel_framing_lost: counter_vec("observer_http_fallback_total", "Times the kernel's HTTP framer lost its place in a connection direction and handed it to the daemon's framer, by reason (gap, head_too_long, bad_length, pipeline_too_deep, unknown_coding, bad_chunk, bad_head, unpaired, budget; not_http: nobody frames it).", &["reason"]),
-            seq_contention: counter("observer_seq_contention_total", "Segments whose per-direction sequence bookkeeping lost every compare-and-exchange attempt to another CPU (their bytes were counted as new). Should stay 0."),
-            ring_backlog: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_backlog_bytes", "Bytes waiting in a ring buffer when a kernel program last wrote to it (fill; compare with observer_ringbuf_size_bytes)."), &["ring"]).expect("valid")),
             ring_size: reg(&r, IntGaugeVec::new(Opts::new("observer_ringbuf_size_bytes", "Size of each ring buffer."), &["ring"]).expect("valid")),
             program_runs: counter_vec("observer_program_runs_total", "Runs of each kernel program (counted while sysctl kernel.bpf_stats_enabled=1).", &["program"]),
             program_run_seconds: reg(&r, CounterVec::new(Opts::new("observer_program_run_seconds_total", "Time spent in each kernel program (counted while sysctl kernel.bpf_stats_enabled=1)."), &["program"]).expect("valid")),
@@ -246,14 +166,11 @@ impl Metrics {
             ephemeral: ephemeral_range(),
             http_series: Mutex::new(HashMap::new()),
             kernel_http_seen: Mutex::new(HashMap::new()),
-            http_agg_full: counter("observer_http_kernel_aggregates_full_total", "Messages the kernel framer counted that its full HTTP_AGG map could not add to the aggregates: /metrics misses them (should stay 0)."),
-            attempts: counter("observer_inbound_attempts_total", "Inbound connection attempts (a peer's SYN on a four-tuple without a connection), held apart from the connection map until the handshake completes: spoofed SYNs never evict a connection."),
-            attempts_completed: counter("observer_inbound_attempts_completed_total", "Inbound attempts whose handshake completed (moved to the connection map); the rest were refused, abandoned, or a SYN flood."),
-            bad_checksum: counter("observer_bad_checksum_segments_total", "Segments received with a checksum (TCP, or IPv4 header) the host's stack rejects: dropped there, so counted nowhere else (no packets, bytes, connection or HTTP message)."),
             bounds: counter_vec("observer_bounds_reached_total", "Times the daemon reached one of its bounds and let something go instead of growing: http_table (a connection's HTTP state evicted, the least recently active), http_pending (requests waiting beyond 16384 on one connection, kept as a count only), http_retired (HTTP state of a reused four-tuple dropped before its close), history (a closed connection dropped before --closed-retention, beyond --closed-max).", &["bound"]),
             api_refused: counter("observer_api_connections_refused_total", "API and /metrics connections closed at once because 256 were already open (each has 10 s to send a request head)."),
             trace_refused: counter("observer_trace_refused_total", "Live traces refused because 64 were already following connections."),
-            upstreams: crate::upstream::Upstreams::new(&r, upstreams),
+            upstreams: upstream::Upstreams::new(&r, upstreams),
+            kernel,
             registry: r,
         }
     }
@@ -338,7 +255,9 @@ impl Metrics {
                     }
                 }
                 Outcome::FramingLost => self.http_framing_lost.inc(),
-                Outcome::NotHttp => self.not_http.with_label_values(&["daemon"]).inc(),
+                Outcome::NotHttp => {
+                    self.kernel.not_http_daemon.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
     }
@@ -410,61 +329,9 @@ impl Metrics {
     /// Brings the counters up to the kernel's values and renders the text exposition format.
     /// `with_connections`: include the per-connection (top K) series, whose labels are
     /// four-tuples; without, aggregates only (`--metrics-listen`).
-    pub fn render(&self, k: &KernelCounters, framing_lost: &[(&'static str, u64)], t: &TableGauges, with_connections: bool) -> String {
-        let KernelCounters {
-            packets_seen,
-            not_tcp,
-            parse_failures,
-            conn_insert_failures,
-            conn_inserts,
-            events_lost,
-            resets_sent,
-            resets_received,
-            retransmits,
-            payload_lost,
-            payload_skipped: _,
-            payload_sent: _,
-            not_http,
-            trace_lost,
-            payload_backlog,
-            events_backlog,
-            seq_contention,
-            frame_insert_failures,
-            http_agg_full,
-            half_opened,
-            half_open_promoted,
-            bad_checksum,
-        } = *k;
-        for (reason, v) in framing_lost {
-            let c = self.kernel_framing_lost.with_label_values(&[reason]);
-            c.inc_by(v.saturating_sub(c.get()));
-        }
-        self.ring_backlog.with_label_values(&["payload"]).set(payload_backlog as i64);
-        self.ring_backlog.with_label_values(&["events"]).set(events_backlog as i64);
-        let evictions = conn_inserts.saturating_sub(t.kernel_entries);
-        for (c, v) in [
-            (&self.packets_seen, packets_seen),
-            (&self.packets_not_tcp, not_tcp),
-            (&self.packets_parse_failures, parse_failures),
-            (&self.conn_insert_failures, conn_insert_failures),
-            (&self.evictions, evictions),
-            (&self.events_lost, events_lost),
-            (&self.retransmits, retransmits),
-            (&self.payload_lost, payload_lost),
-            (&self.not_http.with_label_values(&["kernel"]), not_http),
-            (&self.trace_lost, trace_lost),
-            (&self.seq_contention, seq_contention),
-            (&self.frame_insert_failures, frame_insert_failures),
-            (&self.http_agg_full, http_agg_full),
-            (&self.attempts, half_opened),
-            (&self.attempts_completed, half_open_promoted),
-            (&self.bad_checksum, bad_checksum),
-            (&self.resets.with_label_values(&["sent"]), resets_sent),
-            (&self.resets.with_label_values(&["received"]), resets_received),
-        ] {
-            // Kernel counters only grow; a scrape brings ours up to theirs.
-            c.inc_by(v.saturating_sub(c.get()));
-        }
+    pub fn render(&self, conn_inserts: u64, t: &TableGauges, with_connections: bool) -> String {
+        // Derived: every connection the kernel inserted and no longer holds was evicted.
+        self.evictions.inc_by(conn_inserts.saturating_sub(t.kernel_entries).saturating_sub(self.evictions.get()));
         for (bound, v) in t.bounds {
             let c = self.bounds.with_label_values(&[bound]);
             c.inc_by(v.saturating_sub(c.get()));
@@ -484,51 +351,15 @@ impl Metrics {
     }
 }
 
-/// The port that names a connection's service: the local one for inbound connections, the
-/// remote one for outbound ones; when the role is unknown (the connection was open before the
-/// daemon started, no SYN seen, and HTTP framing has not told yet), the end that is not in the
-/// ephemeral range `(lo, hi)`, else the lower one: never a client's ephemeral port, which would
-/// spend the bounded port labels on one-off values.
-pub fn service_port(key: &ConnKey, role: Role, (lo, hi): (u16, u16)) -> u16 {
-    match role {
-        Role::Outbound => key.remote_port,
-        Role::Inbound => key.local_port,
-        Role::Unknown => {
-            let ephemeral = |p: u16| (lo..=hi).contains(&p);
-            match (ephemeral(key.local_port), ephemeral(key.remote_port)) {
-                (true, false) => key.remote_port,
-                (false, true) => key.local_port,
-                _ => key.local_port.min(key.remote_port),
-            }
-        }
+/// The kernel collector, shared with the registry.
+struct SharedCollector(Arc<KernelCollector>);
+
+impl prometheus::core::Collector for SharedCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
     }
-}
 
-/// `net.ipv4.ip_local_port_range` of the daemon's network namespace (Linux's default when it
-/// cannot be read).
-fn ephemeral_range() -> (u16, u16) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| {
-            let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32768, 60999))
-}
-
-#[cfg(test)]
-mod port_tests {
-    use super::*;
-
-    #[test]
-    fn an_unknown_role_never_names_an_ephemeral_port() {
-        let key = |local, remote| ConnKey { local_port: local, remote_port: remote, ..ConnKey::zeroed() };
-        let range = (32768, 60999);
-        assert_eq!(service_port(&key(80, 51234), Role::Unknown, range), 80, "a client of ours, open before the start");
-        assert_eq!(service_port(&key(45678, 8080), Role::Unknown, range), 8080, "our own connection to an upstream");
-        assert_eq!(service_port(&key(443, 8443), Role::Unknown, range), 443, "neither ephemeral: the lower");
-        assert_eq!(service_port(&key(45678, 51234), Role::Unknown, range), 45678, "both ephemeral: the lower");
-        assert_eq!(service_port(&key(45678, 8080), Role::Outbound, range), 8080);
-        assert_eq!(service_port(&key(80, 51234), Role::Inbound, range), 80);
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
     }
 }
