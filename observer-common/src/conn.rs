@@ -163,6 +163,7 @@ impl ConnStats {
 /// Who opened the connection.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum Role {
     #[default]
     Unknown = 0,
@@ -193,6 +194,7 @@ impl Role {
 /// Which side closed first (sent the first FIN, or the reset).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum Closer {
     Unknown = 0,
     Local = 1,
@@ -256,6 +258,7 @@ pub mod tcp_state {
 /// Why a connection ended.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
 pub enum CloseReason {
     /// FIN both ways.
     Normal = 1,

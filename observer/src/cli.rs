@@ -345,10 +345,17 @@ pub fn timeline_line(v: &Value, client_is_remote: Option<bool>, with_connection:
         }
         // Requests always travel from the client toward the server.
         "request" => format!("→ {} {}", s(v, "method"), s(v, "target")),
-        "response" => match v.get("latency_ms").and_then(Value::as_f64) {
-            Some(ms) => format!("← {} after {ms:.1} ms", u(v, &["status"])),
-            None => format!("← {}", u(v, &["status"])),
-        },
+        "response" => {
+            let mut l = format!("← {}", u(v, &["status"]));
+            if let Some(ms) = v.get("latency_ms").and_then(Value::as_f64) {
+                let _ = write!(l, " after {ms:.1} ms");
+            }
+            // A trace by status shows no request lines: the response names the one it answers.
+            if let (Some(method), Some(target)) = (v.get("method").and_then(Value::as_str), v.get("target").and_then(Value::as_str)) {
+                let _ = write!(l, " for {method} {target}");
+            }
+            l
+        }
         "no_response" => format!("✗ {} request(s) never answered", u(v, &["requests"])),
         "reset" => {
             // Sent by this host: toward the remote end.
@@ -469,6 +476,14 @@ mod tests {
         assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>()[..4], ["198.18.1.1:80", "198.18.1.2:51234", "inbound", "closed:reset"]);
         // Cut at the terminal's edge, nowhere else.
         assert!(render_table(&conns, "10s", 50).lines().all(|l| l.chars().count() <= 50));
+    }
+
+    #[test]
+    fn a_response_names_the_request_it_answers_when_the_line_carries_it() {
+        let line = |v: Value| timeline_line(&v, Some(true), false, Zone::Utc).split_once(' ').unwrap().1.to_owned();
+        assert_eq!(line(serde_json::json!({"type": "response", "time": 0.0, "status": 502, "latency_ms": 31.21})), "← 502 after 31.2 ms");
+        assert_eq!(line(serde_json::json!({"type": "response", "time": 0.0, "status": 502, "latency_ms": 31.21, "method": "GET", "target": "/api/orders"})), "← 502 after 31.2 ms for GET /api/orders");
+        assert_eq!(line(serde_json::json!({"type": "response", "time": 0.0, "status": 100, "latency_ms": null, "method": "PUT", "target": "/upload"})), "← 100 for PUT /upload");
     }
 
     #[test]

@@ -16,7 +16,9 @@ mod state;
 mod timeline;
 mod http;
 mod kernel_http;
+mod man;
 mod metrics;
+mod model;
 mod query;
 mod ring_lag;
 mod sys;
@@ -186,8 +188,17 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the manual page (roff): `observer man | man -l -`, or save it as observer.1.
-    Man,
+    /// Print the manual page (roff): `observer man | man -l -`, or save it as observer.1; with a
+    /// SUBCOMMAND, that subcommand's page; with --dir, write every page.
+    Man {
+        /// Print this subcommand's page (`trace`: observer-trace(1)) instead.
+        #[arg(value_name = "SUBCOMMAND", value_parser = man_page_of, conflicts_with = "dir")]
+        subcommand: Option<String>,
+        /// Write observer.1 and a page per subcommand (observer-run.1, observer-trace.1, ...) into
+        /// DIR, made if missing: `observer man --dir /usr/local/share/man/man1`.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Detach the programs a daemon left attached and remove its pinned state (its counts go
     /// too). Run it where the daemon ran (same network namespace), with the daemon stopped.
     Detach {
@@ -348,7 +359,8 @@ fn main() -> std::process::ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "observer", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map_err(anyhow::Error::from),
+        Command::Man { subcommand, dir: None } => man::page(Cli::command(), subcommand.as_deref()).and_then(|p| Ok(p.render(&mut std::io::stdout())?)),
+        Command::Man { subcommand: _, dir: Some(dir) } => man::write_pages(Cli::command(), &dir).map(drop),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -356,6 +368,17 @@ fn main() -> std::process::ExitCode {
             eprintln!("observer: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// `observer man SUBCOMMAND`: a subcommand clap knows (read when the arguments are parsed, so
+/// the definition is complete by then).
+fn man_page_of(s: &str) -> Result<String, String> {
+    let names = man::subcommand_names(&Cli::command());
+    if names.iter().any(|n| n == s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("no subcommand {s:?}; the pages are of {}", names.join(", ")))
     }
 }
 
@@ -390,11 +413,25 @@ mod tests {
     #[test]
     fn the_man_page_renders_with_its_sections() {
         let mut out = Vec::new();
-        clap_mangen::Man::new(Cli::command()).render(&mut out).unwrap();
+        man::page(Cli::command(), None).unwrap().render(&mut out).unwrap();
         let page = String::from_utf8(out).unwrap();
         for section in [".TH observer 1", ".SH NAME", ".SH SYNOPSIS", ".SH SUBCOMMANDS", "observer\\-trace"] {
             assert!(page.contains(section), "the man page lacks {section:?}:\n{page}");
         }
+    }
+
+    #[test]
+    fn man_takes_a_subcommand_or_a_directory() {
+        let man = |args: &[&str]| match Cli::try_parse_from([&["observer", "man"], args].concat()).map(|c| c.command) {
+            Ok(Command::Man { subcommand, dir }) => Ok((subcommand, dir)),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(man(&[]), Ok((None, None)));
+        assert_eq!(man(&["trace"]), Ok((Some("trace".to_owned()), None)));
+        assert_eq!(man(&["--dir", "/tmp/m"]), Ok((None, Some(PathBuf::from("/tmp/m")))));
+        assert!(man(&["help"]).unwrap_err().contains("the pages are of run, connections, top"));
+        assert!(man(&["trace", "--dir", "/tmp/m"]).is_err(), "one or the other");
     }
 
     #[test]

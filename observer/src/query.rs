@@ -5,7 +5,15 @@ use std::{cmp::Ordering, collections::HashMap, net::IpAddr, net::SocketAddr};
 
 use observer_common::conn::ConnKey;
 
-use crate::table::Connection;
+use crate::model::{ConnStatus, Connection, Role, TcpState};
+
+/// `state=`: open, ended (`closed`: final or still closing), or one TCP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFilter {
+    Open,
+    Ended,
+    Tcp(TcpState),
+}
 
 pub const CONNECTION_FORM: &str = "a connection is written LOCAL REMOTE, e.g. `198.18.0.1:80 198.18.0.2:51234` or `[2001:db8::1]:443 [2001:db8::2]:40000` (in a URL path the space is %20; a comma also separates)";
 
@@ -109,8 +117,8 @@ impl SortKey {
 #[derive(Clone, Debug, Default)]
 pub struct Query {
     /// `open`, `closed`, or a TCP state name (`established`, `time_wait`, ...).
-    pub state: Option<String>,
-    pub role: Option<String>,
+    pub state: Option<StateFilter>,
+    pub role: Option<Role>,
     /// Matches the local or the remote port.
     pub port: Option<u16>,
     pub local_port: Option<u16>,
@@ -145,17 +153,13 @@ impl Query {
                 "state" => {
                     let v = v.to_ascii_lowercase();
                     const STATES: &str = "open, closed, established, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, close_wait, last_ack, closing, unknown";
-                    if !STATES.split(", ").any(|s| s == v) {
-                        return Err(format!("state={v:?}: expected one of {STATES}"));
-                    }
-                    q.state = Some(v);
+                    q.state = Some(match v.as_str() {
+                        "open" => StateFilter::Open,
+                        "closed" => StateFilter::Ended,
+                        _ => StateFilter::Tcp(STATES.split(", ").any(|s| s == v).then(|| crate::model::from_name(&v)).flatten().ok_or_else(|| format!("state={v:?}: expected one of {STATES}"))?),
+                    });
                 }
-                "role" => {
-                    if !matches!(v.as_str(), "inbound" | "outbound" | "unknown") {
-                        return Err(format!("role={v:?}: expected inbound, outbound or unknown"));
-                    }
-                    q.role = Some(v.clone());
-                }
+                "role" => q.role = Some(crate::model::from_name(v).ok_or_else(|| format!("role={v:?}: expected inbound, outbound or unknown"))?),
                 "port" => q.port = Some(port(name, v)?),
                 "local_port" => q.local_port = Some(port(name, v)?),
                 "remote_port" => q.remote_port = Some(port(name, v)?),
@@ -185,15 +189,15 @@ impl Query {
 
     pub fn matches(&self, c: &Connection) -> bool {
         let key = &c.incarnation.0;
-        let state_ok = match self.state.as_deref() {
+        let state_ok = match self.state {
             None => true,
-            Some("open") => c.status == "open",
+            Some(StateFilter::Open) => c.status == ConnStatus::Open,
             // Ended: final, or still gathering its last counts.
-            Some("closed") => c.status != "open",
-            Some(s) => c.state == s,
+            Some(StateFilter::Ended) => c.status != ConnStatus::Open,
+            Some(StateFilter::Tcp(s)) => c.state == s,
         };
         state_ok
-            && self.role.as_deref().is_none_or(|r| c.role == r)
+            && self.role.is_none_or(|r| c.role == r)
             && self.port.is_none_or(|p| key.local_port == p || key.remote_port == p)
             && self.local_port.is_none_or(|p| key.local_port == p)
             && self.remote_port.is_none_or(|p| key.remote_port == p)

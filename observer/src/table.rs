@@ -7,14 +7,15 @@ use std::{
 };
 
 use observer_common::{
-    conn::{tcp_state, CloseReason, Closer, ConnKey, ConnStats, Role, FAMILY_IPV4},
+    conn::{CloseReason, Closer, ConnKey, ConnStats, Role, FAMILY_IPV4},
     frame::ConnFrame,
 };
-use serde::Serialize;
 
+pub use crate::model::Connection;
 use crate::{
-    kernel_http::KernelHttp,
     http::{HttpRecord, HttpView},
+    kernel_http::KernelHttp,
+    model::{ConnStatus, Family, LifecycleEvent, Protocol, TcpState},
     sys::{ktime_to_unix_seconds, monotonic_ns},
 };
 
@@ -32,89 +33,6 @@ pub fn is_closed(s: &ConnStats, now_ns: u64, quiet_ns: u64) -> bool {
     let idle = now_ns.saturating_sub(s.last_seen_ns) >= quiet_ns;
     let no_socket = s.state == 0;
     no_socket && idle && (s.rst_in + s.rst_out > 0 || (s.fin_in > 0 && s.fin_out > 0))
-}
-
-/// One step in a connection's life.
-#[derive(Clone, Debug, Serialize)]
-pub struct LifecycleEvent {
-    pub event: &'static str,
-    /// Unix time, seconds.
-    pub time: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<&'static str>,
-}
-
-/// One connection as the API and CLI show it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Connection {
-    /// The connection's one written form: local then remote endpoint.
-    pub connection: String,
-    pub local: String,
-    pub remote: String,
-    pub family: &'static str,
-    /// `inbound` (a peer connected to a local listener), `outbound` (this host connected out) or `unknown`.
-    pub role: &'static str,
-    /// `open`; `closing` (it ended; for a moment its final counts are still being gathered);
-    /// `closed` (final: counts, close reason and HTTP outcome will not change).
-    pub status: &'static str,
-    /// The TCP state the socket layer last reported (`established`, `fin_wait2`, ...; `unknown` if none).
-    pub state: &'static str,
-    /// Segments on the wire (each segment of a GSO/GRO super-packet counts), retransmissions included.
-    pub packets_in: u64,
-    pub packets_out: u64,
-    /// Payload bytes of the stream, each once: what the applications sent and received.
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub syn_in: u64,
-    pub syn_out: u64,
-    pub fin_in: u64,
-    pub fin_out: u64,
-    /// Reset segments on the wire (tc view).
-    pub rst_in: u64,
-    pub rst_out: u64,
-    /// Resets the TCP stack sent / received (socket view).
-    pub resets_sent: u64,
-    pub resets_received: u64,
-    pub retransmits: u64,
-    /// Segments seen on the wire that repeated sequence space already seen (out: this host sent
-    /// again; in: the peer did, or they arrived out of order), and their repeated payload bytes.
-    pub retransmitted_segments_in: u64,
-    pub retransmitted_segments_out: u64,
-    pub retransmitted_bytes_in: u64,
-    pub retransmitted_bytes_out: u64,
-    /// HTTP payload records the kernel could not hand over (full ring). Harmless when they held
-    /// only body bytes; when framing missed a message because of them, `http.framing_lost` says so.
-    pub payload_records_lost: u64,
-    /// What it carries, from its first bytes: `http1`, `tls`, `h2` (HTTP/2 with prior
-    /// knowledge), `other`, or `unknown` (no payload yet, or first seen mid-stream).
-    pub protocol: &'static str,
-    /// For `tls`: the server name its client asked for (SNI), when the ClientHello's first
-    /// segment carried it.
-    pub sni: Option<String>,
-    /// Handshake round-trip time in milliseconds, when both handshake packets were seen here.
-    pub handshake_rtt_ms: Option<f64>,
-    /// Who closed first: `local`, `remote`, or `unknown` (still open, or no FIN/reset seen).
-    pub closer: &'static str,
-    /// Why it ended (`normal`, `reset_sent`, `reset_received`, `refused`, `timed_out`); null while open.
-    pub close_reason: Option<&'static str>,
-    /// Unix times in seconds. `opened` is when it reached ESTABLISHED (null if it never did).
-    pub first_seen: f64,
-    pub last_seen: f64,
-    pub opened: Option<f64>,
-    pub closed: Option<f64>,
-    /// From the first packet to the close (closed) or to now (open).
-    pub duration_seconds: f64,
-    pub idle_seconds: f64,
-    /// The connection's life as events, oldest first: first packet, established, closed (with
-    /// the reason). Resets and retransmissions are counted above; live detail is `observer trace`.
-    pub lifecycle: Vec<LifecycleEvent>,
-    /// HTTP/1.x exchanges, when the connection carries HTTP.
-    pub http: Option<HttpView>,
-    /// HTTP/1.x as the kernel counted it (`observer_common::frame`), when it followed the
-    /// connection from its SYN.
-    pub http_kernel: Option<crate::kernel_http::KernelHttp>,
-    #[serde(skip)]
-    pub incarnation: Incarnation,
 }
 
 impl Connection {
@@ -180,10 +98,10 @@ impl Connection {
             connection: key.to_string(),
             local: key.local().to_string(),
             remote: key.remote().to_string(),
-            family: if key.family == FAMILY_IPV4 { "ipv4" } else { "ipv6" },
-            role: Role::from_u8(role).name(),
-            status: if closed { "closed" } else { "open" },
-            state: if closed && state == 0 { "closed" } else { tcp_state::name(state) },
+            family: if key.family == FAMILY_IPV4 { Family::Ipv4 } else { Family::Ipv6 },
+            role: Role::from_u8(role),
+            status: if closed { ConnStatus::Closed } else { ConnStatus::Open },
+            state: if closed && state == 0 { TcpState::Closed } else { TcpState::of(state) },
             packets_in,
             packets_out,
             bytes_in,
@@ -202,11 +120,11 @@ impl Connection {
             retransmitted_bytes_in,
             retransmitted_bytes_out,
             payload_records_lost,
-            protocol: observer_common::proto::protocol_name(protocol),
+            protocol: Protocol::of(protocol),
             sni: None,
             handshake_rtt_ms: (handshake_rtt_ns != 0).then(|| handshake_rtt_ns as f64 / 1e6),
-            closer: closer.name(),
-            close_reason: closed.then(|| CloseReason::of(stats).name()),
+            closer,
+            close_reason: closed.then(|| CloseReason::of(stats)),
             first_seen: ktime_to_unix_seconds(first_seen_ns),
             last_seen: ktime_to_unix_seconds(last_seen_ns),
             opened: (opened_ns != 0).then(|| ktime_to_unix_seconds(opened_ns)),
@@ -214,12 +132,13 @@ impl Connection {
             duration_seconds: end_ns.saturating_sub(first_seen_ns) as f64 / 1e9,
             idle_seconds: now_ns.saturating_sub(last_seen_ns) as f64 / 1e9,
             lifecycle: {
-                let mut l = vec![LifecycleEvent { event: "first_seen", time: ktime_to_unix_seconds(first_seen_ns), detail: Some(Role::from_u8(role).name()) }];
+                let event = |event: &str, ns: u64, detail: Option<&str>| LifecycleEvent { event: event.to_owned(), time: ktime_to_unix_seconds(ns), detail: detail.map(str::to_owned) };
+                let mut l = vec![event("first_seen", first_seen_ns, Some(Role::from_u8(role).name()))];
                 if opened_ns != 0 {
-                    l.push(LifecycleEvent { event: "opened", time: ktime_to_unix_seconds(opened_ns), detail: None });
+                    l.push(event("opened", opened_ns, None));
                 }
                 if closed {
-                    l.push(LifecycleEvent { event: "closed", time: ktime_to_unix_seconds(end_ns), detail: Some(CloseReason::of(stats).name()) });
+                    l.push(event("closed", end_ns, Some(CloseReason::of(stats).name())));
                 }
                 l
             },
@@ -328,7 +247,7 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
                     if closed {
                         // Ended, but its final counts (resets sent after the close, the last
                         // HTTP records, unanswered requests) are still being gathered.
-                        c.status = "closing";
+                        c.status = ConnStatus::Closing;
                     }
                     live_http(k)
                 }
@@ -386,7 +305,7 @@ mod tests {
         s.last_seen_ns = 100;
         assert!(!is_closed(&s, 150, 100));
         assert!(is_closed(&s, 200, 100));
-        s.state = tcp_state::ESTABLISHED;
+        s.state = observer_common::conn::tcp_state::ESTABLISHED;
         assert!(!is_closed(&s, 10_000, 100), "a socket exists: only its CLOSE event ends it");
     }
 
@@ -399,7 +318,7 @@ mod tests {
         h.archive(key(1), gone, None, None, 10);
         let mut live = ConnStats::zeroed();
         live.first_seen_ns = 7;
-        live.state = tcp_state::ESTABLISHED;
+        live.state = observer_common::conn::tcp_state::ESTABLISHED;
         let all = merge(&[(key(2), live), (key(1), gone)], &h, 1, &|_| None, &HashMap::new(), None);
         assert_eq!(all.len(), 2, "the archived one that is still in the kernel is shown once");
         let all = merge(&[(key(2), live)], &h, 1, &|_| None, &HashMap::new(), None);
@@ -407,6 +326,6 @@ mod tests {
         let one = merge(&[], &h, 1, &|_| None, &HashMap::new(), Some(&key(1)));
         assert_eq!(one.len(), 1, "only the asked four-tuple's history");
         assert!(merge(&[], &h, 1, &|_| None, &HashMap::new(), Some(&key(3))).is_empty());
-        assert_eq!(all.iter().filter(|c| c.status == "closed").count(), 1);
+        assert_eq!(all.iter().filter(|c| c.status == ConnStatus::Closed).count(), 1);
     }
 }

@@ -3,7 +3,9 @@
 //! leaves through an error or a panic.
 //!
 //! Raw mode here clears ISIG as well: Ctrl-C reaches `top` as a key instead of killing the
-//! process, so it leaves through `Drop` like `q` does and the terminal is never left raw. A frame
+//! process, so it leaves through `Drop` like `q` does and the terminal is never left raw. Signals
+//! from outside (SIGTERM from `kill`, SIGHUP when the terminal closes, SIGINT sent as a signal)
+//! restore it too, then end the process as the signal would have (status 128 + its number). A frame
 //! rewrites only the lines that changed, all in one write: the terminal never shows a cleared
 //! screen between two frames.
 #![forbid(unsafe_code)]
@@ -69,6 +71,14 @@ impl Screen {
         if !io::stdin().is_terminal() || !io::stdout().is_terminal() {
             return None;
         }
+        // Before raw mode: no moment when a signal would leave it behind. Without the watcher
+        // (it fails only when the system is out of threads or descriptors), keys still restore
+        // the terminal.
+        if let Err(e) = restore_on_signals() {
+            log::warn!("the terminal will not be restored if top is killed: {e}");
+        }
+        // A signal now is handled once the terminal is set up: restored after, not before.
+        let _setting_up = io::stdout().lock();
         terminal::enable_raw_mode().ok()?;
         let (cols, rows) = terminal::size().unwrap_or((80, 24));
         let screen = Self { frames: Frames { shown: Vec::new(), rows: rows.into(), cols: cols.into() } };
@@ -118,11 +128,47 @@ impl Screen {
 
 impl Drop for Screen {
     fn drop(&mut self) {
-        let mut out = io::stdout();
-        let _ = queue!(out, cursor::Show, terminal::LeaveAlternateScreen);
-        let _ = out.flush();
-        let _ = terminal::disable_raw_mode();
+        restore();
     }
+}
+
+/// Undoes what [`Screen::enter`] did: the cursor shown, the screen the shell wrote on, lines and
+/// echo and signal keys as the terminal had them. Errors are ignored: after a SIGHUP there is no
+/// terminal left to restore.
+fn restore() {
+    let mut out = io::stdout();
+    let _ = queue!(out, cursor::Show, terminal::LeaveAlternateScreen);
+    let _ = out.flush();
+    let _ = terminal::disable_raw_mode();
+}
+
+/// Catches SIGTERM, SIGHUP and SIGINT for as long as the process lives: on the first, restores
+/// the terminal and exits with 128 + the signal's number, the status a shell reports for a
+/// process the signal ended. A thread of its own waits for them (tokio's signal handling: the
+/// handler itself only wakes it), so the terminal is restored whatever `top` is blocked on.
+fn restore_on_signals() -> io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let (mut term, mut hup, mut int) = {
+        // Registered here, before the caller goes raw; only waited for on the thread.
+        let _runtime = rt.enter();
+        (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?, signal(SignalKind::interrupt())?)
+    };
+    std::thread::Builder::new().name("top-signals".into()).spawn(move || {
+        let signo = rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => SignalKind::terminate(),
+                _ = hup.recv() => SignalKind::hangup(),
+                _ = int.recv() => SignalKind::interrupt(),
+            }
+        })
+        .as_raw_value();
+        // Held until the process is gone: `top` cannot draw a frame over the restored screen.
+        let _out = io::stdout().lock();
+        restore();
+        std::process::exit(128 + signo);
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

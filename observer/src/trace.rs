@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 
 use crate::{query::parse_connection, sys::ktime_to_unix_seconds};
 
+mod pairing;
+
 /// What a subscriber follows: one connection, or a partial four-tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
@@ -163,6 +165,8 @@ pub trait KernelFilters: Send + Sync {
 struct State {
     next_id: u64,
     subs: HashMap<u64, Subscriber>,
+    /// The requests waiting on the connections followed by status, for the responses to name.
+    pairing: pairing::Pairing,
 }
 
 /// Live traces at once, at most.
@@ -221,6 +225,10 @@ impl Hub {
             self.kernel.remove(&gone.follow.kernel);
         }
         self.kernel.set_shapes(Self::shapes(&st));
+        if gone.follow.status.is_some() {
+            let State { subs, pairing, .. } = &mut *st;
+            pairing.retain(|k| subs.values().any(|s| s.follow.status.is_some() && s.follow.matches(k)));
+        }
     }
 
     pub fn active(&self) -> usize {
@@ -228,20 +236,37 @@ impl Hub {
     }
 
     /// Sends `line` (built only if someone follows `key`) to every matching subscriber. A full
-    /// subscriber loses the line; its stream says so.
+    /// subscriber loses the line; its stream says so. A trace by status gets its `response`
+    /// lines with the `method` and `target` of the request answered, when known.
     pub fn publish(&self, key: &ConnKey, line: impl FnOnce() -> Value) {
-        let st = self.state.lock().expect("trace lock");
-        let matching: Vec<&Subscriber> = st.subs.values().filter(|s| s.follow.matches(key)).collect();
+        let mut st = self.state.lock().expect("trace lock");
+        let State { subs, pairing, .. } = &mut *st;
+        let matching: Vec<&Subscriber> = subs.values().filter(|s| s.follow.matches(key)).collect();
         if matching.is_empty() {
             return;
         }
         let line = line();
-        let mut text = None;
+        // Only a trace by status drops the request lines: the others show the request already.
+        let answered = if matching.iter().any(|s| s.follow.status.is_some()) { pairing.observe(key, &line) } else { None };
+        let (mut plain, mut named) = (None, None);
         for s in matching.into_iter().filter(|s| s.follow.wants(&line)) {
-            let text = text.get_or_insert_with(|| line.to_string());
+            let text = match (&answered, s.follow.status) {
+                (Some(request), Some(_)) => named.get_or_insert_with(|| with_request(&line, request)),
+                _ => plain.get_or_insert_with(|| line.to_string()),
+            };
             let _ = s.tx.try_send(text.clone());
         }
     }
+}
+
+/// A `response` line with the request it answers.
+fn with_request(line: &Value, request: &pairing::Request) -> String {
+    let mut line = line.clone();
+    if let Some(fields) = line.as_object_mut() {
+        fields.insert("method".into(), request.method.clone().into());
+        fields.insert("target".into(), request.target.clone().into());
+    }
+    line.to_string()
 }
 
 fn flags(f: u8) -> String {
@@ -361,6 +386,32 @@ mod tests {
         let drain = |rx: &mut mpsc::Receiver<String>| std::iter::from_fn(|| rx.try_recv().ok()).map(|l| serde_json::from_str::<Value>(&l).unwrap()["status"].as_u64().unwrap()).collect::<Vec<_>>();
         assert_eq!(drain(&mut all), [200, 502, 503]);
         assert_eq!(drain(&mut errors), [502]);
+    }
+
+    #[test]
+    fn a_trace_by_status_names_the_request_each_response_answers() {
+        let hub = Arc::new(Hub::new(Box::new(Arc::new(Recorder(Mutex::new(Vec::new()))))));
+        let (_all, mut all) = hub.subscribe(follow(&[("local_port", "80")]).unwrap()).unwrap();
+        let (errors_sub, mut errors) = hub.subscribe(follow(&[("local_port", "80"), ("status", "5xx")]).unwrap()).unwrap();
+        let c = parse_connection("198.18.1.1:80 198.18.1.2:5000").unwrap();
+        let t = 1_750_000_000.0;
+        hub.publish(&c, || json!({"type": "opened", "time": t}));
+        for target in ["/ok", "/api/orders"] {
+            hub.publish(&c, || json!({"type": "request", "time": t + 0.001, "method": "GET", "target": target}));
+        }
+        for status in [200, 502] {
+            hub.publish(&c, || json!({"type": "response", "time": t + 0.002, "status": status, "latency_ms": 1.0}));
+        }
+        let lines = |rx: &mut mpsc::Receiver<String>| std::iter::from_fn(|| rx.try_recv().ok()).map(|l| serde_json::from_str::<Value>(&l).unwrap()).collect::<Vec<_>>();
+        let five = lines(&mut errors);
+        assert_eq!(five.len(), 1, "{five:?}");
+        assert_eq!((&five[0]["status"], &five[0]["method"], &five[0]["target"]), (&json!(502), &json!("GET"), &json!("/api/orders")));
+        // The unfiltered trace has the request lines: its responses stay as they were.
+        assert!(lines(&mut all).iter().all(|l| l.get("method").is_none() || l["type"] == "request"));
+        // The last trace by status gone, nothing is kept for it.
+        assert_eq!(hub.state.lock().unwrap().pairing.len(), 1);
+        drop(errors_sub);
+        assert_eq!(hub.state.lock().unwrap().pairing.len(), 0);
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //! message, except under `CI=true`, where a missing privilege is an error.
 
 pub mod curl;
+pub mod hostile_lab;
+pub mod http_lab;
 pub mod http_view;
+pub mod lifecycle_view;
 pub mod netns;
 pub mod nginx;
 pub mod observer;
@@ -77,12 +80,28 @@ pub mod addr {
     pub fn proxy_url(path: &str) -> String {
         format!("{}{path}", http_base(GATEWAY_CLIENT_SIDE_V4.into()))
     }
+
+    /// [`proxy_url`] of each of `paths`.
+    pub fn proxy_urls(paths: &[&str]) -> Vec<String> {
+        paths.iter().map(|p| proxy_url(p)).collect()
+    }
+
+    /// The upstream's HTTP server (port 80), IPv4.
+    pub fn upstream_http() -> std::net::SocketAddr {
+        std::net::SocketAddr::new(UPSTREAM_V4.into(), 80)
+    }
 }
 
 /// The written form (`LOCAL REMOTE`, as the gateway sees it) of the inbound connection of a
 /// client transfer.
 pub fn inbound(t: &Transfer) -> String {
     format!("{} {}", t.remote, t.local)
+}
+
+/// The written form (`LOCAL REMOTE`, as the gateway sees it) of a proxied connection to the
+/// upstream's port 80, from the gateway's source port (`remote_port` in the upstream's access log).
+pub fn outbound_of(remote_port: u16) -> String {
+    format!("{}:{remote_port} {}:80", addr::GATEWAY_UPSTREAM_SIDE_V4, addr::UPSTREAM_V4)
 }
 
 /// Decides whether an end-to-end test can run: `true` as root. Otherwise prints why the test is
@@ -144,9 +163,20 @@ impl Lab {
 
     /// [`Lab::start`] with `observer run` options beyond the interfaces and the listen address.
     pub fn start_with(test: &str, observer_options: &[&str]) -> Lab {
+        Lab::start_with_proxy(test, Nginx::proxy, observer_options)
+    }
+
+    /// [`Lab::start_with`], with a proxy that takes `worker_connections` connections at once, for
+    /// tests that hold thousands open (they raise their own limit of open files first:
+    /// [`operator::raise_nofile`]).
+    pub fn start_with_worker_connections(test: &str, worker_connections: u32, observer_options: &[&str]) -> Lab {
+        Lab::start_with_proxy(test, |topo| Nginx::proxy_with_worker_connections(topo, worker_connections), observer_options)
+    }
+
+    fn start_with_proxy(test: &str, proxy: impl FnOnce(&Topology) -> Nginx, observer_options: &[&str]) -> Lab {
         let topo = Topology::new(test);
         let upstream = Nginx::upstream(&topo);
-        let proxy = Nginx::proxy(&topo);
+        let proxy = proxy(&topo);
         let observer = Observer::start_with(&topo, &[addr::GW_CLIENT_IF, addr::GW_UPSTREAM_IF], observer_options);
         Lab { observer, proxy, upstream, topo }
     }

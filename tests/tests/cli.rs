@@ -1,7 +1,8 @@
 //! The CLI as an operator meets it: `--server` in every written form and from
 //! `OBSERVER_SERVER`, shell completions and the man page, every connections filter of the API,
 //! traces that combine a remote with a local port and keep only the responses of one status,
-//! `observer top` leaving the terminal as it found it on Ctrl-C and redrawing for a new size,
+//! `observer top` leaving the terminal as it found it on Ctrl-C or a signal (SIGTERM, SIGHUP,
+//! SIGINT from outside) and redrawing for a new size,
 //! times printed with their zone, and the daemon's JSON log.
 //!
 //! Ground truth: the traffic each test sends itself (curl's `--write-out`, the statuses it
@@ -138,6 +139,21 @@ fn completions_and_the_man_page_name_every_subcommand() {
         }
         Err(e) => eprintln!("man is not installed ({e}): the page is not rendered"),
     }
+    // One page per subcommand: printed by name, or all written into a directory.
+    let trace = run(&["man", "trace"]);
+    assert!(trace.contains(".TH observer-trace 1") && trace.contains("\\-\\-status") && !trace.contains("\\-\\-state\\-dir"), "{trace}");
+    let dir = std::env::temp_dir().join(observer_tests::operator::unique("obs-man"));
+    run(&["man", "--dir", &dir.join("man1").display().to_string()]);
+    let mut files: Vec<String> = std::fs::read_dir(dir.join("man1")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    let mut expected: Vec<String> = subcommands.iter().map(|s| format!("observer-{s}.1")).chain(["observer.1".to_owned()]).collect();
+    expected.sort();
+    assert_eq!(files, expected);
+    assert_eq!(std::fs::read_to_string(dir.join("man1/observer-trace.1")).unwrap(), trace);
+    assert_eq!(std::fs::read_to_string(dir.join("man1/observer.1")).unwrap(), man, "`observer man` prints observer.1");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = Command::new(observer_bin()).args(["man", "nonsense"]).output().unwrap();
+    assert!(!out.status.success() && text(&out.stderr).contains("the pages are of run, connections"), "{}", text(&out.stderr));
 }
 
 #[test]
@@ -200,12 +216,17 @@ fn a_trace_combines_a_remote_with_a_local_port_and_keeps_only_the_responses_of_o
     let five = errors.wait_for_json("the two 5xx responses", WAIT, |l| l.len() >= 2);
     assert_eq!(statuses(&five), [502, 503], "{five:#?}");
     assert!(five.iter().all(|l| l["type"] == "response" && l["connection"] == name.as_str()), "responses alone, of {name}: {five:#?}");
+    // Each names the request it answers, which the filter kept out of the trace.
+    let answered: Vec<(&str, &str)> = five.iter().map(|l| (l["method"].as_str().unwrap_or("-"), l["target"].as_str().unwrap_or("-"))).collect();
+    assert_eq!(answered, [("GET", "/status/502"), ("GET", "/status/503")], "{five:#?}");
+    // The unfiltered trace has the request lines: its responses are as they were.
+    assert!(all.iter().filter(|l| l["type"] == "response").all(|l| l.get("method").is_none()), "{all:#?}");
     let human = bad_gateway.wait_for_text(&["← 502 after"], WAIT);
     // The upstream connections carry a 502 too, but their remote is the upstream: not followed.
     let lines: Vec<&str> = human.lines().collect();
     assert_eq!(lines.len(), 1, "one line, the 502 of {name}:\n{human}");
     let (time, rest) = lines[0].split_once(' ').unwrap();
-    assert!(rest.starts_with(&format!("[{name}] ← 502 after ")), "{human}");
+    assert!(rest.starts_with(&format!("[{name}] ← 502 after ")) && rest.ends_with(" ms for GET /status/502"), "{human}");
     // HH:MM:SS.micros in UTC, as asked.
     assert!(time.len() == 16 && time.ends_with('Z') && time.as_bytes()[2] == b':' && time.as_bytes()[8] == b'.', "{time}");
     // Published in the same call as the lines above: a port-8080 trace would have had them.
@@ -219,6 +240,18 @@ fn a_trace_combines_a_remote_with_a_local_port_and_keeps_only_the_responses_of_o
     // The daemon checks what the CLI passes through.
     let out = cli(gw, &["trace", "--local-port", "80", "--status", "6xx", "--count", "1"]);
     assert!(!out.status.success() && text(&out.stderr).contains("a class (5xx)"), "{}", text(&out.stderr));
+
+    // A trace that starts on a connection in use: the first response's latency finds its request.
+    let mut conn = KeepAlive::open(&lab.topo.client, proxy_v4()).unwrap();
+    assert_eq!(conn.get("/ok").unwrap().status, 200);
+    let mut late = spawn(&["trace", "--remote", &client, "--local-port", "80", "--status", "502", "--json"]);
+    let active = poll(WAIT, Duration::from_millis(20), || (lab.observer.status()["traces_active"].as_u64() == Some(1)).then_some(()));
+    assert!(active.is_some(), "one trace follows: {}", lab.observer.status());
+    assert_eq!(conn.get("/status/502").unwrap().status, 502);
+    let lines = late.wait_for_json("the 502", WAIT, |l| !l.is_empty());
+    assert_eq!((&lines[0]["status"], &lines[0]["method"], &lines[0]["target"]), (&Value::from(502), &Value::from("GET"), &Value::from("/status/502")), "{lines:#?}");
+    late.stop();
+    conn.close();
 }
 
 #[test]
@@ -283,6 +316,54 @@ fn top_restores_the_terminal_on_ctrl_c_redraws_for_a_new_size_and_shows_states_w
     }
     assert!(!tmux.capture().contains("observer top"), "top left its screen behind:\n{}", tmux.capture());
     drop(seen);
+}
+
+/// tmux's `FORMAT` for the pane (`#{pane_tty}`, `#{alternate_on}`, `#{cursor_flag}`).
+fn pane(tmux: &Tmux, format: &str) -> String {
+    let out = Command::new("tmux").args(["-f", "/dev/null", "-L", &tmux.socket, "display-message", "-p", "-t", &tmux.session, format]).output().expect("tmux");
+    text(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn top_restores_the_terminal_when_a_signal_ends_it() {
+    // No daemon is needed: top draws its screen and says it finds none.
+    let dir = std::env::temp_dir().join(observer_tests::operator::unique("obs-top-signals"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (signal, number) in [("TERM", 15), ("HUP", 1), ("INT", 2)] {
+        let [pid_file, exit_file, stty_file] = ["pid", "exit", "stty"].map(|f| dir.join(format!("top-{signal}.{f}")));
+        // `exec`: the pid written is top's. After top: its exit status, then the terminal's
+        // settings as the next program finds them, and a live pane to read the cursor of (tmux
+        // hides it in a dead one).
+        let command = format!(
+            "stty sane; sh -c 'echo $$ > {}; exec {} top --server 127.0.0.1:1'; echo $? > {}; stty -a > {}; exec sleep 600",
+            pid_file.display(),
+            observer_bin().display(),
+            exit_file.display(),
+            stty_file.display()
+        );
+        let tmux = Tmux::start(&command, 120, 20);
+        tmux.wait_for_screen("top's screen", WAIT, |s| s.contains("observer top") && s.contains("keys:"));
+        let raw = Command::new("stty").args(["-a", "-F", &pane(&tmux, "#{pane_tty}")]).output().unwrap();
+        let raw = text(&raw.stdout);
+        assert!(raw.split_whitespace().any(|f| f == "-icanon") && raw.split_whitespace().any(|f| f == "-isig"), "top's terminal is raw:\n{raw}");
+        assert_eq!((pane(&tmux, "#{alternate_on}"), pane(&tmux, "#{cursor_flag}")), ("1".into(), "0".into()), "the alternate screen, no cursor");
+
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let kill = Command::new("kill").args([&format!("-{signal}"), pid.trim()]).status().unwrap();
+        assert!(kill.success(), "kill -{signal} {pid}");
+        let status = poll(WAIT, Duration::from_millis(50), || std::fs::read_to_string(&stty_file).ok().filter(|s| s.contains("isig")));
+        let stty = status.unwrap_or_else(|| panic!("no stty after SIG{signal}; pane: {}; screen:\n{}", tmux.pane_state(), tmux.capture()));
+        assert_eq!(std::fs::read_to_string(&exit_file).unwrap(), format!("{}\n", 128 + number), "SIG{signal}: the status a shell gives a process the signal ended");
+        let flags: BTreeSet<&str> = stty.split_whitespace().collect();
+        for flag in ["icanon", "echo", "isig", "icrnl", "opost"] {
+            assert!(flags.contains(flag), "{flag} is back on after SIG{signal}:\n{stty}");
+        }
+        // tmux reads what top wrote last on its own time.
+        let shown = poll(WAIT, Duration::from_millis(20), || (pane(&tmux, "#{alternate_on} #{cursor_flag}") == "0 1").then_some(()));
+        assert!(shown.is_some(), "SIG{signal}: the shell's screen, the cursor shown: {}", pane(&tmux, "#{alternate_on} #{cursor_flag}"));
+        assert!(!tmux.capture().contains("observer top"), "top left its screen behind after SIG{signal}:\n{}", tmux.capture());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

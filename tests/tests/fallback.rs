@@ -7,9 +7,9 @@
 //! it must never count, not even after the hole has stayed open longer than the daemon's gap
 //! timeout (no record was lost: the hole is on the wire).
 //!
-//! Reasons forced elsewhere: `head_too_long` (http.rs, heads spanning many segments),
-//! `pipeline_too_deep` and `unpaired` (http.rs, pipelined requests in one write), `not_http`
-//! (http.rs, connections that are not HTTP).
+//! Reasons forced elsewhere: `head_too_long` (http_segments.rs, heads spanning many segments),
+//! `pipeline_too_deep` and `unpaired` (http_keepalive.rs, pipelined requests in one write),
+//! `not_http` (http_not_http.rs, connections that are not HTTP).
 use std::{
     collections::BTreeMap,
     io::{self, Write},

@@ -189,7 +189,7 @@ impl Upstreams {
         let mut seen = self.seen.lock().expect("upstream seen lock");
         seen.0 += 1;
         let now = seen.0;
-        for c in conns.iter().filter(|c| c.role == Role::Outbound.name() && c.status == "open") {
+        for c in conns.iter().filter(|c| c.role == Role::Outbound && c.status == crate::model::ConnStatus::Open) {
             let Some(counts) = c.http.as_ref().map(|h| h.lifetime.counts) else { continue };
             let before = seen.1.insert(c.incarnation, Seen { counts, scrape: now }).map(|s| s.counts);
             self.add(c.incarnation.0.remote(), &counts, before.as_ref());
@@ -199,7 +199,7 @@ impl Upstreams {
 
     /// A connection was archived: adds the rest of its counts, once.
     pub fn finished(&self, c: &Connection) {
-        if c.role != Role::Outbound.name() {
+        if c.role != Role::Outbound {
             return;
         }
         let before = self.seen.lock().expect("upstream seen lock").1.remove(&c.incarnation).map(|s| s.counts);

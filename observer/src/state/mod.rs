@@ -162,10 +162,10 @@ impl State {
     fn add_server_names(&self, conns: &mut [Connection], only: Option<&ConnKey>) {
         let names = match only {
             Some(k) => self.maps().tls_name(k).map(|n| (*k, n)).into_iter().collect(),
-            None if conns.iter().any(|c| c.protocol == "tls") => self.maps().tls_names(),
+            None if conns.iter().any(|c| c.protocol == crate::model::Protocol::Tls) => self.maps().tls_names(),
             None => return,
         };
-        for c in conns.iter_mut().filter(|c| c.protocol == "tls") {
+        for c in conns.iter_mut().filter(|c| c.protocol == crate::model::Protocol::Tls) {
             let (key, first_seen_ns) = c.incarnation;
             if let Some(n) = names.get(&key).filter(|n| n.conn == first_seen_ns as u32) {
                 let len = (n.len as usize).min(n.name.len());

@@ -37,8 +37,12 @@ impl State {
             http.set_records_lost(records_lost);
             http.expire_gaps(monotonic_ns())
         };
+        let now = monotonic_ns();
         for (key, role, outcomes) in changed {
             self.metrics.http(&key, role, &outcomes, false);
+            for o in &outcomes {
+                self.trace.publish(&key, || crate::timeline::outcome_line(&key, o, now));
+            }
         }
     }
 }
