@@ -8,10 +8,10 @@ use observer_common::{
     frame::ConnFrame,
     http::{DIR_IN, DIR_OUT},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Responses by status class.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classes {
     #[serde(rename = "1xx")]
     pub informational: u64,
@@ -26,7 +26,7 @@ pub struct Classes {
 }
 
 /// One connection's HTTP as the kernel counted it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KernelHttp {
     /// Request lines.
     pub requests: u64,
@@ -42,8 +42,8 @@ pub struct KernelHttp {
     pub latency_avg_ms: Option<f64>,
     /// Per direction (this host received / sent): null while the kernel follows it, else why it
     /// lost its place (`not_http`, `gap`, `head_too_long`, ...).
-    pub lost_in: Option<&'static str>,
-    pub lost_out: Option<&'static str>,
+    pub lost_in: Option<String>,
+    pub lost_out: Option<String>,
 }
 
 /// Does `f` belong to the connection whose counters are `s` (and not to another one on the same,
@@ -64,7 +64,7 @@ impl KernelHttp {
     pub fn of(f: &ConnFrame, closed: bool) -> Option<Self> {
         let c = &f.counts;
         let responses = Classes { informational: c.responses_1xx, success: c.responses_2xx, redirection: c.responses_3xx, client_error: c.responses_4xx, server_error: c.responses_5xx };
-        let (lost_in, lost_out) = (f.lost(DIR_IN).map(|r| r.name()), f.lost(DIR_OUT).map(|r| r.name()));
+        let (lost_in, lost_out) = (f.lost(DIR_IN).map(|r| r.name().to_owned()), f.lost(DIR_OUT).map(|r| r.name().to_owned()));
         if c.requests == 0 && !c.has_responses() && lost_in.is_none() && lost_out.is_none() {
             return None;
         }

@@ -73,7 +73,7 @@ mod tests {
 
     #[test]
     fn every_subcommand_gets_a_page_with_its_own_options() {
-        let cmd = crate::Cli::command();
+        let cmd = crate::command::Cli::command();
         let names = subcommand_names(&cmd);
         assert!(names.len() >= 8 && names.iter().any(|n| n == "trace") && !names.iter().any(|n| n == "help"), "{names:?}");
         let pages = pages(cmd.clone());
@@ -82,7 +82,7 @@ mod tests {
         assert_eq!(files, expected);
         for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
             let name = sub.get_name();
-            let text = render(&page(crate::Cli::command(), Some(name)).unwrap());
+            let text = render(&page(crate::command::Cli::command(), Some(name)).unwrap());
             assert!(text.contains(&format!("\n.TH observer-{name} 1  \"observer {}\"", env!("CARGO_PKG_VERSION"))), "{name}:\n{text}");
             // Its own options and arguments, and the global ones.
             for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
@@ -95,18 +95,18 @@ mod tests {
             assert!(text.contains(&roff("--utc")), "observer-{name}(1) lacks the global --utc");
         }
         // Options are on their subcommand's page only.
-        let trace = render(&page(crate::Cli::command(), Some("trace")).unwrap());
+        let trace = render(&page(crate::command::Cli::command(), Some("trace")).unwrap());
         assert!(trace.contains(&roff("--status")) && !trace.contains(&roff("--state-dir")), "{trace}");
-        let run = render(&page(crate::Cli::command(), Some("run")).unwrap());
+        let run = render(&page(crate::command::Cli::command(), Some("run")).unwrap());
         assert!(run.contains(&roff("--state-dir")) && !run.contains(&roff("--status")), "{run}");
-        assert!(page(crate::Cli::command(), Some("nonsense")).is_err());
+        assert!(page(crate::command::Cli::command(), Some("nonsense")).is_err());
     }
 
     #[test]
     fn the_first_page_lists_only_subcommands_that_have_a_page() {
-        let text = render(&page(crate::Cli::command(), None).unwrap());
+        let text = render(&page(crate::command::Cli::command(), None).unwrap());
         assert!(text.contains("\n.TH observer 1 "), "{text}");
-        for name in subcommand_names(&crate::Cli::command()) {
+        for name in subcommand_names(&crate::command::Cli::command()) {
             assert!(text.contains(&format!("observer\\-{name}(1)")), "the first page lacks {name}:\n{text}");
         }
         assert!(!text.contains("observer\\-help(1)"), "{text}");
@@ -116,10 +116,10 @@ mod tests {
     fn every_page_is_written_into_the_directory() {
         let dir = std::env::temp_dir().join(format!("observer-man-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let written = write_pages(crate::Cli::command(), &dir.join("man1")).unwrap();
+        let written = write_pages(crate::command::Cli::command(), &dir.join("man1")).unwrap();
         let mut on_disk: Vec<String> = std::fs::read_dir(dir.join("man1")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         on_disk.sort();
-        let mut expected: Vec<String> = std::iter::once("observer.1".to_owned()).chain(subcommand_names(&crate::Cli::command()).iter().map(|n| format!("observer-{n}.1"))).collect();
+        let mut expected: Vec<String> = std::iter::once("observer.1".to_owned()).chain(subcommand_names(&crate::command::Cli::command()).iter().map(|n| format!("observer-{n}.1"))).collect();
         expected.sort();
         assert_eq!(on_disk, expected);
         assert_eq!(written.len(), expected.len());

@@ -112,7 +112,7 @@ pub struct LifecycleEvent {
 }
 
 /// One connection as the API and CLI show it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Connection {
     /// The connection's one written form: local then remote endpoint.
     pub connection: String,
@@ -180,8 +180,22 @@ pub struct Connection {
     /// HTTP/1.x as the kernel counted it (`observer_common::frame`), when it followed the
     /// connection from its SYN.
     pub http_kernel: Option<KernelHttp>,
-    #[serde(skip)]
+    /// The daemon's key of this incarnation (not written; zero when read back).
+    #[serde(skip, default = "no_incarnation")]
     pub incarnation: crate::table::Incarnation,
+}
+
+fn no_incarnation() -> crate::table::Incarnation {
+    (observer_common::conn::ConnKey::zeroed(), 0)
+}
+
+/// `GET /api/v1/connections`: the connections that matched, after the limit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConnectionList {
+    pub count: usize,
+    /// How many matched before the limit.
+    pub matched: usize,
+    pub connections: Vec<Connection>,
 }
 
 #[cfg(test)]

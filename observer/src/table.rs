@@ -209,6 +209,10 @@ impl History {
         self.by_id.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     /// Closed connections dropped before their retention time because the history was full
     /// (`--closed-max`).
     pub fn dropped(&self) -> u64 {

@@ -11,7 +11,7 @@ mod dist;
 mod stress;
 use clap::{Parser, Subcommand};
 
-/// Debian packages to build the kernel programs (see ../shared/TOOLCHAIN.md for why these).
+/// Debian packages to build the kernel programs (docs/architecture.md, "Toolchain", says why these).
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Debian packages the end-to-end tests drive: real servers, clients and tools (`systemd` for
 /// `systemd-analyze verify` of dist/observer.service, there already on a systemd host;
@@ -75,6 +75,10 @@ enum Task {
         #[arg(long, default_value_t = 45)]
         duration: u64,
     },
+    /// The habits CI enforces before the tests: `cargo fmt --check` on every crate (the
+    /// kernel's too), `cargo clippy -D warnings` on the host crates (all targets, tests
+    /// included), and clippy on the kernel crate where a clippy for its toolchain exists.
+    Check,
     /// Set up, build, and run the whole test suite: unit, property and end-to-end tests (needs root).
     Test {
         /// Run the end-to-end suite this many times instead (after the unit tests), and print
@@ -123,6 +127,7 @@ fn run(task: Task) -> Result<()> {
             status(&mut cmd)
         }
         Task::Fuzz { cases, seed } => fuzz(cases, seed),
+        Task::Check => check(),
         Task::Dist { binary, out } => {
             let binary = match binary {
                 Some(b) => b,
@@ -168,6 +173,41 @@ fn run(task: Task) -> Result<()> {
     }
 }
 
+/// `cargo xtask check`: formatting and lints. Host clippy runs without the kernel object
+/// (`OBSERVER_SKIP_EBPF=1`): it needs neither root nor bpf-linker.
+fn check() -> Result<()> {
+    ensure_components()?;
+    let root = workspace_root();
+    cargo(&["fmt", "--all", "--", "--check"]).context("formatting: run `cargo fmt --all` (rustfmt.toml holds the style)")?;
+    let kernel = root.join("observer-ebpf/Cargo.toml");
+    cargo(&["fmt", "--manifest-path", &kernel.to_string_lossy(), "--", "--check"])
+        .context("formatting of the kernel crate: run `cargo fmt --manifest-path observer-ebpf/Cargo.toml`")?;
+    let mut clippy = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).env("OBSERVER_SKIP_EBPF", "1").current_dir(&root);
+    status(&mut clippy).context("clippy on the host crates")?;
+    // The kernel crate builds only with Debian's rustc-web (its precompiled BPF `core`), which
+    // ships no clippy; rustup's clippy has no `core` for bpfel-unknown-none.
+    if Path::new("/usr/bin/cargo-clippy").exists() || Path::new("/usr/bin/clippy-driver").exists() {
+        let mut kclippy = Command::new("/usr/bin/cargo");
+        kclippy.args(["clippy", "--manifest-path", &kernel.to_string_lossy(), "--release", "--target", "bpfel-unknown-none", "--", "-D", "warnings"]).env("RUSTC_BOOTSTRAP", "1").current_dir(&root);
+        status(&mut kclippy).context("clippy on the kernel crate")?;
+    } else {
+        eprintln!("xtask check: the kernel crate is not linted: the toolchain that builds it (Debian's rustc-web) has no clippy here");
+    }
+    eprintln!("xtask check: formatted, and clippy is clean");
+    Ok(())
+}
+
+/// rustfmt and clippy, from rustup where they are missing.
+fn ensure_components() -> Result<()> {
+    let has = |sub: &str| Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([sub, "--version"]).output().is_ok_and(|o| o.status.success());
+    if has("fmt") && has("clippy") {
+        return Ok(());
+    }
+    eprintln!("xtask check: adding rustfmt and clippy (rustup component add)");
+    status(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"])).context("rustfmt and clippy are needed: `rustup component add rustfmt clippy`")
+}
+
 /// `cargo xtask fuzz`: the property tests of `observer/src/http/properties.rs`, the code path
 /// the unit suite runs, with `cases` cases shared among them and base seed `seed`.
 fn fuzz(cases: u64, seed: Option<u64>) -> Result<()> {
@@ -177,7 +217,7 @@ fn fuzz(cases: u64, seed: Option<u64>) -> Result<()> {
     let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // The kernel programs are not needed (the framers' code is shared, `observer-common`), so
     // neither root nor bpf-linker is. One test thread: each property uses every CPU itself.
-    cmd.args(["test", "--release", "--package", "observer", "--bin", "observer", "--", "http::properties::", "--nocapture", "--test-threads", "1"])
+    cmd.args(["test", "--release", "--package", "observer", "--lib", "--", "http::properties::", "--nocapture", "--test-threads", "1"])
         .env("OBSERVER_SKIP_EBPF", "1")
         .env("OBSERVER_FUZZ_CASES", cases.to_string())
         .env("OBSERVER_FUZZ_SEED", format!("{seed:#x}"))

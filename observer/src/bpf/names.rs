@@ -23,7 +23,6 @@ pub mod map {
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map above that the daemon opens, sizes or pins.
-    #[allow(dead_code, reason = "read by the test against the object")]
     pub const ALL: [&str; 14] = [CONNS, HALF_OPEN, GLOBAL, EVENTS, PAYLOAD, TRACE, HTTP_HINTS, HTTP_PORTS, TLS_NAMES, HTTP_FRAMES, FRAME_LOST, HTTP_AGG, TRACE_FILTERS, TRACE_SHAPES];
 }
 
@@ -39,7 +38,6 @@ pub mod program {
     pub const TCP_RECEIVE_RESET: &str = "observer_tcp_receive_reset";
     pub const TCP_RETRANSMIT_SYNACK: &str = "observer_tcp_retransmit_synack";
 
-    #[allow(dead_code, reason = "read by the test against the object")]
     pub const ALL: [&str; 8] = [TC_INGRESS, TC_EGRESS, SOCK_SET_STATE, SOCK_SET_STATE_BTF, TCP_RETRANSMIT, TCP_SEND_RESET, TCP_RECEIVE_RESET, TCP_RETRANSMIT_SYNACK];
 }
 
@@ -56,7 +54,6 @@ pub mod global {
     pub const LAYOUT_RECEIVE_RESET: &str = "LAYOUT_RECEIVE_RESET";
     pub const LAYOUT_RETRANSMIT_SYNACK: &str = "LAYOUT_RETRANSMIT_SYNACK";
 
-    #[allow(dead_code, reason = "read by the test against the object")]
     pub const ALL: [&str; 10] = [NETNS_FILTER, SOCK_LAYOUT, RETRANSMIT_SEGS, HTTP_PORTS_ONLY, KERNEL_HTTP, LAYOUT_SET_STATE, LAYOUT_RETRANSMIT, LAYOUT_SEND_RESET, LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT_SYNACK];
 }
 

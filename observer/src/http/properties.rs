@@ -104,7 +104,7 @@ fn check(p: Property, name: &str, case: impl Fn(&mut Rng) + Sync) {
     let secs = started.elapsed().as_secs_f64();
     if let Some((i, seed)) = *failed.lock().unwrap_or_else(|e| e.into_inner()) {
         panic!(
-            "{name}: case {i} failed (OBSERVER_FUZZ_SEED={base:#x}); run it alone:\n  OBSERVER_FUZZ_REPLAY={seed:#x} OBSERVER_SKIP_EBPF=1 cargo test -p observer --bin observer -- http::properties::{name} --exact --nocapture"
+            "{name}: case {i} failed (OBSERVER_FUZZ_SEED={base:#x}); run it alone:\n  OBSERVER_FUZZ_REPLAY={seed:#x} OBSERVER_SKIP_EBPF=1 cargo test -p observer --lib -- http::properties::{name} --exact --nocapture"
         );
     }
     let done = done.into_inner();

@@ -1,12 +1,12 @@
 //! What the API shows of a connection's HTTP: [`Counts`] over a window or a lifetime, a
 //! window's [`WindowView`] (counts and ratios), the recent [`Exchange`]s, the whole [`HttpView`];
 //! and [`HttpRecord`], what history keeps of a closed connection to make the same view.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{window::window, Text};
 
 /// One response as history remembers it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Exchange {
     /// Unix time of the status line, seconds.
     pub time: f64,
@@ -20,7 +20,7 @@ pub struct Exchange {
 }
 
 /// Counts over a window or a lifetime.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {
     pub requests: u64,
     pub responses_1xx: u64,
@@ -66,7 +66,7 @@ impl Counts {
 }
 
 /// The counts and ratios of one window, as the API shows them.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct WindowView {
     #[serde(flatten)]
     pub counts: Counts,
@@ -81,7 +81,7 @@ impl From<Counts> for WindowView {
 }
 
 /// A connection's HTTP summary for the API.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HttpView {
     pub lifetime: WindowView,
     pub last_10s: WindowView,
