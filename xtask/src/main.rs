@@ -11,7 +11,7 @@ mod dist;
 mod stress;
 use clap::{Parser, Subcommand};
 
-/// Debian packages to build the kernel programs (docs/architecture.md, "Toolchain", says why these).
+/// Debian packages to build the kernel programs (docs/architecture.md, "Build", says why these).
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev", "libpolly-22-dev", "zlib1g-dev", "libzstd-dev"];
 /// Debian packages the end-to-end tests drive: real servers, clients and tools (`systemd` for
 /// `systemd-analyze verify` of dist/observer.service, there already on a systemd host;
