@@ -60,6 +60,8 @@ pub const COUNTERS: u32 = 22;
 /// pinned map of this one (its new counters start at 0).
 pub const GLOBAL_SLOTS: u32 = 64;
 
+const _: () = assert!(COUNTERS <= GLOBAL_SLOTS);
+
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
         Counter::PacketsSeen,
@@ -112,5 +114,66 @@ impl Counter {
             Counter::HalfOpenPromoted => "half_open_promoted",
             Counter::BadChecksum => "bad_checksum",
         }
+    }
+
+    /// One line for an operator (the Prometheus help text of the metric that exports it).
+    pub const fn help(self) -> &'static str {
+        match self {
+            Counter::PacketsSeen => "Packets the tc programs saw.",
+            Counter::NotTcp => "Well-formed packets that are not TCP (ARP, UDP, ICMP, ...).",
+            Counter::ParseFailures => "Packets whose headers could not be parsed (truncated, fragments, too many IPv6 extension headers).",
+            Counter::ConnInsertFailures => "New connections the CONNS map refused (should stay 0: the map is LRU).",
+            Counter::ConnInserts => "New entries created in CONNS (inserts minus entries now are LRU evictions).",
+            Counter::EventsLost => "Events dropped because the EVENTS ring buffer was full (the map stays exact).",
+            Counter::ResetsSent => "Resets the TCP stack sent, every connection together.",
+            Counter::ResetsReceived => "Resets the TCP stack received, every connection together.",
+            Counter::Retransmits => "Segments the TCP stack retransmitted (successfully), every connection together.",
+            Counter::PayloadLost => "PAYLOAD records dropped because the ring buffer was full (that direction's HTTP framing is lost until it resynchronises).",
+            Counter::PayloadSkipped => "Data segments skipped because the daemon said they lie inside a message body.",
+            Counter::PayloadSent => "PAYLOAD records sent.",
+            Counter::NotHttp => "Connections whose first bytes were not HTTP/1.x: their payload is never forwarded.",
+            Counter::TraceLost => "Trace records dropped because the trace ring buffer was full.",
+            Counter::PayloadBacklog => "Bytes waiting in the payload ring buffer when a program last wrote to it.",
+            Counter::EventsBacklog => "Bytes waiting in the events ring buffer when a program last wrote to it.",
+            Counter::SeqContention => "Segments whose sequence bookkeeping lost the compare-and-exchange race on every attempt (should stay 0).",
+            Counter::FrameInsertFailures => "New HTTP_FRAMES entries the map refused (should stay 0: the map is LRU).",
+            Counter::HttpAggFull => "Messages the kernel framer counted that the full HTTP_AGG map could not add to the aggregates (should stay 0).",
+            Counter::HalfOpened => "Inbound connection attempts (a peer's SYN) entered in HALF_OPEN.",
+            Counter::HalfOpenPromoted => "Connection attempts that completed (or were refused) and moved from HALF_OPEN to CONNS.",
+            Counter::BadChecksum => "Ingress segments whose checksum the host's stack rejects (counted nowhere else).",
+        }
+    }
+
+    /// A gauge, not a counter: the daemon takes the largest over CPUs, not the sum.
+    pub const fn is_gauge(self) -> bool {
+        matches!(self, Counter::PayloadBacklog | Counter::EventsBacklog)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_counter_once_in_slot_order() {
+        assert_eq!(Counter::ALL.len(), COUNTERS as usize);
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32, "{} is in slot {}", c.name(), *c as u32);
+        }
+    }
+
+    #[test]
+    fn names_are_unique_snake_case_and_help_is_one_line() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            let name = c.name();
+            assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{name}");
+            assert!(!name.starts_with('_') && !name.ends_with('_') && !name.contains("__"), "{name}");
+            assert!(Counter::ALL[i + 1..].iter().all(|o| o.name() != name), "{name} named twice");
+            let help = c.help();
+            assert!(!help.is_empty() && !help.contains('\n') && help.ends_with('.'), "{name}: {help:?}");
+        }
+        let gauges: [bool; COUNTERS as usize] = Counter::ALL.map(Counter::is_gauge);
+        assert_eq!(gauges.iter().filter(|g| **g).count(), 2);
+        assert!(Counter::PayloadBacklog.is_gauge() && Counter::EventsBacklog.is_gauge());
     }
 }

@@ -6,44 +6,61 @@
 //! per segment and no copy. The daemon reassembles each direction by sequence number, so
 //! retransmitted and reordered segments are framed exactly once, in order.
 
+pub use crate::flags::{HintFlags, MsgFlags, SegFlags};
+use crate::direction::{Direction, UnknownDirection};
+
 /// Payload bytes per `PAYLOAD` record; a longer segment is sent as several records.
 pub const PAYLOAD_WINDOW: usize = 4096;
 /// The most records one segment (a GSO/GRO super-packet up to 64 KiB) produces.
 pub const PAYLOAD_MAX_WINDOWS: usize = 16;
 
-pub const DIR_IN: u8 = 0;
-pub const DIR_OUT: u8 = 1;
+/// [`Direction::In`] as stored in a record's `dir` field (an alias kept for the daemon).
+pub const DIR_IN: u8 = Direction::In as u8;
+/// [`Direction::Out`] as stored in a record's `dir` field.
+pub const DIR_OUT: u8 = Direction::Out as u8;
 
-/// `PayloadEvent::flags`: the segment carried SYN (then `seq` is the initial sequence number
-/// and there is no payload), FIN, or RST.
-pub const SEG_SYN: u8 = 0x1;
-pub const SEG_FIN: u8 = 0x2;
-pub const SEG_RST: u8 = 0x4;
-/// With `SEG_SYN`: the SYN carried ACK too (a SYN-ACK, from the listening side).
-pub const SEG_ACK: u8 = 0x8;
-
-/// The record is not payload but one message the kernel framed (`observer_common::frame`, run
-/// with `--kernel-http`): [`MSG_INFO`] bytes ([`MsgInfo`]); for a request then [`START_LEN`]
-/// bytes, the first `start_len` of which are the start of its request line, and up to
-/// [`MSG_TAIL`] bytes that follow them in the segment that classified it. `seq` is the
-/// message's first byte.
-pub const SEG_MSG: u8 = 0x10;
-/// A header-only record: the kernel framer lost its place in this direction (`--http-framing
-/// kernel`) and hands it to the daemon's framer from `seq` on (the payload follows in ordinary
-/// records). With [`SEG_BOUNDARY`], a message starts at `seq`: the daemon's framer starts there,
-/// whatever order the bytes come in; without, it starts at the next record that begins a message.
-pub const SEG_HANDOFF: u8 = 0x20;
-pub const SEG_BOUNDARY: u8 = 0x40;
+// `PayloadHeader::flags`, one name per bit: see [`SegFlags`], which says what each means.
+pub const SEG_SYN: u8 = SegFlags::SYN.bits();
+pub const SEG_FIN: u8 = SegFlags::FIN.bits();
+pub const SEG_RST: u8 = SegFlags::RST.bits();
+pub const SEG_ACK: u8 = SegFlags::ACK.bits();
+pub const SEG_MSG: u8 = SegFlags::MSG.bits();
+pub const SEG_HANDOFF: u8 = SegFlags::HANDOFF.bits();
+pub const SEG_BOUNDARY: u8 = SegFlags::BOUNDARY.bits();
 /// Bytes of [`MsgInfo`] at the start of a message record's data.
 pub const MSG_INFO: usize = 8;
 /// At most this many bytes of a request line after its first [`START_LEN`] travel with its record.
 pub const MSG_TAIL: usize = 64;
-/// [`MsgInfo::kind`]
-pub const MSG_REQUEST: u8 = 1;
-pub const MSG_RESPONSE: u8 = 2;
-/// [`MsgInfo::flags`]: the connection's first request (a four-tuple reused by a new connection
-/// starts counting afresh).
-pub const MSG_FIRST: u8 = 0x1;
+/// [`MsgInfo::kind`]: [`MsgKind`] as u8.
+pub const MSG_REQUEST: u8 = MsgKind::Request as u8;
+pub const MSG_RESPONSE: u8 = MsgKind::Response as u8;
+/// [`MsgInfo::flags`]: [`MsgFlags::FIRST`].
+pub const MSG_FIRST: u8 = MsgFlags::FIRST.bits();
+
+/// What a message record (`SegFlags::MSG`) counted: [`MsgInfo::kind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MsgKind {
+    Request = 1,
+    Response = 2,
+}
+
+/// A [`MsgInfo::kind`] that is no [`MsgKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownMsgKind(pub u8);
+
+impl TryFrom<u8> for MsgKind {
+    type Error = UnknownMsgKind;
+
+    #[inline(always)]
+    fn try_from(v: u8) -> Result<Self, Self::Error> {
+        match v {
+            1 => Ok(MsgKind::Request),
+            2 => Ok(MsgKind::Response),
+            _ => Err(UnknownMsgKind(v)),
+        }
+    }
+}
 
 /// What a message record says about its message, in the record's first bytes: kind, method,
 /// flags, start_len, status (little-endian u16), two unused bytes.
@@ -63,6 +80,21 @@ impl MsgInfo {
     pub const fn decode(b: &[u8; MSG_INFO]) -> Self {
         Self { kind: b[0], method: b[1], flags: b[2], start_len: b[3], status: b[4] as u16 | (b[5] as u16) << 8 }
     }
+
+    /// `kind`, typed.
+    pub fn msg_kind(&self) -> Result<MsgKind, UnknownMsgKind> {
+        MsgKind::try_from(self.kind)
+    }
+
+    /// `flags`, typed.
+    pub const fn msg_flags(&self) -> MsgFlags {
+        MsgFlags(self.flags)
+    }
+
+    /// `method`, typed (`None`: another method, or a response).
+    pub const fn method(&self) -> Option<Method> {
+        Method::from_u8(self.method)
+    }
 }
 
 /// Header of one `PAYLOAD` record; `len` payload bytes follow it.
@@ -74,14 +106,29 @@ pub struct PayloadHeader {
     /// Sequence number of the first byte in this record (of the SYN, with `SEG_SYN`).
     pub seq: u32,
     pub len: u16,
-    /// [`DIR_IN`] (received by this host) or [`DIR_OUT`].
+    /// [`Direction`] as u8: [`DIR_IN`] (received by this host) or [`DIR_OUT`].
     pub dir: u8,
+    /// [`SegFlags`] as u8.
     pub flags: u8,
     /// Which incarnation of the four-tuple the bytes belong to (the low bits of its entry's
     /// `first_seen_ns`), on payload records: a hint the daemon derives from them carries it
     /// ([`HttpHints::conn`]).
     pub conn: u32,
     pub _pad: u32,
+}
+
+impl PayloadHeader {
+    /// `dir`, typed; an error for a value no program writes.
+    #[inline(always)]
+    pub fn direction(&self) -> Result<Direction, UnknownDirection> {
+        Direction::try_from(self.dir)
+    }
+
+    /// `flags`, typed.
+    #[inline(always)]
+    pub const fn seg_flags(&self) -> SegFlags {
+        SegFlags(self.flags)
+    }
 }
 
 /// A record as the kernel assembles it in its per-CPU scratch space.
@@ -92,16 +139,17 @@ pub struct PayloadEvent {
     pub data: [u8; PAYLOAD_WINDOW],
 }
 
-/// `HttpHints::flags`
-pub const HINT_NOT_HTTP: u32 = 0x1;
-pub const HINT_SKIP_IN: u32 = 0x2;
-pub const HINT_SKIP_OUT: u32 = 0x4;
+// `HttpHints::flags`, one name per bit: see [`HintFlags`].
+pub const HINT_NOT_HTTP: u32 = HintFlags::NOT_HTTP.bits();
+pub const HINT_SKIP_IN: u32 = HintFlags::SKIP_IN.bits();
+pub const HINT_SKIP_OUT: u32 = HintFlags::SKIP_OUT.bits();
 
 /// Written by the daemon, read by the tc programs: per connection, where the bytes the daemon
 /// still needs begin, per direction, and whether it is HTTP at all.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HttpHints {
+    /// [`HintFlags`] as u32.
     pub flags: u32,
     /// With `HINT_SKIP_IN`: bytes before this sequence number (received) are not needed.
     pub skip_in: u32,
@@ -111,6 +159,24 @@ pub struct HttpHints {
     /// connection that reuses the four-tuple ignores (and replaces) a hint left by the one
     /// before, also one the daemon wrote after the new one began.
     pub conn: u32,
+}
+
+impl HttpHints {
+    /// `flags`, typed.
+    #[inline(always)]
+    pub const fn hint_flags(&self) -> HintFlags {
+        HintFlags(self.flags)
+    }
+
+    /// Whether `dir`'s skip position is valid, and the position: bytes of `dir` before it are
+    /// not needed.
+    #[inline(always)]
+    pub const fn skip(&self, dir: Direction) -> (bool, u32) {
+        match dir {
+            Direction::In => (self.flags & HINT_SKIP_IN != 0, self.skip_in),
+            Direction::Out => (self.flags & HINT_SKIP_OUT != 0, self.skip_out),
+        }
+    }
 }
 
 /// `a` is before `b` in sequence space (RFC 1982 serial-number arithmetic).
@@ -239,9 +305,16 @@ impl AggKey {
     /// inbound. `status` 0: a request.
     #[inline(always)]
     pub fn of(key: &crate::conn::ConnKey, dir: u8, status: u16) -> Self {
-        let inbound = ((dir & 1) == DIR_IN) == (status == 0);
+        let inbound = (Direction::from_bit(dir) == Direction::In) == (status == 0);
         let (role, port) = if inbound { (crate::conn::Role::Inbound as u8, key.local_port) } else { (crate::conn::Role::Outbound as u8, key.remote_port) };
         Self { role, _pad: 0, port, status, _pad2: 0 }
+    }
+}
+
+impl AggKey {
+    /// `role`, typed.
+    pub const fn role(&self) -> crate::conn::Role {
+        crate::conn::Role::from_u8(self.role)
     }
 }
 
@@ -314,6 +387,23 @@ mod tests {
         assert_eq!(start(b"GET "), Start::Neither, "no target yet");
         assert_eq!(start(b"\x16\x03\x01\x02\x00\x01\x00\x01"), Start::Neither, "TLS ClientHello");
         assert_eq!(start(b""), Start::Neither);
+    }
+
+    #[test]
+    fn records_and_hints_read_typed() {
+        let info = MsgInfo::decode(&[MSG_REQUEST, Method::Head as u8, MSG_FIRST, 9, 0, 0, 0, 0]);
+        assert_eq!((info.msg_kind(), info.method(), info.msg_flags()), (Ok(MsgKind::Request), Some(Method::Head), MsgFlags::FIRST));
+        let info = MsgInfo::decode(&[MSG_RESPONSE, 0, 0, 0, 0xf6, 0x01, 0, 0]);
+        assert_eq!((info.msg_kind(), info.method(), info.status), (Ok(MsgKind::Response), None, 502));
+        assert_eq!(MsgInfo::decode(&[3, 0, 0, 0, 0, 0, 0, 0]).msg_kind(), Err(UnknownMsgKind(3)));
+
+        let h = PayloadHeader { key: crate::conn::ConnKey::zeroed(), ts_ns: 0, seq: 0, len: 0, dir: DIR_OUT, flags: SEG_SYN | SEG_ACK, conn: 0, _pad: 0 };
+        assert_eq!((h.direction(), h.seg_flags()), (Ok(Direction::Out), SegFlags::SYN | SegFlags::ACK));
+        assert_eq!(PayloadHeader { dir: 2, ..h }.direction(), Err(UnknownDirection(2)));
+
+        let hints = HttpHints { flags: HINT_SKIP_OUT, skip_in: 10, skip_out: 20, conn: 0 };
+        assert_eq!((hints.skip(Direction::In), hints.skip(Direction::Out)), ((false, 10), (true, 20)));
+        assert!(!hints.hint_flags().contains(HintFlags::NOT_HTTP));
     }
 
     #[test]

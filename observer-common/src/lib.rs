@@ -7,6 +7,8 @@
 #![no_std]
 
 pub mod conn;
+pub mod direction;
+pub mod flags;
 pub mod frame;
 pub mod global;
 pub mod http;
@@ -15,6 +17,8 @@ pub mod proto;
 pub mod seq;
 pub mod trace;
 pub mod tracepoint;
+
+pub use direction::Direction;
 
 #[cfg(feature = "user")]
 extern crate std;

@@ -7,22 +7,57 @@
 
 use crate::http::{classify, Start, START_LEN};
 
-/// `ConnStats::protocol`.
-pub const PROTO_UNKNOWN: u8 = 0;
-pub const PROTO_HTTP1: u8 = 1;
-pub const PROTO_TLS: u8 = 2;
-pub const PROTO_H2: u8 = 3;
-pub const PROTO_OTHER: u8 = 4;
+/// What a connection carries: `ConnStats::protocol`, as u8.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
+pub enum Protocol {
+    /// Not known yet (no payload seen from the stream's first byte).
+    #[default]
+    Unknown = 0,
+    Http1 = 1,
+    Tls = 2,
+    /// HTTP/2 with prior knowledge (the connection preface in clear).
+    H2 = 3,
+    Other = 4,
+}
 
-/// The written form of a `ConnStats::protocol` value.
-pub const fn protocol_name(p: u8) -> &'static str {
-    match p {
-        PROTO_HTTP1 => "http1",
-        PROTO_TLS => "tls",
-        PROTO_H2 => "h2",
-        PROTO_OTHER => "other",
-        _ => "unknown",
+impl Protocol {
+    pub const ALL: [Protocol; 5] = [Protocol::Unknown, Protocol::Http1, Protocol::Tls, Protocol::H2, Protocol::Other];
+
+    /// The protocol stored as `v`; [`Protocol::Unknown`] for a value no program writes.
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Protocol::Http1,
+            2 => Protocol::Tls,
+            3 => Protocol::H2,
+            4 => Protocol::Other,
+            _ => Protocol::Unknown,
+        }
     }
+
+    /// The written form (metric label, API).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Unknown => "unknown",
+            Protocol::Http1 => "http1",
+            Protocol::Tls => "tls",
+            Protocol::H2 => "h2",
+            Protocol::Other => "other",
+        }
+    }
+}
+
+// `ConnStats::protocol` values, one name each: see [`Protocol`].
+pub const PROTO_UNKNOWN: u8 = Protocol::Unknown as u8;
+pub const PROTO_HTTP1: u8 = Protocol::Http1 as u8;
+pub const PROTO_TLS: u8 = Protocol::Tls as u8;
+pub const PROTO_H2: u8 = Protocol::H2 as u8;
+pub const PROTO_OTHER: u8 = Protocol::Other as u8;
+
+/// The written form of a `ConnStats::protocol` value ([`Protocol::name`]).
+pub const fn protocol_name(p: u8) -> &'static str {
+    Protocol::from_u8(p).name()
 }
 
 /// Bytes of a first segment examined for a ClientHello's server name (a power of two). A
@@ -190,6 +225,17 @@ mod tests {
 
     extern crate std;
     use std::{vec, vec::Vec};
+
+    #[test]
+    fn protocols_keep_their_stored_values_and_names() {
+        assert_eq!(Protocol::ALL.map(|p| p as u8), [0, 1, 2, 3, 4]);
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::from_u8(p as u8), p);
+            assert_eq!(protocol_name(p as u8), p.name());
+        }
+        assert_eq!(Protocol::ALL.map(Protocol::name), ["unknown", "http1", "tls", "h2", "other"]);
+        assert_eq!(Protocol::from_u8(200), Protocol::Unknown);
+    }
 
     #[test]
     fn first_bytes_name_the_protocol() {

@@ -1,6 +1,9 @@
 //! Live trace of chosen connections: the daemon's filters, and the per-packet records the tc
 //! programs send through the `TRACE` ring buffer for packets that match one.
-use crate::conn::ConnKey;
+use crate::{
+    conn::ConnKey,
+    direction::{Direction, UnknownDirection},
+};
 
 /// Filter shapes, as bits of the `TRACE_SHAPES` mask (the programs only look up the shapes in use).
 pub const SHAPE_CONNECTION: u32 = 1 << 0;
@@ -46,7 +49,7 @@ pub struct TraceRecord {
     pub ack: u32,
     pub payload_len: u32,
     pub window: u16,
-    /// `crate::http::DIR_IN` or `DIR_OUT`.
+    /// [`Direction`] as u8 (`crate::http::DIR_IN` or `DIR_OUT`).
     pub dir: u8,
     /// TCP flags as on the wire.
     pub tcp_flags: u8,
@@ -57,6 +60,13 @@ pub struct TraceRecord {
     pub line_len: u8,
     pub _pad: [u8; 6],
     pub line: [u8; TRACE_LINE],
+}
+
+impl TraceRecord {
+    /// `dir`, typed; an error for a value no program writes.
+    pub fn direction(&self) -> Result<Direction, UnknownDirection> {
+        Direction::try_from(self.dir)
+    }
 }
 
 #[cfg(feature = "user")]

@@ -13,9 +13,11 @@ use aya_ebpf::{
 };
 use observer_common::{
     conn::ConnKey,
+    flags::SynSeen,
     frame::{ConnFrame, Event, LostReason, Phase, Scan, Turn, BLOCK, MAX_STEPS},
     global::Counter,
-    http::{AggKey, PayloadHeader, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, MSG_TAIL, SEG_BOUNDARY, SEG_HANDOFF, SEG_MSG, START_LEN},
+    http::{AggKey, MsgFlags, MsgKind, PayloadHeader, SegFlags, MSG_INFO, MSG_TAIL, START_LEN},
+    Direction,
 };
 
 use crate::{
@@ -48,8 +50,9 @@ pub struct FrameArgs {
     pub fin: u8,
     /// 1: this segment completed a handshake the classifier kept from the framer (an attempt in
     /// `HALF_OPEN`): start the connection as its SYNs would have (`isn_in`, and `isn_out` if
-    /// `syn_seen` has bit 2).
+    /// `syn_seen` has [`SynSeen::SENT`]).
     pub handshake: u8,
+    /// The connection's `ConnStats::syn_seen` ([`SynSeen`] as u8).
     pub syn_seen: u8,
     pub _pad2: u16,
     pub isn_in: u32,
@@ -108,9 +111,9 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
             // SAFETY: non-null map value, new: no other writer yet.
             let c = unsafe { &mut *p };
             c.client_isn = a.isn_in;
-            c.on_syn(observer_common::http::DIR_IN, a.isn_in, false);
-            if a.syn_seen & 2 != 0 {
-                c.on_syn(observer_common::http::DIR_OUT, a.isn_out, true);
+            c.on_syn(Direction::In.as_u8(), a.isn_in, false);
+            if SynSeen(a.syn_seen).intersects(SynSeen::SENT) {
+                c.on_syn(Direction::Out.as_u8(), a.isn_out, true);
             }
         }
         if a.len == 0 && a.fin == 0 {
@@ -172,8 +175,9 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
     }
     // Who frames what comes next of this direction. Not HTTP after all (this direction, or the
     // other one, whose answers then are no HTTP responses): nobody.
-    let o_not_http = c.dirs[((a.dir & 1) ^ 1) as usize].lost_not_http();
-    let d = &mut c.dirs[(a.dir & 1) as usize];
+    let dir = Direction::from_bit(a.dir);
+    let o_not_http = c.dir(dir.opposite()).lost_not_http();
+    let d = c.dir_mut(dir);
     let phase = d.phase;
     let not_http = d.lost_not_http() || o_not_http;
     if phase == Phase::Lost as u8 && !not_http || phase == Phase::Unsynced as u8 {
@@ -194,7 +198,7 @@ pub extern "C" fn observer_http_frame(skb: *mut __sk_buff) -> u32 {
 
 const HEADER_LEN: usize = core::mem::size_of::<PayloadHeader>();
 
-/// The hand-off record (`SEG_HANDOFF`, header only), once per lost direction. Out of line, to
+/// The hand-off record (`SegFlags::HANDOFF`, header only), once per lost direction. Out of line, to
 /// keep its stack off the framer's.
 #[inline(never)]
 fn send_handoff(seq: u32, dir: u32, boundary: u32) {
@@ -207,8 +211,8 @@ fn send_handoff(seq: u32, dir: u32, boundary: u32) {
     ev.header.ts_ns = a.ts_ns;
     ev.header.seq = seq;
     ev.header.len = 0;
-    ev.header.dir = (dir & 1) as u8;
-    ev.header.flags = SEG_HANDOFF | if boundary != 0 { SEG_BOUNDARY } else { 0 };
+    ev.header.dir = Direction::from_bit(dir as u8).as_u8();
+    ev.header.flags = SegFlags::HANDOFF.with(SegFlags::BOUNDARY, boundary != 0).bits();
     sent(PAYLOAD.output::<PayloadHeader>(&ev.header, 0).is_ok(), &a.key);
 }
 
@@ -254,7 +258,7 @@ fn sent(ok: bool, key: &ConnKey) {
     }
 }
 
-/// Sends one counted message to the daemon (a `SEG_MSG` record in the payload ring). A record
+/// Sends one counted message to the daemon (a `SegFlags::MSG` record in the payload ring). A record
 /// the full ring refuses is counted, globally and on the connection (whose view then says it
 /// lost records: its kernel counts stay exact).
 #[inline(always)]
@@ -264,8 +268,8 @@ fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
     // SAFETY: per-CPU slots; the classifier wrote the args, the scratch record is ours while
     // this program runs.
     let (a, ev) = unsafe { (&*a, &mut *ev) };
-    let dir = (scan.dir & 1) as usize;
-    let d = &conn.dirs[dir];
+    let dir = Direction::from_bit(scan.dir);
+    let d = conn.dir(dir);
     let start = d.next_seq.wrapping_sub(d.head_len as u32);
     let mut extra = 0u32;
     // The record's `MsgInfo`, byte by byte (see `MsgInfo::decode`).
@@ -273,10 +277,10 @@ fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
     ev.data[3] = 0;
     match e {
         Event::Request { method } => {
-            ev.data[0] = MSG_REQUEST;
+            ev.data[0] = MsgKind::Request as u8;
             ev.data[1] = *method as u8;
             if conn.counts.requests == 1 && !conn.counts.has_responses() {
-                ev.data[2] = MSG_FIRST;
+                ev.data[2] = MsgFlags::FIRST.bits();
             }
             // The line's first bytes (kept by the framer, whichever segments they came in),
             // then what follows them in this segment.
@@ -296,7 +300,7 @@ fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
             }
         }
         Event::Response { status, .. } => {
-            ev.data[0] = MSG_RESPONSE;
+            ev.data[0] = MsgKind::Response as u8;
             ev.data[1] = 0;
             ev.data[4] = *status as u8;
             ev.data[5] = (*status >> 8) as u8;
@@ -307,8 +311,8 @@ fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
     ev.header.ts_ns = scan.ts_ns;
     ev.header.seq = start;
     ev.header.len = (MSG_INFO as u32 + extra) as u16;
-    ev.header.dir = dir as u8;
-    ev.header.flags = SEG_MSG;
+    ev.header.dir = dir.as_u8();
+    ev.header.flags = SegFlags::MSG.bits();
     let len = HEADER_LEN + MSG_INFO + extra as usize;
     if len > HEADER_LEN + MSG_INFO + START_LEN + MSG_TAIL {
         return;
@@ -338,7 +342,7 @@ extern "C" fn turn(_index: u64, ctx: *mut c_void) -> i64 {
                 // Counted once per connection: at its first message, unless the other
                 // direction said so already.
                 let c = &conn.counts;
-                if c.requests == 0 && !c.has_responses() && !conn.dirs[((scan.dir & 1) ^ 1) as usize].lost_not_http() {
+                if c.requests == 0 && !c.has_responses() && !conn.dir(Direction::from_bit(scan.dir).opposite()).lost_not_http() {
                     count(Counter::NotHttp);
                 }
             } else {

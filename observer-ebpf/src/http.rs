@@ -5,8 +5,9 @@ use aya_ebpf::{bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_R
 use observer_common::{
     conn::{ConnKey, ConnStats},
     global::Counter,
-    http::{classify, seq_before, HttpHints, Start, START_LEN, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, DIR_IN, PAYLOAD_MAX_WINDOWS, PAYLOAD_WINDOW, PayloadHeader, SEG_ACK, SEG_FIN, SEG_RST, SEG_SYN},
+    http::{classify, seq_before, HintFlags, HttpHints, PayloadHeader, SegFlags, Start, PAYLOAD_MAX_WINDOWS, PAYLOAD_WINDOW, START_LEN},
     packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    Direction,
 };
 
 use crate::{
@@ -20,7 +21,7 @@ const WAKE_BACKLOG: u64 = crate::conn::WAKE_BACKLOG;
 
 /// One TCP segment, as far as HTTP framing cares.
 pub struct Seg {
-    pub dir: u8,
+    pub dir: Direction,
     /// This segment starts with the first byte of its direction's stream (its SYN was seen).
     pub first_byte: bool,
     pub seq: u32,
@@ -60,7 +61,7 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
         // (only the first segment is classified), which spares an insert per connection.
         let Ok(b) = ctx.load::<[u8; START_LEN]>(off) else { return };
         if classify(&b, START_LEN) == Start::Neither {
-            let h = HttpHints { flags: HINT_NOT_HTTP, conn, ..HttpHints::default() };
+            let h = HttpHints { flags: HintFlags::NOT_HTTP.bits(), conn, ..HttpHints::default() };
             let _ = HTTP_HINTS.insert(key, &h, BPF_ANY as u64);
             count(Counter::NotHttp);
             return;
@@ -69,10 +70,10 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
     if let Some(h) = hints {
         // SAFETY: non-null map value; written by the daemon only, read whole.
         let h = unsafe { *h };
-        if h.flags & HINT_NOT_HTTP != 0 {
+        if h.hint_flags().contains(HintFlags::NOT_HTTP) {
             return;
         }
-        let (valid, skip) = if seg.dir == DIR_IN { (h.flags & HINT_SKIP_IN != 0, h.skip_in) } else { (h.flags & HINT_SKIP_OUT != 0, h.skip_out) };
+        let (valid, skip) = h.skip(seg.dir);
         if valid && remaining > 0 {
             let seg_end = seg.seq.wrapping_add(remaining as u32);
             if !seq_before(skip, seg_end) {
@@ -91,19 +92,22 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
         }
     }
     let Some(ev) = SCRATCH.get_ptr_mut(0) else { return };
-    let flags = (if syn { SEG_SYN } else { 0 })
-        | (if syn && seg.flags & TCP_ACK != 0 { SEG_ACK } else { 0 }) | (if seg.flags & TCP_FIN != 0 { SEG_FIN } else { 0 }) | (if seg.flags & TCP_RST != 0 { SEG_RST } else { 0 });
+    let flags = SegFlags::EMPTY
+        .with(SegFlags::SYN, syn)
+        .with(SegFlags::ACK, syn && seg.flags & TCP_ACK != 0)
+        .with(SegFlags::FIN, seg.flags & TCP_FIN != 0)
+        .with(SegFlags::RST, seg.flags & TCP_RST != 0);
     // SAFETY: per-CPU scratch value, only this program on this CPU uses it while it runs.
     let ev = unsafe { &mut *ev };
     ev.header.key = *key;
     ev.header.ts_ns = now;
-    ev.header.dir = seg.dir;
+    ev.header.dir = seg.dir.as_u8();
     ev.header.conn = conn;
     if remaining == 0 {
         // SYN, or FIN/RST without payload: a header-only record.
         ev.header.seq = start;
         ev.header.len = 0;
-        ev.header.flags = flags;
+        ev.header.flags = flags.bits();
         send(ev as *const _ as *const u8, HEADER_LEN, stats, false);
         return;
     }
@@ -134,7 +138,7 @@ pub fn forward(ctx: &TcContext, key: &ConnKey, stats: *mut ConnStats, seg: &Seg,
         ev.header.seq = start;
         ev.header.len = n as u16;
         // FIN/RST travel with the last record of the segment.
-        ev.header.flags = if n == remaining { flags } else { flags & (SEG_SYN | SEG_ACK) };
+        ev.header.flags = if n == remaining { flags } else { flags.intersection(SegFlags::SYN.union(SegFlags::ACK)) }.bits();
         send(ev as *const _ as *const u8, HEADER_LEN + n, stats, urgent);
         urgent = false;
         off += n;

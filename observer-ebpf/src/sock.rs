@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use observer_common::{
-    conn::{tcp_state, Closer, ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
+    conn::{tcp_state, Closer, ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6, RESET_RECEIVED, RESET_SENT},
     global::Counter,
     packet::IPPROTO_TCP,
     tracepoint::{TpLayout, ABSENT},
@@ -334,6 +334,6 @@ fn reset(ctx: &TracePointContext, l: &TpLayout, sent: bool) -> Option<()> {
         }
     }
     count(if sent { Counter::ResetsSent } else { Counter::ResetsReceived });
-    conn::emit(ConnEventKind::Reset, if sent { 1 } else { 2 }, &k, p, now, false);
+    conn::emit(ConnEventKind::Reset, if sent { RESET_SENT } else { RESET_RECEIVED }, &k, p, now, false);
     Some(())
 }

@@ -11,10 +11,11 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use observer_common::{
     conn::{ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
+    flags::SynSeen,
     global::Counter,
-    http::{DIR_IN, DIR_OUT},
-    seq::{self, SeqStep},
     packet::{self, Ipv6Next},
+    seq::{self, SeqStep},
+    Direction,
 };
 
 use crate::{
@@ -22,21 +23,15 @@ use crate::{
     util::{add, count},
 };
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
-    Ingress,
-    Egress,
-}
-
 #[classifier]
 pub fn observer_tc_ingress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Ingress);
+    observe(&ctx, Direction::In);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn observer_tc_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Egress);
+    observe(&ctx, Direction::Out);
     TC_ACT_UNSPEC
 }
 
@@ -46,6 +41,7 @@ enum Skip {
     Malformed,
 }
 
+/// `dir`: [`Direction::In`] on ingress (what the peer sent), [`Direction::Out`] on egress.
 #[inline(always)]
 fn observe(ctx: &TcContext, dir: Direction) {
     count(Counter::PacketsSeen);
@@ -85,8 +81,8 @@ fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
             }
             key.family = FAMILY_IPV4;
             let (local, remote) = match dir {
-                Direction::Ingress => (ip.dst, ip.src),
-                Direction::Egress => (ip.src, ip.dst),
+                Direction::In => (ip.dst, ip.src),
+                Direction::Out => (ip.src, ip.dst),
             };
             key.local_addr[..4].copy_from_slice(&local);
             key.remote_addr[..4].copy_from_slice(&remote);
@@ -125,8 +121,8 @@ fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
             }
             key.family = FAMILY_IPV6;
             let (local, remote) = match dir {
-                Direction::Ingress => (ip.dst, ip.src),
-                Direction::Egress => (ip.src, ip.dst),
+                Direction::In => (ip.dst, ip.src),
+                Direction::Out => (ip.src, ip.dst),
             };
             key.local_addr = local;
             key.remote_addr = remote;
@@ -137,8 +133,8 @@ fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
     let h: [u8; packet::TCP_MIN_HLEN] = ctx.load(l4).map_err(|_| Skip::Malformed)?;
     let tcp = packet::tcp(&h).ok_or(Skip::Malformed)?;
     let (local_port, remote_port) = match dir {
-        Direction::Ingress => (tcp.dst_port, tcp.src_port),
-        Direction::Egress => (tcp.src_port, tcp.dst_port),
+        Direction::In => (tcp.dst_port, tcp.src_port),
+        Direction::Out => (tcp.src_port, tcp.dst_port),
     };
     key.local_port = local_port;
     key.remote_port = remote_port;
@@ -151,7 +147,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     let Segment { key, tcp, l3, l4, payload_off, payload_len } = parse(ctx, dir)?;
     // What the stack will drop for its checksum counts nowhere (`csum`). Sent segments were
     // summed by this host.
-    if dir == Direction::Ingress && !crate::csum::accepted(ctx.skb.skb, key.family, l3, l4, tcp.header_len + payload_len) {
+    if dir == Direction::In && !crate::csum::accepted(ctx.skb.skb, key.family, l3, l4, tcp.header_len + payload_len) {
         count(Counter::BadChecksum);
         return Ok(());
     }
@@ -159,7 +155,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     let f = tcp.flags;
     // A fresh SYN opens a new connection, also on a four-tuple used before; a peer's stays in
     // `HALF_OPEN` until its handshake completes.
-    let stats = conn::for_packet(&key, now, f, dir == Direction::Ingress);
+    let stats = conn::for_packet(&key, now, f, dir == Direction::In);
     let Some((stats, kind)) = stats else {
         // Counted in GLOBAL too; an LRU map should never refuse, so say so loudly.
         warn!(ctx, "CONNS refused a new connection");
@@ -177,8 +173,8 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         // SAFETY: `stats` is a non-null pointer to a map value.
         let word = unsafe {
             match dir {
-                Direction::Ingress => &mut (*stats).seq_in as *mut u64,
-                Direction::Egress => &mut (*stats).seq_out as *mut u64,
+                Direction::In => &mut (*stats).seq_in as *mut u64,
+                Direction::Out => &mut (*stats).seq_out as *mut u64,
             }
         };
         if let Some(s) = seq_update(word, tcp.seq, payload_len as u32, f & packet::TCP_SYN != 0, f & packet::TCP_FIN != 0) {
@@ -195,7 +191,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         (*a).payload_off = payload_off as u32;
         (*a).payload_len = payload_len as u32;
         (*a).now = now;
-        (*a).egress = (dir == Direction::Egress) as u8;
+        (*a).dir = dir.as_u8();
         (*a).seq = step;
     }
     observer_account(ctx.skb.skb, stats);
@@ -204,14 +200,8 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     if kind == conn::ATTEMPT {
         return Ok(());
     }
-    let wire_dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
     // SAFETY: as above.
-    let (isn, syn_seen) = unsafe {
-        match dir {
-            Direction::Ingress => ((*stats).isn_in, (*stats).syn_seen & 1 != 0),
-            Direction::Egress => ((*stats).isn_out, (*stats).syn_seen & 2 != 0),
-        }
-    };
+    let (isn, syn_seen) = unsafe { ((*stats).isn(dir), (*stats).saw_syn(dir)) };
     let first_byte = syn_seen && tcp.seq == isn.wrapping_add(1);
     // The first bytes of a stream say what the connection carries (once per connection).
     // SAFETY: `stats` is a non-null `CONNS` value.
@@ -220,7 +210,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
     }
     #[cfg_attr(not(feature = "kernel-framer"), allow(unused_mut, reason = "only the kernel framer moves the segment's start"))]
     let mut seg = http::Seg {
-        dir: wire_dir,
+        dir,
         first_byte,
         seq: tcp.seq,
         flags: f,
@@ -238,7 +228,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
                 (*a).seq = tcp.seq;
                 (*a).len = payload_len as u32;
                 (*a).off = payload_off as u32;
-                (*a).dir = wire_dir;
+                (*a).dir = dir.as_u8();
                 (*a).syn = (f & packet::TCP_SYN != 0) as u8;
                 (*a).ack = (f & packet::TCP_ACK != 0) as u8;
                 (*a).fin = (f & packet::TCP_FIN != 0) as u8;
@@ -285,7 +275,8 @@ pub struct AccountArgs {
     pub payload_off: u32,
     pub payload_len: u32,
     pub now: u64,
-    pub egress: u8,
+    /// [`Direction`] as u8.
+    pub dir: u8,
     /// What the sequence bookkeeping found (done by the classifier: a third nested global
     /// function would take the stack past 512 bytes).
     pub seq: SeqStep,
@@ -301,7 +292,7 @@ pub extern "C" fn observer_account(skb: *mut aya_ebpf::bindings::__sk_buff, stat
     let Some(a) = crate::maps::ACCOUNT_ARGS.get_ptr(0) else { return 0 };
     // SAFETY: this CPU's slot, written by the classifier just before the call.
     let a = unsafe { &*a };
-    let dir = if a.egress != 0 { Direction::Egress } else { Direction::Ingress };
+    let dir = Direction::from_bit(a.dir);
     account(&TcContext::new(skb), dir, &a.key, &a.tcp, a.payload_off as usize, a.payload_len as usize, stats, a.now, &a.seq);
     0
 }
@@ -314,7 +305,6 @@ pub extern "C" fn observer_account(skb: *mut aya_ebpf::bindings::__sk_buff, stat
 fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, payload_off: usize, payload_len: usize, stats: *mut observer_common::conn::ConnStats, now: u64, seq: &SeqStep) {
     let f = tcp.flags;
     let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
-    let wire_dir = if dir == Direction::Ingress { DIR_IN } else { DIR_OUT };
     let (retransmit, new_bytes, resent_bytes) = (seq.retransmit, seq.new_bytes as u64, seq.resent_bytes as u64);
     // A GSO/GRO super-packet stands for several wire segments.
     let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
@@ -323,7 +313,7 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
     unsafe {
         let s = &mut *stats;
         match dir {
-            Direction::Ingress => {
+            Direction::In => {
                 add(&mut s.packets_in, segs);
                 add(&mut s.bytes_in, new_bytes);
                 if retransmit {
@@ -333,7 +323,7 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
                 if f & packet::TCP_SYN != 0 {
                     add(&mut s.syn_in, 1);
                     s.isn_in = tcp.seq;
-                    s.syn_seen |= 1;
+                    s.syn_seen |= SynSeen::RECEIVED.bits();
                 }
                 if f & packet::TCP_FIN != 0 { add(&mut s.fin_in, 1) }
                 if f & packet::TCP_RST != 0 { add(&mut s.rst_in, 1) }
@@ -348,7 +338,7 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
                     }
                 }
             }
-            Direction::Egress => {
+            Direction::Out => {
                 add(&mut s.packets_out, segs);
                 add(&mut s.bytes_out, new_bytes);
                 if retransmit {
@@ -358,7 +348,7 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
                 if f & packet::TCP_SYN != 0 {
                     add(&mut s.syn_out, 1);
                     s.isn_out = tcp.seq;
-                    s.syn_seen |= 2;
+                    s.syn_seen |= SynSeen::SENT.bits();
                     // The first SYN (outbound) or SYN-ACK (inbound) starts the handshake clock.
                     if s.syn_ns == 0 {
                         s.syn_ns = now;
@@ -388,7 +378,7 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
         ctx,
         key,
         &trace::Packet {
-            dir: wire_dir,
+            dir,
             tcp_flags: f,
             seq: tcp.seq,
             ack: tcp.ack,
@@ -407,12 +397,16 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
 /// taken as new, the counts on the wire stay complete).
 #[inline(always)]
 fn seq_update(word: *mut u64, seq_no: u32, payload: u32, syn: bool, fin: bool) -> Option<SeqStep> {
-    let packed = observer_seq_update(word, seq_no, payload, (syn as u32) | (fin as u32) << 1);
+    let packed = observer_seq_update(word, seq_no, payload, (if syn { SEQ_SYN } else { 0 }) | (if fin { SEQ_FIN } else { 0 }));
     if packed == u64::MAX {
         return None;
     }
     Some(SeqStep { word: 0, new_bytes: packed as u32, resent_bytes: ((packed >> 32) & 0x7fff_ffff) as u32, retransmit: packed >> 63 != 0 })
 }
+
+/// [`observer_seq_update`]'s `flags`: the segment carried SYN, FIN.
+const SEQ_SYN: u32 = 1;
+const SEQ_FIN: u32 = 2;
 
 /// A global BPF function: the verifier checks it once, on its own, instead of once for every
 /// path of the classifier that reaches it (which would exceed its budget). It returns new bytes
@@ -427,7 +421,7 @@ pub extern "C" fn observer_seq_update(word: *mut u64, seq_no: u32, payload: u32,
     for _ in 0..4 {
         // SAFETY: `word` points into a map value; an aligned u64 is never read torn.
         let old = unsafe { core::ptr::read_volatile(word) };
-        let s = seq::step(old, seq_no, payload, flags & 1 != 0, flags & 2 != 0);
+        let s = seq::step(old, seq_no, payload, flags & SEQ_SYN != 0, flags & SEQ_FIN != 0);
         let packed = s.new_bytes as u64 | ((s.resent_bytes & 0x7fff_ffff) as u64) << 32 | (s.retransmit as u64) << 63;
         if s.word == old {
             return packed;

@@ -6,6 +6,7 @@ use observer_common::{
     conn::ConnKey,
     global::Counter,
     trace::{filter_key, TraceRecord, SHAPES, TRACE_LINE},
+    Direction,
 };
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
 
 /// What the tc program knows of the packet.
 pub struct Packet {
-    pub dir: u8,
+    pub dir: Direction,
     pub tcp_flags: u8,
     pub seq: u32,
     pub ack: u32,
@@ -58,7 +59,7 @@ pub fn record(ctx: &TcContext, key: &ConnKey, p: &Packet, now: u64) {
         (*r).ack = p.ack;
         (*r).payload_len = p.payload_len as u32;
         (*r).window = p.window;
-        (*r).dir = p.dir;
+        (*r).dir = p.dir.as_u8();
         (*r).tcp_flags = p.tcp_flags;
         (*r).retransmit = p.retransmit as u8;
         (*r)._pad = [0; 6];

@@ -1,4 +1,18 @@
-//! One TCP connection as the kernel tracks it: a canonical four-tuple key and exact counters.
+//! One TCP connection as the kernel tracks it: a canonical four-tuple key and exact counters,
+//! who opened and closed it, its lifecycle events (`event`), why it ended (`close`), and its
+//! written form (`written`: `LOCAL REMOTE`).
+
+mod close;
+mod event;
+#[cfg(any(feature = "user", test))]
+mod written;
+
+pub use close::CloseReason;
+pub use event::{ConnEvent, ConnEventKind, UnknownEventKind, RESET_RECEIVED, RESET_SENT};
+#[cfg(any(feature = "user", test))]
+pub use written::{Endpoint, ParseConnKeyError, CONNECTION_FORM};
+
+use crate::{direction::Direction, flags::SynSeen, proto::Protocol};
 
 /// `AF_INET`, as stored in [`ConnKey::family`].
 pub const FAMILY_IPV4: u16 = 2;
@@ -97,9 +111,9 @@ pub struct ConnStats {
     /// HTTP framing starts each stream at ISN + 1.
     pub isn_in: u32,
     pub isn_out: u32,
-    /// Bit 0: a SYN was received, bit 1: a SYN was sent.
+    /// [`SynSeen`] as u8 (bit 0: a SYN was received, bit 1: a SYN was sent).
     pub syn_seen: u8,
-    /// What the connection carries, from its first bytes (`crate::proto`, `PROTO_*`).
+    /// What the connection carries, from its first bytes: [`Protocol`] as u8 (`PROTO_*`).
     pub protocol: u8,
     pub _pad2: u16,
     /// Which bytes of each direction were seen (`crate::seq`: the highest sequence number and
@@ -116,7 +130,6 @@ pub struct ConnStats {
     /// bytes (the counts on the wire stay exact).
     pub payload_records_lost: u64,
 }
-
 
 impl ConnStats {
     pub const fn zeroed() -> Self {
@@ -156,6 +169,45 @@ impl ConnStats {
             retransmitted_bytes_in: 0,
             retransmitted_bytes_out: 0,
             payload_records_lost: 0,
+        }
+    }
+
+    /// `role`, typed.
+    #[inline(always)]
+    pub const fn role(&self) -> Role {
+        Role::from_u8(self.role)
+    }
+
+    /// `closer`, typed.
+    #[inline(always)]
+    pub const fn closer(&self) -> Closer {
+        Closer::from_u8(self.closer)
+    }
+
+    /// `protocol`, typed.
+    #[inline(always)]
+    pub const fn protocol(&self) -> Protocol {
+        Protocol::from_u8(self.protocol)
+    }
+
+    /// `syn_seen`, typed.
+    #[inline(always)]
+    pub const fn syn_seen_flags(&self) -> SynSeen {
+        SynSeen(self.syn_seen)
+    }
+
+    /// A SYN travelling in `dir` was seen: [`Self::isn`] of `dir` is its initial sequence number.
+    #[inline(always)]
+    pub const fn saw_syn(&self, dir: Direction) -> bool {
+        self.syn_seen & SynSeen::of(dir).bits() != 0
+    }
+
+    /// The initial sequence number of `dir` (`isn_in` / `isn_out`; 0 when its SYN was not seen).
+    #[inline(always)]
+    pub const fn isn(&self, dir: Direction) -> u32 {
+        match dir {
+            Direction::In => self.isn_in,
+            Direction::Out => self.isn_out,
         }
     }
 }
@@ -255,162 +307,14 @@ pub mod tcp_state {
     }
 }
 
-/// Why a connection ended.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "snake_case"))]
-pub enum CloseReason {
-    /// FIN both ways.
-    Normal = 1,
-    /// This host sent a reset (e.g. an application closed with SO_LINGER 0, or unread data).
-    ResetSent = 2,
-    /// The peer sent a reset.
-    ResetReceived = 3,
-    /// The connection never opened: the listening side answered the SYN with a reset.
-    Refused = 4,
-    /// The connection never opened, or died, without an answer (SYN or retransmission timeout).
-    TimedOut = 5,
-}
-
-impl CloseReason {
-    pub const fn name(self) -> &'static str {
-        match self {
-            CloseReason::Normal => "normal",
-            CloseReason::ResetSent => "reset_sent",
-            CloseReason::ResetReceived => "reset_received",
-            CloseReason::Refused => "refused",
-            CloseReason::TimedOut => "timed_out",
-        }
-    }
-
-    pub const ALL: [CloseReason; 5] = [CloseReason::Normal, CloseReason::ResetSent, CloseReason::ResetReceived, CloseReason::Refused, CloseReason::TimedOut];
-
-    /// The reason, from a closed connection's final counters. A reset on the wire (tc view) counts
-    /// as well as one the socket layer reported: a refused inbound SYN never had a socket.
-    pub fn of(s: &ConnStats) -> CloseReason {
-        let sent = s.resets_sent + s.rst_out > 0;
-        let received = s.resets_received + s.rst_in > 0;
-        let never_opened = s.opened_ns == 0 && s.state_before_close != tcp_state::ESTABLISHED;
-        if never_opened {
-            if sent || received {
-                return CloseReason::Refused;
-            }
-            return CloseReason::TimedOut;
-        }
-        // The first reset decides; a reset answering a reset is not news.
-        match (sent, received) {
-            (true, false) => CloseReason::ResetSent,
-            (false, true) => CloseReason::ResetReceived,
-            (true, true) => {
-                if Closer::from_u8(s.closer) == Closer::Remote { CloseReason::ResetReceived } else { CloseReason::ResetSent }
-            }
-            (false, false) => {
-                // FIN on the wire, or a socket that went through the closing states: an orderly
-                // close. Otherwise it died where it stood (retransmission or keepalive timeout).
-                let closing = matches!(
-                    s.state_before_close,
-                    tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK | tcp_state::CLOSE_WAIT | tcp_state::TIME_WAIT
-                );
-                if s.fin_in > 0 || s.fin_out > 0 || closing { CloseReason::Normal } else { CloseReason::TimedOut }
-            }
-        }
-    }
-}
-
-/// What a [`ConnEvent`] reports.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnEventKind {
-    /// Reached ESTABLISHED.
-    Opened = 1,
-    /// Reached CLOSE; `stats` holds the counters at that moment (the map entry stays exact).
-    Closed = 2,
-    /// A reset was sent (`detail` = 1) or received (`detail` = 2).
-    Reset = 3,
-    /// A closed connection's entry is about to be reused by a new connection on its four-tuple:
-    /// `stats` (and `frame`) are its final counts, with what came after the close (a FIN that
-    /// arrived in TIME_WAIT).
-    Superseded = 4,
-}
-
-/// A lifecycle event, through the `EVENTS` ring buffer.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ConnEvent {
-    pub kind: u32,
-    pub detail: u32,
-    pub ts_ns: u64,
-    pub key: ConnKey,
-    pub stats: ConnStats,
-    /// With `Closed`: 1 when `frame` holds the connection's kernel HTTP framing state at its
-    /// close (taken here, not later from the map: the four-tuple may be reused in the meantime).
-    pub frame_valid: u32,
-    pub _pad: u32,
-    pub frame: crate::frame::ConnFrame,
-}
-
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    use core::fmt;
-    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
     // SAFETY: both are #[repr(C)], made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnStats {}
     unsafe impl aya::Pod for ConnEvent {}
-
-    fn addr(family: u16, bytes: &[u8; 16]) -> IpAddr {
-        if family == FAMILY_IPV4 {
-            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(*bytes))
-        }
-    }
-
-    fn addr_bytes(ip: IpAddr) -> (u16, [u8; 16]) {
-        match ip {
-            IpAddr::V4(v4) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&v4.octets());
-                (FAMILY_IPV4, b)
-            }
-            IpAddr::V6(v6) => (FAMILY_IPV6, v6.octets()),
-        }
-    }
-
-    impl ConnKey {
-        pub fn local(&self) -> SocketAddr {
-            SocketAddr::new(addr(self.family, &self.local_addr), self.local_port)
-        }
-
-        pub fn remote(&self) -> SocketAddr {
-            SocketAddr::new(addr(self.family, &self.remote_addr), self.remote_port)
-        }
-
-        /// The key for a connection between `local` and `remote`; `None` when their address
-        /// families differ.
-        pub fn from_endpoints(local: SocketAddr, remote: SocketAddr) -> Option<Self> {
-            let (family, local_addr) = addr_bytes(local.ip());
-            let (remote_family, remote_addr) = addr_bytes(remote.ip());
-            (family == remote_family).then_some(Self {
-                family,
-                local_port: local.port(),
-                remote_port: remote.port(),
-                _pad: 0,
-                local_addr,
-                remote_addr,
-            })
-        }
-    }
-
-    /// The one written form of a connection: local then remote, `198.18.0.1:80 198.18.0.2:51234`
-    /// or `[2001:db8::1]:80 [2001:db8::2]:51234`.
-    impl fmt::Display for ConnKey {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{} {}", self.local(), self.remote())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -435,48 +339,20 @@ mod tests {
         assert_eq!(v6.family, FAMILY_IPV6, "a real IPv6 address stays IPv6");
     }
 
-    fn stats() -> ConnStats {
-        ConnStats::zeroed()
-    }
-
     #[test]
-    fn close_reasons() {
-        let mut normal = stats();
-        normal.opened_ns = 1;
-        normal.fin_in = 1;
-        normal.fin_out = 1;
-        assert_eq!(CloseReason::of(&normal), CloseReason::Normal);
-
-        let mut aborted_by_peer = normal;
-        aborted_by_peer.fin_in = 0;
-        aborted_by_peer.fin_out = 0;
-        aborted_by_peer.resets_received = 1;
-        assert_eq!(CloseReason::of(&aborted_by_peer), CloseReason::ResetReceived);
-
-        let mut aborted_here = normal;
-        aborted_here.rst_out = 1;
-        assert_eq!(CloseReason::of(&aborted_here), CloseReason::ResetSent);
-
-        let mut refused = stats();
-        refused.syn_in = 1;
-        refused.rst_out = 1;
-        assert_eq!(CloseReason::of(&refused), CloseReason::Refused, "no socket: tc view only");
-        let mut refused_out = stats();
-        refused_out.state_before_close = tcp_state::SYN_SENT;
-        refused_out.resets_received = 1;
-        assert_eq!(CloseReason::of(&refused_out), CloseReason::Refused);
-
-        let mut loopback = stats();
-        loopback.opened_ns = 1;
-        loopback.state_before_close = tcp_state::LAST_ACK;
-        assert_eq!(CloseReason::of(&loopback), CloseReason::Normal, "no tc view, socket closed in order");
-        let mut rto = loopback;
-        rto.state_before_close = tcp_state::ESTABLISHED;
-        assert_eq!(CloseReason::of(&rto), CloseReason::TimedOut);
-
-        let mut syn_timeout = stats();
-        syn_timeout.state_before_close = tcp_state::SYN_SENT;
-        syn_timeout.syn_out = 3;
-        assert_eq!(CloseReason::of(&syn_timeout), CloseReason::TimedOut);
+    fn typed_accessors_read_the_stored_bytes() {
+        let mut s = ConnStats::zeroed();
+        assert_eq!((s.role(), s.closer(), s.protocol()), (Role::Unknown, Closer::Unknown, Protocol::Unknown));
+        assert!(!s.saw_syn(Direction::In) && !s.saw_syn(Direction::Out));
+        s.role = Role::Outbound as u8;
+        s.closer = Closer::Remote as u8;
+        s.protocol = crate::proto::PROTO_TLS;
+        s.syn_seen = SynSeen::SENT.bits();
+        s.isn_in = 7;
+        s.isn_out = 9;
+        assert_eq!((s.role(), s.closer(), s.protocol()), (Role::Outbound, Closer::Remote, Protocol::Tls));
+        assert!(!s.saw_syn(Direction::In) && s.saw_syn(Direction::Out));
+        assert_eq!(s.syn_seen_flags(), SynSeen::SENT);
+        assert_eq!((s.isn(Direction::In), s.isn(Direction::Out)), (7, 9));
     }
 }
