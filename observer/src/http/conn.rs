@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 
 use observer_common::{
     conn::Role,
-    http::{classify, HttpHints, Start, DIR_IN, DIR_OUT, START_LEN},
+    direction::Direction,
+    http::{classify, HttpHints, Start, START_LEN},
 };
 
 use super::{
@@ -19,7 +20,7 @@ use super::{
 };
 
 /// One direction of a connection: its bytes put in order, and framed.
-pub(super) struct Direction {
+pub(super) struct Flow {
     pub(super) stream: Stream,
     pub(super) framer: Framer,
     /// Where the stream ends (after its last byte), once its FIN was seen. A response delimited
@@ -32,8 +33,8 @@ pub(super) struct Direction {
 pub struct HttpConn {
     pub(super) role: Role,
     /// Which direction carries requests (`DIR_IN` or `DIR_OUT`), once known.
-    pub(super) request_dir: Option<u8>,
-    pub(super) dirs: [Direction; 2],
+    pub(super) request_dir: Option<Direction>,
+    pub(super) dirs: [Flow; 2],
     pub(super) pending: VecDeque<Pending>,
     /// Requests waiting behind `pending` once it is full ([`super::pairing::MAX_PENDING`]):
     /// counted, not kept.
@@ -64,8 +65,8 @@ pub struct HttpConn {
     pub first_ns: u64,
 }
 
-fn new_direction() -> Direction {
-    Direction { stream: Stream::default(), framer: Framer::new(false), fin_at: None }
+fn new_direction() -> Flow {
+    Flow { stream: Stream::default(), framer: Framer::new(false), fin_at: None }
 }
 
 impl HttpConn {
@@ -102,7 +103,7 @@ impl HttpConn {
     pub(super) fn settle_role(&mut self) -> Role {
         if self.role == Role::Unknown {
             if let Some(r) = self.request_dir {
-                self.role = if r == DIR_IN { Role::Inbound } else { Role::Outbound };
+                self.role = if r == Direction::In { Role::Inbound } else { Role::Outbound };
             }
         }
         self.role
@@ -143,33 +144,33 @@ impl HttpConn {
         // Evidence only: records lost inside a body framing skipped anyway changed nothing.
         let mut lost = false;
         let ends = end.seq;
-        for dir in [DIR_IN, DIR_OUT] {
+        for dir in Direction::BOTH {
             // Bytes behind a gap that never filled. If the kernel handed over every record of
             // this connection, the hole is on the wire (a segment that never reached this host,
             // or bytes ahead of anything the peer sent): TCP delivers in order, so the
             // application never got what lies behind it, and neither is it counted.
             let mut unfilled = false;
-            if self.dirs[dir as usize].stream.has_gap() {
+            if self.dirs[dir.index()].stream.has_gap() {
                 if end.records_lost {
                     lost = true;
                     self.resync_after_gap(dir, true, out);
                 } else {
                     unfilled = true;
-                    self.dirs[dir as usize].stream.take_pending();
+                    self.dirs[dir.index()].stream.take_pending();
                 }
             }
-            let d = &mut self.dirs[dir as usize];
+            let d = &mut self.dirs[dir.index()];
             d.framer.closed();
             // Bytes the kernel saw and framing never got. (Past the end is fine: a body cut
             // short by an abort was skipped up to where it should have ended.)
-            if let (Some(next), Some(end), false) = (d.stream.next(), ends[dir as usize], unfilled) {
+            if let (Some(next), Some(end), false) = (d.stream.next(), ends[dir.index()], unfilled) {
                 if observer_common::http::seq_before(next, end) && !self.tunneled && !self.not_http {
                     lost = true;
                 }
             }
             // Never in step with a direction that carried data, and the kernel lost records of
             // this connection: its very first records (the SYN's, the first message) are gone.
-            if end.records_lost && end.carried[dir as usize] && d.stream.next().is_none() && !self.tunneled && !self.not_http && self.framing_lost == 0 {
+            if end.records_lost && end.carried[dir.index()] && d.stream.next().is_none() && !self.tunneled && !self.not_http && self.framing_lost == 0 {
                 lost = true;
             }
         }
@@ -197,13 +198,13 @@ impl HttpConn {
     /// starts again at what waited. (Without lost records a gap is on the wire: it waits for the
     /// retransmission, or for the close.)
     pub(super) fn expire_gaps(&mut self, now_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
-        for dir in [DIR_IN, DIR_OUT] {
+        for dir in Direction::BOTH {
             self.expire_gap(dir, now_ns, records_lost, out);
         }
     }
 
-    fn expire_gap(&mut self, dir: u8, now_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
-        if self.dirs[dir as usize].stream.gap_expired(now_ns, records_lost) {
+    fn expire_gap(&mut self, dir: Direction, now_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
+        if self.dirs[dir.index()].stream.gap_expired(now_ns, records_lost) {
             self.framing_lost += 1;
             out.push(Outcome::FramingLost);
             self.resync_after_gap(dir, records_lost, out);
@@ -211,9 +212,9 @@ impl HttpConn {
     }
 
     /// Bytes behind a gap that will never fill: frame them from the next message start on.
-    fn resync_after_gap(&mut self, dir: u8, records_lost: bool, out: &mut Vec<Outcome>) {
-        let waiting = self.dirs[dir as usize].stream.take_pending();
-        self.dirs[dir as usize].framer.reset();
+    fn resync_after_gap(&mut self, dir: Direction, records_lost: bool, out: &mut Vec<Outcome>) {
+        let waiting = self.dirs[dir.index()].stream.take_pending();
+        self.dirs[dir.index()].framer.reset();
         for c in waiting {
             self.feed(dir, c.seq, &c.data, c.ts_ns, records_lost, out);
         }
@@ -221,13 +222,13 @@ impl HttpConn {
 
     /// A payload record's bytes of direction `dir` at `seq`: put in order, then framed. An
     /// unsynchronised direction starts (again) only where a message starts.
-    pub(super) fn feed(&mut self, dir: u8, seq: u32, data: &[u8], ts_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
-        if !self.dirs[dir as usize].stream.is_synced() {
+    pub(super) fn feed(&mut self, dir: Direction, seq: u32, data: &[u8], ts_ns: u64, records_lost: bool, out: &mut Vec<Outcome>) {
+        if !self.dirs[dir.index()].stream.is_synced() {
             // Start (again) only where a message starts: a request line or a status line.
             let mut b = [0u8; START_LEN];
             let n = data.len().min(START_LEN);
             b[..n].copy_from_slice(&data[..n]);
-            let other = if dir == DIR_IN { DIR_OUT } else { DIR_IN };
+            let other = dir.opposite();
             let starts = match classify(&b, n) {
                 Start::Request(_) => *self.request_dir.get_or_insert(dir) == dir,
                 Start::Response(_) => *self.request_dir.get_or_insert(other) == other,
@@ -236,21 +237,21 @@ impl HttpConn {
             if !starts {
                 return;
             }
-            let d = &mut self.dirs[dir as usize];
+            let d = &mut self.dirs[dir.index()];
             d.stream.sync(seq);
             d.framer.reset();
         }
-        let chunks = self.dirs[dir as usize].stream.push(seq, data, ts_ns);
+        let chunks = self.dirs[dir.index()].stream.push(seq, data, ts_ns);
         for c in chunks {
             self.frame(dir, &c.data, c.ts_ns, out);
-            if !self.dirs[dir as usize].stream.is_synced() {
+            if !self.dirs[dir.index()].stream.is_synced() {
                 break;
             }
         }
         // A gap that never filled while records were lost: those bytes were lost to us. Start
         // again at what waited.
         self.expire_gap(dir, ts_ns, records_lost, out);
-        let d = &mut self.dirs[dir as usize];
+        let d = &mut self.dirs[dir.index()];
         if let (Some(end), Some(next)) = (d.fin_at, d.stream.next()) {
             if !observer_common::http::seq_before(next, end) {
                 d.framer.closed();
@@ -259,9 +260,9 @@ impl HttpConn {
     }
 
     /// Feeds in-order bytes of direction `dir`.
-    fn frame(&mut self, dir: u8, data: &[u8], ts_ns: u64, out: &mut Vec<Outcome>) {
+    fn frame(&mut self, dir: Direction, data: &[u8], ts_ns: u64, out: &mut Vec<Outcome>) {
         let is_response = self.request_dir.map(|r| r != dir);
-        let d = &mut self.dirs[dir as usize];
+        let d = &mut self.dirs[dir.index()];
         if d.framer.is_idle() || d.framer.is_fresh() {
             if let Some(r) = is_response {
                 if d.framer.is_response() != r {
@@ -273,7 +274,7 @@ impl HttpConn {
         let methods: Vec<Text> = self.pending.iter().map(|p| p.method.clone()).collect();
         let mut answered = 0;
         let found = {
-            let d = &mut self.dirs[dir as usize];
+            let d = &mut self.dirs[dir.index()];
             d.framer.feed(data, ts_ns, &mut |h| match h {
                 // What follows an upgrade request waits for its response (its body, if any, is
                 // not framed: upgrade requests with bodies are too rare to frame exactly).
@@ -300,7 +301,7 @@ impl HttpConn {
                         out.push(Outcome::FramingLost);
                         log::debug!("HTTP framing lost ({why}); resynchronising");
                     }
-                    let d = &mut self.dirs[dir as usize];
+                    let d = &mut self.dirs[dir.index()];
                     d.stream.unsync();
                     d.framer.reset();
                 }

@@ -2,7 +2,7 @@
 //! kernel's message record) finds is counted; a request waits for its response, a final response
 //! answers the oldest waiting one (its latency, the recent exchanges), and what happened is an
 //! [`Outcome`] for the aggregate metrics.
-use observer_common::http::{DIR_IN, DIR_OUT};
+use observer_common::direction::Direction;
 
 use super::{bounds, conn::HttpConn, framing::Head, text::shown_target, view::Exchange, window, Text};
 
@@ -34,7 +34,7 @@ pub(super) struct Pending {
 
 impl HttpConn {
     /// A message head of `dir` whose first byte came at `ts_ns`: counted, and paired.
-    pub(super) fn on_head(&mut self, dir: u8, head: Head, ts_ns: u64, out: &mut Vec<Outcome>) {
+    pub(super) fn on_head(&mut self, dir: Direction, head: Head, ts_ns: u64, out: &mut Vec<Outcome>) {
         self.messages += 1;
         match head {
             Head::Request { method, target, .. } => {
@@ -51,7 +51,7 @@ impl HttpConn {
                 }
             }
             Head::Response { status, .. } => {
-                self.request_dir.get_or_insert(if dir == DIR_IN { DIR_OUT } else { DIR_IN });
+                self.request_dir.get_or_insert(dir.opposite());
                 self.lifetime.add_status(status);
                 window::bucket(&mut self.seconds, ts_ns).add_status(status);
                 self.last_status = Some(status);
@@ -66,14 +66,14 @@ impl HttpConn {
                 } else {
                     None
                 };
-                let request_dir = if dir == DIR_IN { DIR_OUT } else { DIR_IN };
+                let request_dir = dir.opposite();
                 let switched = status == 101 || ((200..300).contains(&status) && answered.as_ref().is_some_and(|p| &*p.method == "CONNECT"));
                 if switched {
                     // Both directions now carry another protocol.
                     self.tunneled = true;
-                    self.dirs[request_dir as usize].framer.tunnel();
+                    self.dirs[request_dir.index()].framer.tunnel();
                 } else if status >= 200 {
-                    self.dirs[request_dir as usize].framer.resume();
+                    self.dirs[request_dir.index()].framer.resume();
                 }
                 let latency_ns = answered.as_ref().map(|p| ts_ns.saturating_sub(p.ts_ns));
                 let front = answered.as_ref().or(self.pending.front());

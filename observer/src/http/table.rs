@@ -8,8 +8,9 @@ use std::collections::BTreeSet;
 use foldhash::{HashMap, HashMapExt};
 
 use observer_common::{
+    direction::Direction,
     conn::{ConnKey, Role},
-    http::{HttpHints, MsgInfo, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_TAIL, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN},
+    http::{HttpHints, MsgInfo, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_TAIL, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN},
 };
 
 use super::{
@@ -164,8 +165,9 @@ impl HttpTable {
         if dir > DIR_OUT || (info.kind != MSG_REQUEST && info.kind != MSG_RESPONSE) || (info.kind == MSG_RESPONSE && !(100..=599).contains(&info.status)) {
             return update;
         }
+        let dir = Direction::from_bit(dir);
         let conn = self.conn(key, info.kind == MSG_REQUEST && info.flags & MSG_FIRST != 0, ts_ns);
-        conn.kernel_framed[dir as usize] = true;
+        conn.kernel_framed[dir.index()] = true;
         let head = if info.kind == MSG_REQUEST {
             // The line's kept first bytes, then what followed them, on the stack.
             let rest = &data[MSG_INFO..];
@@ -196,9 +198,10 @@ impl HttpTable {
         if dir > DIR_OUT {
             return update;
         }
+        let dir = Direction::from_bit(dir);
         let conn = self.conn(key, false, ts_ns);
-        conn.handed_off[dir as usize] = true;
-        let d = &mut conn.dirs[dir as usize];
+        conn.handed_off[dir.index()] = true;
+        let d = &mut conn.dirs[dir.index()];
         d.framer.reset();
         if boundary {
             d.stream.sync(seq);
@@ -226,15 +229,16 @@ impl HttpTable {
         if conn.not_http || conn.tunneled || dir > DIR_OUT {
             return update;
         }
+        let dir = Direction::from_bit(dir);
         if flags & SEG_SYN != 0 {
             // The SYN's sender is the client: it sends the requests.
             if flags & SEG_ACK == 0 {
-                conn.role = if dir == DIR_IN { Role::Inbound } else { Role::Outbound };
+                conn.role = if dir == Direction::In { Role::Inbound } else { Role::Outbound };
                 conn.request_dir = Some(dir);
             } else {
-                conn.request_dir.get_or_insert(if dir == DIR_IN { DIR_OUT } else { DIR_IN });
+                conn.request_dir.get_or_insert(dir.opposite());
             }
-            let d = &mut conn.dirs[dir as usize];
+            let d = &mut conn.dirs[dir.index()];
             d.stream.sync(seq.wrapping_add(1));
             d.framer.reset();
             d.fin_at = None;
@@ -244,12 +248,12 @@ impl HttpTable {
         let before = conn.hints;
         let mut out = Vec::new();
         if flags & SEG_FIN != 0 {
-            conn.dirs[dir as usize].fin_at = Some(seq.wrapping_add(data.len() as u32));
+            conn.dirs[dir.index()].fin_at = Some(seq.wrapping_add(data.len() as u32));
         }
         conn.feed(dir, seq, data, ts_ns, records_lost, &mut out);
         // Ask the kernel to skip long bodies: no copy of what framing does not need.
-        for d in [DIR_IN, DIR_OUT] {
-            let dd = &mut conn.dirs[d as usize];
+        for d in Direction::BOTH {
+            let dd = &mut conn.dirs[d.index()];
             let n = dd.framer.skippable();
             if n >= SKIP_MIN {
                 // Sequence numbers compare within 2^31 (the kernel's `seq_before`, `Stream`): a
@@ -259,7 +263,7 @@ impl HttpTable {
                     let to = next.wrapping_add(n as u32);
                     dd.stream.skip_to(to);
                     dd.framer.skipped(n);
-                    if d == DIR_IN {
+                    if d == Direction::In {
                         conn.hints.flags |= HINT_SKIP_IN;
                         conn.hints.skip_in = to;
                     } else {

@@ -24,7 +24,7 @@ impl KernelCounters {
     pub fn read(maps: &Maps) -> Self {
         let mut values = [0; COUNTERS as usize];
         for c in Counter::ALL {
-            values[c as usize] = if is_gauge(c) { maps.counter_max(c) } else { maps.counter(c) };
+            values[c as usize] = if c.is_gauge() { maps.counter_max(c) } else { maps.counter(c) };
         }
         Self(values)
     }
@@ -46,10 +46,6 @@ impl serde::Serialize for KernelCounters {
     }
 }
 
-/// Ring backlogs: the last fill a program saw, not a count.
-fn is_gauge(c: Counter) -> bool {
-    matches!(c, Counter::PayloadBacklog | Counter::EventsBacklog)
-}
 
 /// A family read from kernel counters: name, help, and its samples (counter, label pair).
 struct Family {
@@ -126,7 +122,7 @@ impl KernelCollector {
 fn family(f: &Family, values: &[(&str, u64)]) -> Box<dyn Collector> {
     let labels: Vec<&str> = f.label.into_iter().collect();
     let opts = Opts::new(f.name, f.help);
-    if is_gauge(f.samples[0].0) {
+    if f.samples[0].0.is_gauge() {
         let g = IntGaugeVec::new(opts, &labels).expect("a valid family");
         for (l, v) in values {
             g.with_label_values(&labels.iter().map(|_| *l).collect::<Vec<_>>()).set(*v as i64);
@@ -193,7 +189,7 @@ mod tests {
         }
         for f in &FAMILIES {
             assert!(!f.samples.is_empty() && (f.label.is_some() || f.samples.len() == 1), "{}", f.name);
-            assert!(f.samples.iter().all(|(c, _)| is_gauge(*c) == is_gauge(f.samples[0].0)), "{}: counters and gauges mixed", f.name);
+            assert!(f.samples.iter().all(|(c, _)| c.is_gauge() == f.samples[0].0.is_gauge()), "{}: counters and gauges mixed", f.name);
         }
     }
 }

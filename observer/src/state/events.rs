@@ -91,7 +91,7 @@ impl State {
     pub fn on_event(self: &Arc<Self>, ev: ConnEvent) {
         let delay = monotonic_ns().saturating_sub(ev.ts_ns);
         self.metrics.event_delay.observe(delay as f64 / 1e9);
-        let kind = event_kind(ev.kind);
+        let kind = ConnEventKind::try_from(ev.kind).ok();
         // A superseded entry is bookkeeping, not a moment of the connection's timeline.
         if kind != Some(ConnEventKind::Superseded) {
             self.trace.publish(&ev.key, || crate::timeline::event_line(&ev));
@@ -123,7 +123,3 @@ impl State {
     }
 }
 
-/// The kind of a ring record's `kind` field; `None` for a kind this daemon does not know.
-fn event_kind(kind: u32) -> Option<ConnEventKind> {
-    [ConnEventKind::Opened, ConnEventKind::Closed, ConnEventKind::Reset, ConnEventKind::Superseded].into_iter().find(|k| *k as u32 == kind)
-}
