@@ -303,7 +303,7 @@ pub fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run { interfaces, listen, metrics_listen, unix_socket, ready_max_lag_ms, max_connections, events_kib, closed_retention, closed_max, payload_kib, http_ports, top_k, upstreams, upstream_labels, http_framing, lifecycle_hook, state_dir, ephemeral, show_query, log_format: _ } => {
             http::set_keep_query(show_query);
-            let config = daemon::Config {
+            let config = crate::config::Config {
                 interfaces,
                 listen,
                 map_sizes: bpf::MapSizes { connections: max_connections, events_bytes: events_kib * 1024, payload_bytes: payload_kib * 1024 },

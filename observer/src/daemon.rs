@@ -2,13 +2,14 @@
 //! pump per ring buffer and the sweep, serve the API (`api`) until SIGINT/SIGTERM, then detach
 //! (or leave the pinned programs counting).
 #![forbid(unsafe_code)]
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 
 use crate::{
     api,
-    bpf::{self, MapSizes},
+    bpf,
+    config::Config,
     state::{Loading, State},
     sys,
     trace::Hub,
@@ -22,34 +23,6 @@ const PAYLOAD_POLL: Duration = Duration::from_millis(10);
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often HTTP framing held up by a gap gives up on it when nothing followed.
 const GAPS_EVERY: Duration = Duration::from_secs(1);
-
-/// Everything `observer run` is configured with.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// Empty: every interface that is up and not loopback.
-    pub interfaces: Vec<String>,
-    pub listen: SocketAddr,
-    pub map_sizes: MapSizes,
-    pub closed_retention: Duration,
-    pub closed_max: usize,
-    /// Per-connection Prometheus series for this many connections (worst 10 s error ratio).
-    pub top_k: usize,
-    /// Ports whose connections are parsed as HTTP; empty: every port, detected by content.
-    pub http_ports: Vec<u16>,
-    /// HTTP framed in the kernel (`--http-framing kernel`), else by the daemon from payload.
-    pub kernel_http: bool,
-    pub lifecycle_hook: crate::bpf::LifecycleHook,
-    /// A second listener for Prometheus: `/metrics` without per-connection series, `/healthz`.
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// Where maps and links are pinned (`None`: nothing outlives the daemon).
-    pub state_dir: Option<std::path::PathBuf>,
-    /// The API also on this Unix socket (mode 0600), for the CLI.
-    pub unix_socket: Option<std::path::PathBuf>,
-    /// `/readyz` fails when a ring buffer has had records waiting unread longer than this.
-    pub ready_max_lag: Duration,
-    /// How outbound connections get their bounded `upstream` label.
-    pub upstreams: crate::metrics::upstream::Policy,
-}
 
 pub async fn run(config: Config) -> Result<()> {
     // Signals first: a SIGTERM while the programs load must still detach cleanly.

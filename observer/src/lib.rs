@@ -12,6 +12,7 @@ pub mod btf;
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod kernel_http;

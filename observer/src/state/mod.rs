@@ -15,7 +15,7 @@ use observer_common::{
 
 use crate::{
     bpf::{self, Attachment, DrainRequest, Loaded, Maps},
-    daemon::Config,
+    config::Config,
     http::HttpTable,
     metrics::{KernelCounters, Metrics, TableGauges, TopConnection},
     sys::{self, monotonic_ns},
