@@ -1,9 +1,9 @@
 //! Filters, sorting and limits of `GET /api/v1/connections`, and the written form of a
 //! connection (`LOCAL REMOTE`), parsed with errors that say what was expected.
 #![forbid(unsafe_code)]
-use std::{cmp::Ordering, collections::HashMap, net::IpAddr, net::SocketAddr};
+use std::{cmp::Ordering, collections::HashMap, net::IpAddr};
 
-use observer_common::conn::ConnKey;
+use observer_common::conn::{ConnKey, ParseConnKeyError};
 
 use crate::model::{ConnStatus, Connection, Role, TcpState};
 
@@ -17,19 +17,13 @@ pub enum StateFilter {
 
 pub const CONNECTION_FORM: &str = "a connection is written LOCAL REMOTE, e.g. `198.18.0.1:80 198.18.0.2:51234` or `[2001:db8::1]:443 [2001:db8::2]:40000` (in a URL path the space is %20; a comma also separates)";
 
-/// Parses one endpoint: `198.18.0.1:51234` or `[2001:db8::1]:443`.
-pub fn parse_endpoint(s: &str) -> Result<SocketAddr, String> {
-    s.trim().parse().map_err(|_| format!("{s:?} is not an endpoint: expected ADDRESS:PORT, e.g. 198.18.0.1:51234 or [2001:db8::1]:443"))
-}
-
-/// Parses a connection in its written form, local endpoint first.
+/// Parses a connection in its written form, local endpoint first (`observer_common`'s
+/// `FromStr`, beside the `Display` that writes it), with the form in the message.
 pub fn parse_connection(s: &str) -> Result<ConnKey, String> {
-    let parts: Vec<&str> = s.split(|c: char| c.is_whitespace() || c == ',').filter(|p| !p.is_empty()).collect();
-    let [local, remote] = parts[..] else {
-        return Err(format!("{s:?}: {CONNECTION_FORM}"));
-    };
-    let (local, remote) = (parse_endpoint(local)?, parse_endpoint(remote)?);
-    ConnKey::from_endpoints(local, remote).ok_or_else(|| format!("{s:?}: both endpoints must be IPv4, or both IPv6"))
+    s.parse::<ConnKey>().map_err(|e| match e {
+        ParseConnKeyError::Form => format!("{s:?}: {CONNECTION_FORM}"),
+        e => format!("{s:?}: {e}"),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
