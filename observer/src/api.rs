@@ -13,11 +13,13 @@ use axum::{
     routing::get,
     Json, Router,
 };
+use observer_common::global::Counter;
 use serde_json::json;
 
 use crate::{
-    state::State as App,
+    model::{self, TimelineEvent},
     query::{parse_connection, Query},
+    state::State as App,
 };
 
 pub fn router(app: Arc<App>) -> Router {
@@ -29,7 +31,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/trace", get(trace))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route: see /api/v1/connections, /api/v1/connections/{LOCAL REMOTE}, /api/v1/status, /metrics, /healthz".into()) })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such route: see /api/v1/connections, /api/v1/connections/{LOCAL REMOTE}, /api/v1/status, /metrics, /healthz".into(),
+            )
+        })
         .with_state(app)
 }
 
@@ -63,7 +70,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         }
     }
     let code = if problems.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({ "ready": problems.is_empty(), "problems": problems }))).into_response()
+    answer(code, &model::Readiness { ready: problems.is_empty(), problems })
 }
 
 /// `--metrics-listen`: aggregates for Prometheus, never a four-tuple.
@@ -71,7 +78,9 @@ pub fn metrics_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/metrics", get(aggregates))
         .route("/healthz", get(healthz))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "this listener serves /metrics (aggregates only) and /healthz; the API is on the daemon's --listen address".into()) })
+        .fallback(|| async {
+            error(StatusCode::NOT_FOUND, "this listener serves /metrics (aggregates only) and /healthz; the API is on the daemon's --listen address".into())
+        })
         .with_state(app)
 }
 
@@ -153,7 +162,15 @@ pub async fn serve(listener: impl Listener, router: Router, refused: prometheus:
 }
 
 fn error(code: StatusCode, message: String) -> Response {
-    (code, Json(json!({ "error": message }))).into_response()
+    answer(code, &model::ApiError { error: message })
+}
+
+/// `value` as JSON, written as the API always writes it ([`model::written`]).
+fn answer<T: serde::Serialize>(code: StatusCode, value: &T) -> Response {
+    match model::written(value) {
+        Ok(v) => (code, Json(v)).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": format!("the answer could not be written as JSON: {e}") }))).into_response(),
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -172,7 +189,8 @@ async fn connections(State(app): State<Arc<App>>, params: Result<QueryParams<Has
     app.sync().await;
     let (connections, matched) = query.apply(app.connections());
     let head = [("count", json!(connections.len())), ("matched", json!(matched))];
-    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(futures_util::stream::iter(JsonList::new(&head, "connections", connections)))).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(futures_util::stream::iter(JsonList::new(&head, "connections", connections))))
+        .into_response()
 }
 
 /// A JSON object whose last member is a long array, written a chunk at a time as hyper sends the
@@ -267,10 +285,13 @@ async fn trace(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<S
         app.metrics.trace_refused.inc();
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} traces are already following connections, the most this daemon keeps at once: end one (Ctrl-C on an `observer trace`) and ask again", crate::trace::MAX_SUBSCRIBERS),
+            format!(
+                "{} traces are already following connections, the most this daemon keeps at once: end one (Ctrl-C on an `observer trace`) and ask again",
+                crate::trace::MAX_SUBSCRIBERS
+            ),
         );
     };
-    let hello = serde_json::json!({"type": "subscribed", "filter": params}).to_string() + "\n";
+    let hello = crate::timeline::text(&TimelineEvent::Subscribed { filter: params.into_iter().collect() }) + "\n";
     // The subscription lives in the stream's state: when the client goes, hyper drops the body,
     // and with it the subscription (and, for the last one, the kernel filter).
     let stream = futures_util::stream::unfold((Some(hello), rx, subscription), |(first, mut rx, sub)| async move {
@@ -283,47 +304,74 @@ async fn trace(State(app): State<Arc<App>>, params: Result<QueryParams<HashMap<S
     ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(stream)).into_response()
 }
 
-async fn status(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn status(State(app): State<Arc<App>>) -> Response {
     app.sync().await;
+    answer(StatusCode::OK, &status_of(&app))
+}
+
+/// What `/api/v1/status` answers: the daemon's own types, in their written forms.
+fn status_of(app: &App) -> model::Status {
     let k = app.kernel_counters();
-    let t = app.table_gauges(&app.kernel_entries());
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "kernel": crate::sys::kernel_release(),
-        "uptime_seconds": app.started.elapsed().as_secs_f64(),
-        "attachments": app.loading.attachments,
-        "tracepoints": app.loading.tracepoints.iter().map(|(name, attached)| json!({ "tracepoint": name, "attached": attached })).collect::<Vec<_>>(),
-        "netns_filter": app.loading.netns_filter,
-        "lifecycle_hook": app.loading.lifecycle_hook,
-        "capabilities": app.loading.capabilities,
-        "programs": app.loading.programs.stats(),
-        "traces_active": app.trace.active(),
-        "rings": app.ring_lag.all().map(|r| json!({ "ring": r.name, "lag_seconds": r.lag().as_secs_f64() })),
-        "sweeps": app.sweeps.load(std::sync::atomic::Ordering::Relaxed),
-        "kernel_counters": k,
-        "connections_tracked": t.kernel_entries,
-        "table": t,
-        "config": {
-            "interfaces": app.config.interfaces,
-            "listen": app.config.listen.to_string(),
-            "metrics_listen": app.config.metrics_listen.map(|a| a.to_string()),
-            "state_dir": app.config.state_dir,
-            "top_k": app.config.top_k,
-            "http_ports": app.config.http_ports,
-            // As written on the command line (`--lifecycle-hook`).
-            "lifecycle_hook": clap::ValueEnum::to_possible_value(&app.config.lifecycle_hook).map(|v| v.get_name().to_owned()),
-            "max_connections": app.config.map_sizes.connections,
-            "events_bytes": app.config.map_sizes.events_bytes,
-            "payload_bytes": app.config.map_sizes.payload_bytes,
-            "closed_retention_seconds": app.config.closed_retention.as_secs(),
-            "closed_max": app.config.closed_max,
-            "http_framing": if app.config.kernel_http { "kernel" } else { "daemon" },
-            "http_framing_refused": app.loading.kernel_http_refused,
-            "ready_max_lag_seconds": app.config.ready_max_lag.as_secs_f64(),
-            "unix_socket": app.config.unix_socket,
-            "upstreams": app.config.upstreams.describe(),
+    let crate::metrics::TableGauges { kernel_entries, open_inbound, open_outbound, open_unknown, closed_kept, bounds } =
+        app.table_gauges(&app.kernel_entries());
+    let attachment = |a: &crate::bpf::Attachment| {
+        let crate::bpf::Attachment { interface, direction, program, mode } = a;
+        model::Attachment { interface: interface.clone(), direction: (*direction).into(), program: (*program).into(), mode: (*mode).into() }
+    };
+    let program = |p: crate::bpf::ProgramStats| {
+        let crate::bpf::ProgramStats { program, id, run_count, run_time_ns, verified_instructions } = p;
+        model::ProgramStats { program: program.into(), id, run_count, run_time_ns, verified_instructions }
+    };
+    let c = &app.config;
+    let upstreams = if c.upstreams.rules.is_empty() {
+        model::Upstreams::FirstEndpoints(c.upstreams.max_labels)
+    } else {
+        model::Upstreams::Rules(c.upstreams.rules.iter().map(|r| r.name.clone()).collect())
+    };
+    model::Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        kernel: crate::sys::kernel_release(),
+        uptime_seconds: app.started.elapsed().as_secs_f64(),
+        attachments: app.loading.attachments.iter().map(attachment).collect(),
+        tracepoints: app.loading.tracepoints.iter().map(|(name, attached)| model::Tracepoint { tracepoint: name.clone(), attached: *attached }).collect(),
+        netns_filter: app.loading.netns_filter,
+        lifecycle_hook: app.loading.lifecycle_hook.into(),
+        capabilities: app.loading.capabilities.iter().map(|&c| c.into()).collect(),
+        programs: app.loading.programs.stats().into_iter().map(program).collect(),
+        traces_active: app.trace.active(),
+        rings: app.ring_lag.all().iter().map(|r| model::RingLag { ring: r.name.into(), lag_seconds: r.lag().as_secs_f64() }).collect(),
+        sweeps: app.sweeps.load(std::sync::atomic::Ordering::Relaxed),
+        kernel_counters: model::KernelCounters(Counter::ALL.iter().map(|&c| (c.name().into(), k.get(c))).collect()),
+        connections_tracked: kernel_entries,
+        table: model::TableGauges {
+            kernel_entries,
+            open_inbound,
+            open_outbound,
+            open_unknown,
+            closed_kept,
+            bounds: bounds.iter().map(|&(name, n)| (name.into(), n)).collect(),
         },
-    }))
+        config: model::DaemonConfig {
+            interfaces: c.interfaces.clone(),
+            listen: c.listen.to_string(),
+            metrics_listen: c.metrics_listen.map(|a| a.to_string()),
+            state_dir: c.state_dir.clone(),
+            top_k: c.top_k,
+            http_ports: c.http_ports.clone(),
+            // As written on the command line (`--lifecycle-hook`).
+            lifecycle_hook: clap::ValueEnum::to_possible_value(&c.lifecycle_hook).map(|v| v.get_name().to_owned()),
+            max_connections: c.map_sizes.connections,
+            events_bytes: c.map_sizes.events_bytes,
+            payload_bytes: c.map_sizes.payload_bytes,
+            closed_retention_seconds: c.closed_retention.as_secs(),
+            closed_max: c.closed_max,
+            http_framing: if c.kernel_http { model::HttpFraming::Kernel } else { model::HttpFraming::Daemon },
+            http_framing_refused: app.loading.kernel_http_refused.clone(),
+            ready_max_lag_seconds: c.ready_max_lag.as_secs_f64(),
+            unix_socket: c.unix_socket.clone(),
+            upstreams,
+        },
+    }
 }
 
 #[cfg(test)]
@@ -341,7 +389,8 @@ mod tests {
         for n in [0, 1, 2, 1000, 5000] {
             // About 300 bytes each: several chunks for the longer lists, one quote and
             // backslash each to escape.
-            let items: Vec<serde_json::Value> = (0..n).map(|i| json!({ "connection": format!("198.18.1.1:80 198.18.1.2:{i}"), "note": "\"quoted\" \\ ".repeat(20), "i": i })).collect();
+            let items: Vec<serde_json::Value> =
+                (0..n).map(|i| json!({ "connection": format!("198.18.1.1:80 198.18.1.2:{i}"), "note": "\"quoted\" \\ ".repeat(20), "i": i })).collect();
             let whole = json!({ "count": n, "matched": n + 1, "connections": items });
             let (text, chunks) = text(JsonList::new(&[("count", json!(n)), ("matched", json!(n + 1))], "connections", items));
             let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{n} items: not JSON ({e})"));

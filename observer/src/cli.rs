@@ -3,21 +3,17 @@
 use std::{fmt::Write as _, io::Write, time::Duration};
 
 use anyhow::Result;
+use observer_common::global::Counter;
 use serde_json::Value;
 
-use crate::{client::Client, term};
+use crate::{
+    client::Client,
+    model::{name_of, ConnStatus, Connection, ConnectionList, Status},
+    term,
+};
 
-fn u(v: &Value, path: &[&str]) -> u64 {
-    path.iter().try_fold(v, |v, k| v.get(*k)).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn f(v: &Value, path: &[&str]) -> f64 {
-    path.iter().try_fold(v, |v, k| v.get(*k)).and_then(Value::as_f64).unwrap_or(0.0)
-}
-
-fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("-")
-}
+mod trace;
+pub use trace::{timeline_line, trace, TraceOpts, TraceTarget};
 
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -27,7 +23,11 @@ pub fn human_bytes(n: u64) -> String {
         x /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{n}B") } else { format!("{x:.1}{}", UNITS[i]) }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{x:.1}{}", UNITS[i])
+    }
 }
 
 fn human_secs(x: f64) -> String {
@@ -41,14 +41,16 @@ fn human_secs(x: f64) -> String {
 }
 
 /// Columns of the connections table: the first three are text (left-aligned), the rest numbers.
-const COLUMNS: [&str; 15] = ["CONNECTION (local remote)", "ROLE", "STATE", "PROTO", "REQ", "4XX", "5XX", "NORESP", "ERR%", "LAST", "RETX", "RST", "IN", "OUT", "AGE"];
+const COLUMNS: [&str; 15] =
+    ["CONNECTION (local remote)", "ROLE", "STATE", "PROTO", "REQ", "4XX", "5XX", "NORESP", "ERR%", "LAST", "RETX", "RST", "IN", "OUT", "AGE"];
 const LEFT_ALIGNED: usize = 4;
 
 /// The connections table, one line each, for `connections` and `top`. Each column is as wide as
 /// its widest value (or its header), so nothing is cut but at `width`, the terminal's edge.
-pub fn render_table(conns: &[Value], window: &str, width: usize) -> String {
+pub fn render_table(conns: &[Connection], window: &str, width: usize) -> String {
     let rows: Vec<[String; 15]> = conns.iter().map(|c| table_row(c, window)).collect();
-    let widths: Vec<usize> = (0..COLUMNS.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([COLUMNS[i].chars().count()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..COLUMNS.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([COLUMNS[i].chars().count()]).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in std::iter::once(COLUMNS.map(str::to_owned)).chain(rows) {
         let mut line = String::new();
@@ -63,53 +65,52 @@ pub fn render_table(conns: &[Value], window: &str, width: usize) -> String {
 }
 
 /// One connection's cells, in the order of [`COLUMNS`].
-fn table_row(c: &Value, window: &str) -> [String; 15] {
-    let w = match window {
-        "60s" => "last_60s",
-        "lifetime" => "lifetime",
-        _ => "last_10s",
+fn table_row(c: &Connection, window: &str) -> [String; 15] {
+    let (req, r4, r5, nr, err, last) = match &c.http {
+        Some(h) => {
+            let w = match window {
+                "60s" => &h.last_60s,
+                "lifetime" => &h.lifetime,
+                _ => &h.last_10s,
+            };
+            (
+                w.counts.requests.to_string(),
+                w.counts.responses_4xx.to_string(),
+                w.counts.responses_5xx.to_string(),
+                w.counts.no_response.to_string(),
+                format!("{:.1}", 100.0 * w.error_ratio),
+                h.last_status.map_or("-".into(), |x| x.to_string()),
+            )
+        }
+        None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
     };
-    {
-        let http = c.get("http");
-        let (req, r4, r5, nr, err, last) = match http {
-            Some(h) if !h.is_null() => (
-                u(h, &[w, "requests"]).to_string(),
-                u(h, &[w, "responses_4xx"]).to_string(),
-                u(h, &[w, "responses_5xx"]).to_string(),
-                u(h, &[w, "no_response"]).to_string(),
-                format!("{:.1}", 100.0 * f(h, &[w, "error_ratio"])),
-                h.get("last_status").and_then(Value::as_u64).map_or("-".into(), |x| x.to_string()),
-            ),
-            _ => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
-        };
-        let state = match s(c, "status") {
-            "closed" => format!("closed:{}", s(c, "close_reason")),
-            "closing" => "closing".to_owned(),
-            _ => s(c, "state").to_owned(),
-        };
-        let resets = u(c, &["resets_sent"]) + u(c, &["resets_received"]) + u(c, &["rst_in"]) + u(c, &["rst_out"]);
-        [
-            s(c, "connection").to_owned(),
-            s(c, "role").to_owned(),
-            state,
-            // `tls:NAME` with the server name the client asked for.
-            match c.get("sni").and_then(Value::as_str) {
-                Some(name) => format!("tls:{name}"),
-                None => c.get("protocol").and_then(Value::as_str).unwrap_or("-").to_owned(),
-            },
-            req,
-            r4,
-            r5,
-            nr,
-            err,
-            last,
-            u(c, &["retransmits"]).to_string(),
-            resets.to_string(),
-            human_bytes(u(c, &["bytes_in"])),
-            human_bytes(u(c, &["bytes_out"])),
-            human_secs(f(c, &["duration_seconds"])),
-        ]
-    }
+    let state = match c.status {
+        ConnStatus::Closed => format!("closed:{}", c.close_reason.as_ref().map_or("-".into(), name_of)),
+        ConnStatus::Closing => "closing".to_owned(),
+        ConnStatus::Open => name_of(&c.state),
+    };
+    let resets = c.resets_sent + c.resets_received + c.rst_in + c.rst_out;
+    [
+        c.connection.clone(),
+        name_of(&c.role),
+        state,
+        // `tls:NAME` with the server name the client asked for.
+        match &c.sni {
+            Some(name) => format!("tls:{name}"),
+            None => name_of(&c.protocol),
+        },
+        req,
+        r4,
+        r5,
+        nr,
+        err,
+        last,
+        c.retransmits.to_string(),
+        resets.to_string(),
+        human_bytes(c.bytes_in),
+        human_bytes(c.bytes_out),
+        human_secs(c.duration_seconds),
+    ]
 }
 
 /// Options of `observer connections` and `observer top`.
@@ -135,52 +136,55 @@ fn list_path(a: &ListArgs) -> String {
 }
 
 pub fn connections(client: &Client, a: &ListArgs, json: bool) -> Result<()> {
-    let v = client.json(&list_path(a))?;
     if json {
+        // The daemon's answer as it wrote it, indented.
+        let v: Value = client.json(&list_path(a))?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let conns = v.get("connections").and_then(Value::as_array).cloned().unwrap_or_default();
-    print!("{}", render_table(&conns, &a.window, usize::MAX));
+    let list: ConnectionList = client.json(&list_path(a))?;
+    print!("{}", render_table(&list.connections, &a.window, usize::MAX));
     Ok(())
 }
 
 pub fn status(client: &Client, json: bool) -> Result<()> {
-    let v = client.json("/api/v1/status")?;
     if json {
+        let v: Value = client.json("/api/v1/status")?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("observer {} on Linux {}, up {}", s(&v, "version"), s(&v, "kernel"), human_secs(f(&v, &["uptime_seconds"])));
-    for a in v.get("attachments").and_then(Value::as_array).into_iter().flatten() {
-        println!("  tc      {:<12} {:<8} {}", s(a, "interface"), s(a, "direction"), s(a, "mode"));
-    }
-    for t in v.get("tracepoints").and_then(Value::as_array).into_iter().flatten() {
-        let ok = t.get("attached").and_then(Value::as_bool).unwrap_or(false);
-        println!("  tracepoint {:<28} {}", s(t, "tracepoint"), if ok { "attached" } else { "MISSING" });
-    }
-    println!("  state changes followed by: {}", s(&v, "lifecycle_hook"));
-    let framing = v.get("config").map(|c| s(c, "http_framing")).unwrap_or_default();
-    match v.get("config").and_then(|c| c.get("http_framing_refused")).and_then(Value::as_str) {
-        Some(why) => println!("  HTTP framed by: {framing} ({why})"),
-        None => println!("  HTTP framed by: {framing}"),
-    }
-    let k = v.get("kernel_counters").cloned().unwrap_or_default();
-    println!(
-        "  connections tracked {}  open in/out {}/{}  closed kept {}",
-        u(&v, &["table", "kernel_entries"]),
-        u(&v, &["table", "open_inbound"]),
-        u(&v, &["table", "open_outbound"]),
-        u(&v, &["table", "closed_kept"])
-    );
-    println!(
-        "  packets {}  parse failures {}  events lost {}  payload records lost {}",
-        u(&k, &["packets_seen"]),
-        u(&k, &["parse_failures"]),
-        u(&k, &["events_lost"]),
-        u(&k, &["payload_lost"])
-    );
+    let v: Status = client.json("/api/v1/status")?;
+    print!("{}", render_status(&v));
     Ok(())
+}
+
+/// `observer status` as a person reads it.
+fn render_status(v: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "observer {} on Linux {}, up {}", v.version, v.kernel, human_secs(v.uptime_seconds));
+    for a in &v.attachments {
+        let _ = writeln!(out, "  tc      {:<12} {:<8} {}", a.interface, a.direction, a.mode);
+    }
+    for t in &v.tracepoints {
+        let _ = writeln!(out, "  tracepoint {:<28} {}", t.tracepoint, if t.attached { "attached" } else { "MISSING" });
+    }
+    let _ = writeln!(out, "  state changes followed by: {}", v.lifecycle_hook);
+    let framing = name_of(&v.config.http_framing);
+    let _ = match &v.config.http_framing_refused {
+        Some(why) => writeln!(out, "  HTTP framed by: {framing} ({why})"),
+        None => writeln!(out, "  HTTP framed by: {framing}"),
+    };
+    let (t, k) = (&v.table, &v.kernel_counters);
+    let _ = writeln!(out, "  connections tracked {}  open in/out {}/{}  closed kept {}", t.kernel_entries, t.open_inbound, t.open_outbound, t.closed_kept);
+    let _ = writeln!(
+        out,
+        "  packets {}  parse failures {}  events lost {}  payload records lost {}",
+        k.get(Counter::PacketsSeen),
+        k.get(Counter::ParseFailures),
+        k.get(Counter::EventsLost),
+        k.get(Counter::PayloadLost)
+    );
+    out
 }
 
 /// `observer top`: full screen on a terminal (keys change the sort, q or Ctrl-C quits); plain
@@ -200,11 +204,8 @@ pub fn top(client: &Client, mut a: ListArgs, iterations: Option<u64>, zone: Zone
         };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let mut frame = format!("observer top  {}  sort: {} ({})  {}\n", client.server(), a.sort, a.window, stamp(now, zone, Stamp::DateSeconds));
-        match client.json(&list_path(&a)) {
-            Ok(v) => {
-                let conns = v.get("connections").and_then(Value::as_array).cloned().unwrap_or_default();
-                frame.push_str(&render_table(&conns, &a.window, cols));
-            }
+        match client.json::<ConnectionList>(&list_path(&a)) {
+            Ok(list) => frame.push_str(&render_table(&list.connections, &a.window, cols)),
             Err(e) => {
                 let _ = writeln!(frame, "{e:#}");
             }
@@ -237,7 +238,13 @@ pub fn top(client: &Client, mut a: ListArgs, iterations: Option<u64>, zone: Zone
                 Some(term::Input::Key('f')) => a.sort = "failed".into(),
                 Some(term::Input::Key('b')) => a.sort = "bytes_in".into(),
                 Some(term::Input::Key('a')) => a.sort = "first_seen".into(),
-                Some(term::Input::Key('w')) => a.window = match a.window.as_str() { "10s" => "60s".into(), "60s" => "lifetime".into(), _ => "10s".into() },
+                Some(term::Input::Key('w')) => {
+                    a.window = match a.window.as_str() {
+                        "10s" => "60s".into(),
+                        "60s" => "lifetime".into(),
+                        _ => "10s".into(),
+                    }
+                }
                 Some(term::Input::Resize) => {}
                 Some(term::Input::Key(_)) | None if std::time::Instant::now() < deadline => continue,
                 Some(term::Input::Key(_)) | None => {}
@@ -245,23 +252,6 @@ pub fn top(client: &Client, mut a: ListArgs, iterations: Option<u64>, zone: Zone
             break;
         }
     }
-}
-
-/// What `observer trace` follows.
-pub enum TraceTarget {
-    Connection(String),
-    /// A remote address or endpoint, a local port, or both.
-    Partial { remote: Option<String>, local_port: Option<u16> },
-}
-
-/// How `observer trace` shows what it follows.
-pub struct TraceOpts {
-    /// Only responses with this status: `502` or `5xx` (the daemon checks it).
-    pub status: Option<String>,
-    pub json: bool,
-    pub count: Option<u64>,
-    pub duration: Option<Duration>,
-    pub zone: Zone,
 }
 
 /// The zone times are printed in (`--utc`, else local).
@@ -323,125 +313,10 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// One timeline line as a person reads it. `client_is_remote`: requests travel in (inbound).
-pub fn timeline_line(v: &Value, client_is_remote: Option<bool>, with_connection: bool, zone: Zone) -> String {
-    let t = stamp(f(v, &["time"]), zone, Stamp::Micros);
-    let toward_server = |dir: &str| match (client_is_remote.unwrap_or(true), dir) {
-        (true, "in") | (false, "out") => "→",
-        _ => "←",
-    };
-    let who = if with_connection { format!(" [{}]", s(v, "connection")) } else { String::new() };
-    let body = match s(v, "type") {
-        "packet" => {
-            let dir = s(v, "direction");
-            let mut l = format!("{} {:<11} seq {} ack {} win {} len {}", toward_server(dir), format!("[{}]", s(v, "flags")), u(v, &["seq"]), u(v, &["ack"]), u(v, &["window"]), u(v, &["len"]));
-            if v.get("retransmit").and_then(Value::as_bool) == Some(true) {
-                l.push_str(" RETRANSMIT");
-            }
-            if let Some(h) = v.get("http").and_then(Value::as_str) {
-                l.push_str(&format!("  {h:?}"));
-            }
-            l
-        }
-        // Requests always travel from the client toward the server.
-        "request" => format!("→ {} {}", s(v, "method"), s(v, "target")),
-        "response" => {
-            let mut l = format!("← {}", u(v, &["status"]));
-            if let Some(ms) = v.get("latency_ms").and_then(Value::as_f64) {
-                let _ = write!(l, " after {ms:.1} ms");
-            }
-            // A trace by status shows no request lines: the response names the one it answers.
-            if let (Some(method), Some(target)) = (v.get("method").and_then(Value::as_str), v.get("target").and_then(Value::as_str)) {
-                let _ = write!(l, " for {method} {target}");
-            }
-            l
-        }
-        "no_response" => format!("✗ {} request(s) never answered", u(v, &["requests"])),
-        "reset" => {
-            // Sent by this host: toward the remote end.
-            let sent = s(v, "direction") == "sent";
-            let arrow = if sent { toward_server("out") } else { toward_server("in") };
-            format!("{arrow} RST ({})", s(v, "direction"))
-        }
-        "opened" => format!("● opened ({})", s(v, "role")),
-        "closed" => format!("● closed (from {})", s(v, "state_before")),
-        "framing_lost" => "? HTTP framing lost; resynchronising".to_owned(),
-        other => format!("{other} {v}"),
-    };
-    format!("{t}{who} {body}")
-}
-
-pub fn trace(client: &Client, target: TraceTarget, o: &TraceOpts) -> Result<()> {
-    let TraceOpts { status, json, count, duration, zone } = o;
-    let (json, count, zone) = (*json, *count, *zone);
-    let mut params: Vec<(&str, String)> = match &target {
-        TraceTarget::Connection(c) => vec![("connection", c.clone())],
-        TraceTarget::Partial { remote, local_port } => {
-            remote.iter().map(|r| ("remote", r.clone())).chain(local_port.map(|p| ("local_port", p.to_string()))).collect()
-        }
-    };
-    params.extend(status.iter().map(|s| ("status", s.clone())));
-    let query = params.iter().map(|(k, v)| format!("{k}={}", escape(v))).collect::<Vec<_>>().join("&");
-    // The status as the daemon will read it, to show only the matching part of the history;
-    // a bad one is the daemon's to refuse, with its message.
-    let status_match = status.as_deref().and_then(|s| crate::trace::StatusMatch::parse(s).ok());
-    let mut client_is_remote = None;
-    // First what the daemon already knows about the connection.
-    if let TraceTarget::Connection(c) = &target {
-        match client.get(&format!("/api/v1/connections/{}", escape(c))) {
-            Ok(r) if r.status == 200 => {
-                let v: Value = serde_json::from_str(&r.body)?;
-                client_is_remote = Some(s(&v, "role") != "outbound");
-                if json {
-                    println!("{}", serde_json::json!({"type": "known", "connection": v}));
-                } else {
-                    print!("{}", render_table(std::slice::from_ref(&v), "lifetime", usize::MAX));
-                    for e in v.get("http").and_then(|h| h.get("recent")).and_then(Value::as_array).into_iter().flatten() {
-                        if status_match.is_some_and(|m| !m.matches(u(e, &["status"]))) {
-                            continue;
-                        }
-                        let lat = e.get("latency_ms").and_then(Value::as_f64).map_or(String::new(), |ms| format!(" after {ms:.1} ms"));
-                        println!("  {} {} {} ← {}{lat}", stamp(f(e, &["time"]), zone, Stamp::Micros), s(e, "method"), s(e, "target"), u(e, &["status"]));
-                    }
-                    println!("--- live ---");
-                }
-            }
-            Ok(r) if r.status == 404 => {
-                if !json {
-                    println!("{c}: not seen yet; waiting for it");
-                }
-            }
-            Ok(r) => {
-                let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
-                anyhow::bail!("{}", v.get("error").and_then(Value::as_str).unwrap_or(&r.body));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let deadline = duration.map(|d| std::time::Instant::now() + d);
-    let mut n = 0u64;
-    let many = !matches!(target, TraceTarget::Connection(_));
-    let mut out = std::io::stdout().lock();
-    client.stream(&format!("/api/v1/trace?{query}"), deadline, &mut |line| {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { return true };
-        if s(&v, "type") == "subscribed" {
-            return true;
-        }
-        if s(&v, "type") == "opened" {
-            client_is_remote = Some(s(&v, "role") != "outbound");
-        }
-        let text = if json { line.to_owned() } else { timeline_line(&v, client_is_remote, many, zone) };
-        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
-            return false;
-        }
-        n += 1;
-        count.is_none_or(|max| n < max)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Role;
 
     #[test]
     fn times_carry_their_zone() {
@@ -458,32 +333,30 @@ mod tests {
 
     #[test]
     fn columns_are_as_wide_as_their_values() {
-        let conns = [
-            serde_json::json!({"connection": "198.18.1.1:80 198.18.1.2:51234", "role": "inbound", "status": "closed", "close_reason": "reset", "bytes_in": 2048}),
-            serde_json::json!({"connection": "[2001:db8::1]:443 [2001:db8::2]:40000", "role": "outbound", "status": "open", "state": "established", "retransmits": 1234567}),
-        ];
+        let connection = |written: &str| {
+            let key = crate::query::parse_connection(written).unwrap();
+            Connection::new(&key, &observer_common::conn::ConnStats::default(), false, 0)
+        };
+        let mut closed = connection("198.18.1.1:80 198.18.1.2:51234");
+        (closed.role, closed.status, closed.close_reason, closed.bytes_in) =
+            (Role::Inbound, ConnStatus::Closed, Some(crate::model::CloseReason::ResetSent), 2048);
+        let mut open = connection("[2001:db8::1]:443 [2001:db8::2]:40000");
+        (open.role, open.status, open.state, open.retransmits) = (Role::Outbound, ConnStatus::Open, crate::model::TcpState::Established, 1_234_567);
+        let conns = [closed, open];
         let table = render_table(&conns, "10s", usize::MAX);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
-        assert!(lines[1].contains(" closed:reset "), "the state whole:\n{table}");
+        assert!(lines[1].contains(" closed:reset_sent "), "the state whole:\n{table}");
         assert!(lines[2].contains(" established "), "{table}");
         // Every column starts where its header does.
         let header = lines[0];
         let at = |l: &str, what: &str| l.find(what).unwrap();
-        assert_eq!(at(lines[1], "closed:reset"), at(header, "STATE"));
+        assert_eq!(at(lines[1], "closed:reset_sent"), at(header, "STATE"));
         assert_eq!(at(lines[1], "inbound"), at(header, "ROLE"));
         assert_eq!(at(lines[2], "1234567") + "1234567".len(), at(header, "RETX") + "RETX".len(), "numbers end under their header:\n{table}");
-        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>()[..4], ["198.18.1.1:80", "198.18.1.2:51234", "inbound", "closed:reset"]);
+        assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>()[..4], ["198.18.1.1:80", "198.18.1.2:51234", "inbound", "closed:reset_sent"]);
         // Cut at the terminal's edge, nowhere else.
         assert!(render_table(&conns, "10s", 50).lines().all(|l| l.chars().count() <= 50));
-    }
-
-    #[test]
-    fn a_response_names_the_request_it_answers_when_the_line_carries_it() {
-        let line = |v: Value| timeline_line(&v, Some(true), false, Zone::Utc).split_once(' ').unwrap().1.to_owned();
-        assert_eq!(line(serde_json::json!({"type": "response", "time": 0.0, "status": 502, "latency_ms": 31.21})), "← 502 after 31.2 ms");
-        assert_eq!(line(serde_json::json!({"type": "response", "time": 0.0, "status": 502, "latency_ms": 31.21, "method": "GET", "target": "/api/orders"})), "← 502 after 31.2 ms for GET /api/orders");
-        assert_eq!(line(serde_json::json!({"type": "response", "time": 0.0, "status": 100, "latency_ms": null, "method": "PUT", "target": "/upload"})), "← 100 for PUT /upload");
     }
 
     #[test]

@@ -155,14 +155,21 @@ impl Client {
         Ok(Reply { status, body })
     }
 
-    /// GET that must succeed, parsed as JSON; a 4xx/5xx carries the daemon's message.
-    pub fn json(&self, path: &str) -> Result<serde_json::Value> {
+    /// GET that must succeed, read as `T` (one of [`crate::model`]'s types, or any JSON as a
+    /// `serde_json::Value`); a 4xx/5xx carries the daemon's message.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let reply = self.get(path)?;
-        let v: serde_json::Value = serde_json::from_str(&reply.body).with_context(|| format!("the daemon answered {path} with something that is not JSON"))?;
+        let not_json = || format!("the daemon answered {path} with something that is not JSON");
         if reply.status >= 400 {
-            bail!("{}", v.get("error").and_then(|e| e.as_str()).unwrap_or(&reply.body));
+            serde_json::from_str::<serde::de::IgnoredAny>(&reply.body).with_context(not_json)?;
+            bail!("{}", error_message(&reply.body));
         }
-        Ok(v)
+        serde_json::from_str(&reply.body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                anyhow::Error::new(e).context(format!("the daemon's answer to {path} is not what this observer expects: is it another version?"))
+            }
+            _ => anyhow::Error::new(e).context(not_json()),
+        })
     }
 
     /// A newline-delimited stream: calls `line` for each line until it returns false, the
@@ -173,8 +180,7 @@ impl Client {
         if status >= 400 {
             let mut body = String::new();
             r.read_to_string(&mut body)?;
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            bail!("{}", v.get("error").and_then(|e| e.as_str()).unwrap_or(&body));
+            bail!("{}", error_message(&body));
         }
         let mut buf = String::new();
         loop {
@@ -199,6 +205,15 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// What the daemon says went wrong ([`crate::model::ApiError`]), or its answer whole when that
+/// is not one.
+pub fn error_message(body: &str) -> String {
+    match serde_json::from_str::<crate::model::ApiError>(body) {
+        Ok(e) => e.error,
+        Err(_) => body.to_owned(),
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> Result<()> {
     let s = state.clone();
     let mut trace_task = tokio::spawn(trace_ring.pump(None, None, move |records| {
         let _reading = s.ring_lag.trace.reading();
-        records.for_each(|r, _| s.trace.publish(&r.key, || crate::trace::packet_line(&r)));
+        records.for_each(|r, _| s.trace.publish(&r.key, || crate::timeline::packet_line(&r)));
     }));
     let every = |period: Duration, work: fn(&State)| {
         let state = state.clone();

@@ -4,12 +4,37 @@
 #![forbid(unsafe_code)]
 use serde::{Deserialize, Serialize};
 
+pub use self::{
+    status::{Attachment, DaemonConfig, HttpFraming, KernelCounters, ProgramStats, RingLag, Status, TableGauges, Tracepoint, Upstreams},
+    timeline::{PacketDirection, ResetDirection, TimelineEvent},
+};
 pub use crate::{http::HttpView, kernel_http::KernelHttp};
 pub use observer_common::conn::{CloseReason, Closer, Role};
+
+mod status;
+mod timeline;
+#[cfg(test)]
+mod written_tests;
 
 /// A value of one of these enums from its written name (`fin_wait2`, `outbound`).
 pub fn from_name<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+}
+
+/// The written name of a value of one of these enums (`fin_wait2`, `outbound`): what the API
+/// writes, which is what the CLI shows.
+pub fn name_of<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => String::new(),
+    }
+}
+
+/// `value` as the daemon writes it: every object's members in name order (through serde_json's
+/// map), as the API has always written them, whatever order the types declare them in. An error
+/// only for a path that is not UTF-8.
+pub fn written<T: Serialize>(value: &T) -> serde_json::Result<serde_json::Value> {
+    serde_json::to_value(value)
 }
 
 /// Where a connection is in its life, as the daemon knows it.
@@ -196,6 +221,19 @@ pub struct ConnectionList {
     /// How many matched before the limit.
     pub matched: usize,
     pub connections: Vec<Connection>,
+}
+
+/// What a route answers when it cannot (4xx, 5xx): what was wrong, and what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// `GET /readyz`: 200 when ready, 503 with the reasons otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub problems: Vec<String>,
 }
 
 #[cfg(test)]

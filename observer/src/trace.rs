@@ -9,13 +9,13 @@ use std::{
 
 use observer_common::{
     conn::{ConnKey, FAMILY_IPV4, FAMILY_IPV6},
-    http::DIR_IN,
-    trace::{filter_key, TraceRecord, SHAPE_CONNECTION, SHAPE_LOCAL_PORT, SHAPE_REMOTE_ADDR, SHAPE_REMOTE_ENDPOINT},
+    trace::{filter_key, SHAPE_CONNECTION, SHAPE_LOCAL_PORT, SHAPE_REMOTE_ADDR, SHAPE_REMOTE_ENDPOINT},
 };
-use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::{query::parse_connection, sys::ktime_to_unix_seconds};
+// The daemon's packet pump (`daemon.rs`) calls it by this path; it is built in `timeline`, with
+// the other lines.
+use crate::{model::TimelineEvent, query::parse_connection};
 
 mod pairing;
 
@@ -110,7 +110,9 @@ impl Follow {
                     remote = Some(match v.parse::<SocketAddr>() {
                         Ok(ep) => Filter::new(SHAPE_REMOTE_ENDPOINT, &key_with_remote(ep.ip(), ep.port())),
                         Err(_) => {
-                            let ip: IpAddr = v.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| format!("remote={v:?}: expected an address (198.18.0.1, 2001:db8::1) or an endpoint (198.18.0.1:51234, [2001:db8::1]:443)"))?;
+                            let ip: IpAddr = v.trim_start_matches('[').trim_end_matches(']').parse().map_err(|_| {
+                                format!("remote={v:?}: expected an address (198.18.0.1, 2001:db8::1) or an endpoint (198.18.0.1:51234, [2001:db8::1]:443)")
+                            })?;
                             Filter::new(SHAPE_REMOTE_ADDR, &key_with_remote(ip, 0))
                         }
                     })
@@ -140,10 +142,11 @@ impl Follow {
     }
 
     /// Whether a timeline line of a matching connection goes to this trace.
-    fn wants(&self, line: &Value) -> bool {
-        match self.status {
-            None => true,
-            Some(m) => line.get("type").and_then(Value::as_str) == Some("response") && line.get("status").and_then(Value::as_u64).is_some_and(|s| m.matches(s)),
+    fn wants(&self, line: &TimelineEvent) -> bool {
+        match (self.status, line) {
+            (None, _) => true,
+            (Some(m), TimelineEvent::Response { status, .. }) => m.matches(u64::from(*status)),
+            (Some(_), _) => false,
         }
     }
 }
@@ -238,7 +241,7 @@ impl Hub {
     /// Sends `line` (built only if someone follows `key`) to every matching subscriber. A full
     /// subscriber loses the line; its stream says so. A trace by status gets its `response`
     /// lines with the `method` and `target` of the request answered, when known.
-    pub fn publish(&self, key: &ConnKey, line: impl FnOnce() -> Value) {
+    pub fn publish(&self, key: &ConnKey, line: impl FnOnce() -> TimelineEvent) {
         let mut st = self.state.lock().expect("trace lock");
         let State { subs, pairing, .. } = &mut *st;
         let matching: Vec<&Subscriber> = subs.values().filter(|s| s.follow.matches(key)).collect();
@@ -251,8 +254,8 @@ impl Hub {
         let (mut plain, mut named) = (None, None);
         for s in matching.into_iter().filter(|s| s.follow.wants(&line)) {
             let text = match (&answered, s.follow.status) {
-                (Some(request), Some(_)) => named.get_or_insert_with(|| with_request(&line, request)),
-                _ => plain.get_or_insert_with(|| line.to_string()),
+                (Some(request), Some(_)) => named.get_or_insert_with(|| crate::timeline::text(&with_request(&line, request))),
+                _ => plain.get_or_insert_with(|| crate::timeline::text(&line)),
             };
             let _ = s.tx.try_send(text.clone());
         }
@@ -260,47 +263,51 @@ impl Hub {
 }
 
 /// A `response` line with the request it answers.
-fn with_request(line: &Value, request: &pairing::Request) -> String {
+fn with_request(line: &TimelineEvent, request: &pairing::Request) -> TimelineEvent {
     let mut line = line.clone();
-    if let Some(fields) = line.as_object_mut() {
-        fields.insert("method".into(), request.method.clone().into());
-        fields.insert("target".into(), request.target.clone().into());
+    if let TimelineEvent::Response { method, target, .. } = &mut line {
+        *method = Some(request.method.clone());
+        *target = Some(request.target.clone());
     }
-    line.to_string()
+    line
 }
 
-fn flags(f: u8) -> String {
-    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x08, "PSH"), (0x01, "FIN"), (0x04, "RST"), (0x20, "URG")];
-    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
-}
+/// Timeline lines for the hub's and pairing's tests, with only what they read set.
+#[cfg(test)]
+mod lines {
+    use crate::model::{PacketDirection, Role, TimelineEvent};
 
-/// A traced packet as a timeline line.
-pub fn packet_line(r: &TraceRecord) -> Value {
-    let n = (r.line_len as usize).min(r.line.len());
-    let payload = &r.line[..n];
-    // The request or status line, when the segment starts with one.
-    let first_line = payload.split(|&b| b == b'\r' || b == b'\n').next().unwrap_or_default();
-    let mut b = [0u8; observer_common::http::START_LEN];
-    let m = payload.len().min(b.len());
-    b[..m].copy_from_slice(&payload[..m]);
-    let http = match observer_common::http::classify(&b, m) {
-        observer_common::http::Start::Neither => None,
-        _ => Some(String::from_utf8_lossy(first_line).into_owned()),
-    };
-    json!({
-        "type": "packet",
-        "time": ktime_to_unix_seconds(r.ts_ns),
-        "ts_us": r.ts_ns / 1000,
-        "connection": r.key.to_string(),
-        "direction": if r.dir == DIR_IN { "in" } else { "out" },
-        "flags": flags(r.tcp_flags),
-        "seq": r.seq,
-        "ack": r.ack,
-        "window": r.window,
-        "len": r.payload_len,
-        "retransmit": r.retransmit != 0,
-        "http": http,
-    })
+    pub fn opened(time: f64) -> TimelineEvent {
+        TimelineEvent::Opened { time, connection: String::new(), role: Role::Inbound }
+    }
+
+    pub fn request(time: f64, target: &str) -> TimelineEvent {
+        TimelineEvent::Request { time, connection: String::new(), method: "GET".into(), target: target.into() }
+    }
+
+    pub fn response(time: f64, status: u16, latency_ms: Option<f64>) -> TimelineEvent {
+        TimelineEvent::Response { time, connection: String::new(), status, latency_ms, method: None, target: None }
+    }
+
+    pub fn no_response(time: f64) -> TimelineEvent {
+        TimelineEvent::NoResponse { time, connection: String::new(), requests: 1 }
+    }
+
+    pub fn packet() -> TimelineEvent {
+        TimelineEvent::Packet {
+            time: 0.0,
+            ts_us: 0,
+            connection: String::new(),
+            direction: PacketDirection::In,
+            flags: "ACK".into(),
+            seq: 0,
+            ack: 0,
+            window: 0,
+            len: 0,
+            retransmit: false,
+            http: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -359,15 +366,15 @@ mod tests {
 
     #[test]
     fn a_status_keeps_only_the_responses_it_names() {
-        let response = |status: u64| json!({"type": "response", "status": status});
+        let response = |status: u16| lines::response(0.0, status, None);
         let class = follow(&[("local_port", "80"), ("status", "5xx")]).unwrap();
         let code = follow(&[("local_port", "80"), ("status", "502")]).unwrap();
         assert_eq!([500, 502, 599, 404, 200].map(|s| class.wants(&response(s))), [true, true, true, false, false]);
         assert_eq!([500, 502, 503].map(|s| code.wants(&response(s))), [false, true, false]);
-        for other in [json!({"type": "request", "status": 502}), json!({"type": "packet"}), json!({"type": "no_response"})] {
-            assert!(!class.wants(&other) && !code.wants(&other), "{other}");
+        for other in [lines::request(0.0, "/502"), lines::packet(), lines::no_response(0.0)] {
+            assert!(!class.wants(&other) && !code.wants(&other), "{other:?}");
         }
-        assert!(follow(&[("local_port", "80")]).unwrap().wants(&json!({"type": "packet"})));
+        assert!(follow(&[("local_port", "80")]).unwrap().wants(&lines::packet()));
         for bad in ["6xx", "0xx", "99", "600", "5x", "error"] {
             assert!(follow(&[("local_port", "80"), ("status", bad)]).unwrap_err().contains("a class (5xx)"), "{bad}");
         }
@@ -381,9 +388,14 @@ mod tests {
         let on_80 = parse_connection("198.18.1.1:80 198.18.1.2:5000").unwrap();
         let on_81 = parse_connection("198.18.1.1:81 198.18.1.2:5001").unwrap();
         for (key, status) in [(on_80, 200), (on_80, 502), (on_81, 503)] {
-            hub.publish(&key, || json!({"type": "response", "connection": key.to_string(), "status": status}));
+            hub.publish(&key, || lines::response(0.0, status, None));
         }
-        let drain = |rx: &mut mpsc::Receiver<String>| std::iter::from_fn(|| rx.try_recv().ok()).map(|l| serde_json::from_str::<Value>(&l).unwrap()["status"].as_u64().unwrap()).collect::<Vec<_>>();
+        let status = |l: TimelineEvent| match l {
+            TimelineEvent::Response { status, .. } => status,
+            other => panic!("not a response: {other:?}"),
+        };
+        let drain =
+            |rx: &mut mpsc::Receiver<String>| std::iter::from_fn(|| rx.try_recv().ok()).map(|l| status(serde_json::from_str(&l).unwrap())).collect::<Vec<_>>();
         assert_eq!(drain(&mut all), [200, 502, 503]);
         assert_eq!(drain(&mut errors), [502]);
     }
@@ -395,19 +407,21 @@ mod tests {
         let (errors_sub, mut errors) = hub.subscribe(follow(&[("local_port", "80"), ("status", "5xx")]).unwrap()).unwrap();
         let c = parse_connection("198.18.1.1:80 198.18.1.2:5000").unwrap();
         let t = 1_750_000_000.0;
-        hub.publish(&c, || json!({"type": "opened", "time": t}));
+        hub.publish(&c, || lines::opened(t));
         for target in ["/ok", "/api/orders"] {
-            hub.publish(&c, || json!({"type": "request", "time": t + 0.001, "method": "GET", "target": target}));
+            hub.publish(&c, || lines::request(t + 0.001, target));
         }
         for status in [200, 502] {
-            hub.publish(&c, || json!({"type": "response", "time": t + 0.002, "status": status, "latency_ms": 1.0}));
+            hub.publish(&c, || lines::response(t + 0.002, status, Some(1.0)));
         }
-        let lines = |rx: &mut mpsc::Receiver<String>| std::iter::from_fn(|| rx.try_recv().ok()).map(|l| serde_json::from_str::<Value>(&l).unwrap()).collect::<Vec<_>>();
-        let five = lines(&mut errors);
+        let received = |rx: &mut mpsc::Receiver<String>| {
+            std::iter::from_fn(|| rx.try_recv().ok()).map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap()).collect::<Vec<_>>()
+        };
+        let five = received(&mut errors);
         assert_eq!(five.len(), 1, "{five:?}");
-        assert_eq!((&five[0]["status"], &five[0]["method"], &five[0]["target"]), (&json!(502), &json!("GET"), &json!("/api/orders")));
+        assert_eq!((&five[0]["status"], &five[0]["method"], &five[0]["target"]), (&502.into(), &"GET".into(), &"/api/orders".into()));
         // The unfiltered trace has the request lines: its responses stay as they were.
-        assert!(lines(&mut all).iter().all(|l| l.get("method").is_none() || l["type"] == "request"));
+        assert!(received(&mut all).iter().all(|l| l.get("method").is_none() || l["type"] == "request"));
         // The last trace by status gone, nothing is kept for it.
         assert_eq!(hub.state.lock().unwrap().pairing.len(), 1);
         drop(errors_sub);

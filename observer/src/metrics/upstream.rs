@@ -104,17 +104,6 @@ pub struct Policy {
     pub max_labels: usize,
 }
 
-impl Policy {
-    /// For `/api/v1/status`.
-    pub fn describe(&self) -> serde_json::Value {
-        if self.rules.is_empty() {
-            serde_json::json!({"first_endpoints": self.max_labels})
-        } else {
-            serde_json::json!({"rules": self.rules.iter().map(|r| r.name.clone()).collect::<Vec<_>>()})
-        }
-    }
-}
-
 /// What was counted of one open connection, and at which scrape it was last seen.
 struct Seen {
     counts: Counts,

@@ -12,7 +12,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use observer_common::conn::ConnKey;
-use serde_json::Value;
+
+use crate::model::TimelineEvent;
 
 /// Requests waiting per connection. Pipelining clients send a few at a time; a queue this deep is
 /// a client that does not wait for answers at all.
@@ -123,11 +124,9 @@ pub struct Pairing {
 impl Pairing {
     /// Takes note of `line`, a timeline line of connection `key`; for a `response`, the request
     /// it answers when that is known.
-    pub fn observe(&mut self, key: &ConnKey, line: &Value) -> Option<Request> {
-        let kind = line.get("type").and_then(Value::as_str)?;
-        let time = line.get("time").and_then(Value::as_f64).unwrap_or(0.0);
-        match kind {
-            "opened" => {
+    pub fn observe(&mut self, key: &ConnKey, line: &TimelineEvent) -> Option<Request> {
+        match line {
+            TimelineEvent::Opened { .. } => {
                 // Nothing of this connection is unanswered yet. Requests already waiting are its
                 // first ones (lines come from two rings, in no order between them), or an earlier
                 // use of the four-tuple's, never answered: the latency of the first response
@@ -136,37 +135,35 @@ impl Pairing {
                 c.in_step = c.waiting.is_empty() && c.overflow == 0;
                 None
             }
-            "request" => {
-                let text = |k: &str| line.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-                let request = Request { method: text("method"), target: text("target") };
-                self.conn(key).push(request, time);
+            TimelineEvent::Request { time, method, target, .. } => {
+                let request = Request { method: method.clone(), target: target.clone() };
+                self.conn(key).push(request, *time);
                 None
             }
-            "response" => {
-                let status = line.get("status").and_then(Value::as_u64)?;
+            TimelineEvent::Response { time, status, latency_ms, .. } => {
                 let c = self.conn(key);
                 // An interim response (100 Continue, 103 Early Hints) answers nothing yet: it is
                 // about the first request waiting. 101 switches protocols: that is the answer.
-                if status < 200 && status != 101 {
+                if *status < 200 && *status != 101 {
                     return c.waiting.front().filter(|_| c.in_step).map(|w| w.request.clone());
                 }
-                let answered = line.get("latency_ms").and_then(Value::as_f64).map(|ms| time - ms / 1e3);
+                let answered = latency_ms.map(|ms| time - ms / 1e3);
                 c.answer(answered)
             }
             // The unanswered requests were counted as such (the connection ended), or there is
             // no HTTP to pair.
-            "no_response" | "not_http" => {
+            TimelineEvent::NoResponse { .. } | TimelineEvent::NotHttp { .. } => {
                 self.conns.remove(key);
                 None
             }
             // Framing starts again at the next message: requests in the lost bytes were not seen.
-            "framing_lost" => {
+            TimelineEvent::FramingLost { .. } => {
                 if let Some(c) = self.conns.get_mut(key) {
                     c.in_step = false;
                 }
                 None
             }
-            _ => None,
+            TimelineEvent::Subscribed { .. } | TimelineEvent::Closed { .. } | TimelineEvent::Reset { .. } | TimelineEvent::Packet { .. } => None,
         }
     }
 
@@ -197,10 +194,8 @@ impl Pairing {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-    use crate::query::parse_connection;
+    use crate::{query::parse_connection, trace::lines};
 
     const T: f64 = 1_750_000_000.0;
 
@@ -208,17 +203,17 @@ mod tests {
         parse_connection(&format!("198.18.1.1:80 198.18.1.2:{port}")).unwrap()
     }
 
-    fn opened(ms: f64) -> Value {
-        json!({"type": "opened", "time": T + ms / 1e3})
+    fn opened(ms: f64) -> TimelineEvent {
+        lines::opened(T + ms / 1e3)
     }
 
-    fn request(ms: f64, target: &str) -> Value {
-        json!({"type": "request", "time": T + ms / 1e3, "method": "GET", "target": target})
+    fn request(ms: f64, target: &str) -> TimelineEvent {
+        lines::request(T + ms / 1e3, target)
     }
 
     /// A response at `ms` to a request sent at `sent_ms` (its latency), or with none known.
-    fn response(ms: f64, status: u64, sent_ms: Option<f64>) -> Value {
-        json!({"type": "response", "time": T + ms / 1e3, "status": status, "latency_ms": sent_ms.map(|s| ms - s)})
+    fn response(ms: f64, status: u16, sent_ms: Option<f64>) -> TimelineEvent {
+        lines::response(T + ms / 1e3, status, sent_ms.map(|s| ms - s))
     }
 
     fn target(r: Option<Request>) -> Option<String> {
@@ -245,7 +240,7 @@ mod tests {
     fn an_interim_response_names_the_request_without_answering_it() {
         let (mut p, k) = (Pairing::default(), key(5000));
         p.observe(&k, &opened(0.0));
-        p.observe(&k, &json!({"type": "request", "time": T, "method": "PUT", "target": "/upload"}));
+        p.observe(&k, &TimelineEvent::Request { time: T, connection: String::new(), method: "PUT".into(), target: "/upload".into() });
         p.observe(&k, &request(1.0, "/next"));
         assert_eq!(target(p.observe(&k, &response(1.0, 100, None))).as_deref(), Some("PUT /upload"));
         assert_eq!(target(p.observe(&k, &response(3.0, 100, None))).as_deref(), Some("PUT /upload"), "a second 100 still waits");
@@ -339,7 +334,7 @@ mod tests {
         assert_eq!(p.observe(&key(1), &response(3.0, 502, None)), None);
         assert_eq!(target(p.observe(&key(0), &response(3.0, 502, None))).as_deref(), Some("GET /x"));
         assert_eq!(p.len(), MAX_CONNECTIONS);
-        p.observe(&key(0), &json!({"type": "no_response", "time": T, "requests": 1}));
+        p.observe(&key(0), &lines::no_response(T));
         p.retain(|k| k.remote_port != 3);
         assert_eq!(p.len(), MAX_CONNECTIONS - 2);
     }
