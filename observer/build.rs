@@ -46,11 +46,7 @@ fn main() -> Result<()> {
 
     // The kernel build gets its own target directory beside the host one, so the nested cargo
     // never waits on the lock the outer cargo holds.
-    let target_dir = out_dir
-        .ancestors()
-        .nth(4)
-        .map(|t| t.join("observer-ebpf"))
-        .unwrap_or_else(|| root.join("target/observer-ebpf"));
+    let target_dir = out_dir.ancestors().nth(4).map(|t| t.join("observer-ebpf")).unwrap_or_else(|| root.join("target/observer-ebpf"));
 
     let toolchain = match env::var("OBSERVER_EBPF_TOOLCHAIN").ok().filter(|v| !v.is_empty()) {
         Some(t) => t,
@@ -70,9 +66,7 @@ fn main() -> Result<()> {
             .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
             // BTF for bpftool and the verifier log's line info; v3 for 32-bit jumps and atomics.
             .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3");
-        let status = cmd
-            .status()
-            .with_context(|| format!("running the {toolchain} toolchain to build observer-ebpf: {cmd:?}"))?;
+        let status = cmd.status().with_context(|| format!("running the {toolchain} toolchain to build observer-ebpf: {cmd:?}"))?;
         if !status.success() {
             bail!("building observer-ebpf with the {toolchain} toolchain failed ({status}); `cargo xtask setup` installs what is missing");
         }
@@ -98,7 +92,9 @@ fn ebpf_cargo(toolchain: &str) -> Result<Command> {
         }
         other => bail!("OBSERVER_EBPF_TOOLCHAIN={other:?}: expected `debian` or `nightly` (or unset to choose automatically)"),
     };
-    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "CARGO_BUILD_RUSTFLAGS"] {
+    for var in
+        ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "CARGO_BUILD_RUSTFLAGS"]
+    {
         cmd.env_remove(var);
     }
     if toolchain == "nightly" {

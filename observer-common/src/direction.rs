@@ -27,7 +27,11 @@ impl Direction {
     /// kernel programs, which index two-element arrays with it (a verifier sees `0..=1`).
     #[inline(always)]
     pub const fn from_bit(v: u8) -> Self {
-        if v & 1 == 0 { Direction::In } else { Direction::Out }
+        if v & 1 == 0 {
+            Direction::In
+        } else {
+            Direction::Out
+        }
     }
 
     /// The other direction (the answers to this one's messages travel there).

@@ -6,8 +6,8 @@
 //! per segment and no copy. The daemon reassembles each direction by sequence number, so
 //! retransmitted and reordered segments are framed exactly once, in order.
 
-pub use crate::flags::{HintFlags, MsgFlags, SegFlags};
 use crate::direction::{Direction, UnknownDirection};
+pub use crate::flags::{HintFlags, MsgFlags, SegFlags};
 
 /// Payload bytes per `PAYLOAD` record; a longer segment is sent as several records.
 pub const PAYLOAD_WINDOW: usize = 4096;
@@ -254,7 +254,17 @@ const fn is_digit(b: u8) -> bool {
 #[inline(always)]
 pub fn classify(b: &[u8; START_LEN], len: usize) -> Start {
     // "HTTP/1.x NNN" then SP, CR, or the end of what we have (the reason phrase may be empty).
-    if len >= 12 && b[0] == b'H' && b[1] == b'T' && b[2] == b'T' && b[3] == b'P' && b[4] == b'/' && b[5] == b'1' && b[6] == b'.' && is_digit(b[7]) && b[8] == b' ' {
+    if len >= 12
+        && b[0] == b'H'
+        && b[1] == b'T'
+        && b[2] == b'T'
+        && b[3] == b'P'
+        && b[4] == b'/'
+        && b[5] == b'1'
+        && b[6] == b'.'
+        && is_digit(b[7])
+        && b[8] == b' '
+    {
         if is_digit(b[9]) && is_digit(b[10]) && is_digit(b[11]) && (len == 12 || b[12] == b' ' || b[12] == b'\r') && b[9] >= b'1' && b[9] <= b'5' {
             let code = (b[9] - b'0') as u16 * 100 + (b[10] - b'0') as u16 * 10 + (b[11] - b'0') as u16;
             return Start::Response(code);
@@ -280,7 +290,11 @@ pub fn classify(b: &[u8; START_LEN], len: usize) -> Start {
     }
     let t = b[n & (START_LEN - 1)];
     let target_ok = t == b'/' || t == b'*' || t.is_ascii_alphanumeric() || t == b'[';
-    if target_ok { Start::Request(method) } else { Start::Neither }
+    if target_ok {
+        Start::Request(method)
+    } else {
+        Start::Neither
+    }
 }
 
 /// A key of the kernel's HTTP aggregates (`HTTP_AGG`, a per-CPU hash map whose values count):

@@ -96,12 +96,7 @@ pub fn ipv6(h: &[u8; IPV6_HLEN]) -> Option<Ipv6> {
     let mut dst = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
     dst.copy_from_slice(&h[24..40]);
-    Some(Ipv6 {
-        payload_len: be16(h[4], h[5]),
-        next_header: h[6],
-        src,
-        dst,
-    })
+    Some(Ipv6 { payload_len: be16(h[4], h[5]), next_header: h[6], src, dst })
 }
 
 /// Next step through an IPv6 extension header chain.
@@ -120,15 +115,9 @@ pub enum Ipv6Next {
 pub fn ipv6_ext(next_header: u8, ext: [u8; 2]) -> Ipv6Next {
     match next_header {
         // Hop-by-hop, routing, destination options: length in 8-octet units, not counting the first.
-        0 | 43 | 60 => Ipv6Next::Extension {
-            len: (ext[1] as usize + 1) * 8,
-            next_header: ext[0],
-        },
+        0 | 43 | 60 => Ipv6Next::Extension { len: (ext[1] as usize + 1) * 8, next_header: ext[0] },
         // Authentication header: length in 4-octet units, minus 2.
-        51 => Ipv6Next::Extension {
-            len: (ext[1] as usize + 2) * 4,
-            next_header: ext[0],
-        },
+        51 => Ipv6Next::Extension { len: (ext[1] as usize + 2) * 4, next_header: ext[0] },
         44 => Ipv6Next::Fragment,
         _ => Ipv6Next::Upper,
     }
@@ -168,11 +157,7 @@ pub fn tcp(h: &[u8; TCP_MIN_HLEN]) -> Option<Tcp> {
 /// length ignores Ethernet padding of short frames, which tc ingress still sees.
 #[inline(always)]
 pub fn tcp_payload_len(ip_len_field: u16, ip_len_covers: usize, l3_offset: usize, l4_offset: usize, tcp_header_len: usize, packet_len: usize) -> usize {
-    let end = if ip_len_field != 0 {
-        l3_offset + ip_len_covers + ip_len_field as usize
-    } else {
-        packet_len
-    };
+    let end = if ip_len_field != 0 { l3_offset + ip_len_covers + ip_len_field as usize } else { packet_len };
     let end = if end > packet_len { packet_len } else { end };
     let start = l4_offset + tcp_header_len;
     end.saturating_sub(start)

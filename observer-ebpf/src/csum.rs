@@ -16,7 +16,7 @@
 //! segment's counts is worse than counting one the stack drops. A forged segment whose checksum
 //! field happens to equal its pseudo-header sum passes as case 2.
 use aya_ebpf::{
-    bindings::{BPF_CSUM_LEVEL_QUERY, __sk_buff},
+    bindings::{__sk_buff, BPF_CSUM_LEVEL_QUERY},
     helpers::generated::{bpf_csum_diff, bpf_csum_level, bpf_skb_load_bytes},
 };
 use observer_common::{conn::FAMILY_IPV4, packet::IPPROTO_TCP};

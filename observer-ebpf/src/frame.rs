@@ -293,7 +293,8 @@ fn send_msg(t: &Turns, conn: &ConnFrame, scan: &Scan, e: &Event) {
                 let want = if avail < MSG_TAIL as u32 { avail } else { MSG_TAIL as u32 };
                 let want = ((want.wrapping_sub(1)) & (MSG_TAIL as u32 - 1)) + 1;
                 // SAFETY: `data` holds PAYLOAD_WINDOW >= MSG_INFO + START_LEN + MSG_TAIL bytes.
-                let rc = unsafe { bpf_skb_load_bytes(t.skb as *const _, t.off.wrapping_add(at), ev.data.as_mut_ptr().add(MSG_INFO + START_LEN) as *mut _, want) };
+                let rc =
+                    unsafe { bpf_skb_load_bytes(t.skb as *const _, t.off.wrapping_add(at), ev.data.as_mut_ptr().add(MSG_INFO + START_LEN) as *mut _, want) };
                 if rc == 0 {
                     extra += want;
                 }

@@ -1,7 +1,11 @@
 //! HTTP fast path in the tc programs: forward the payload the daemon needs for framing, skip
 //! what it has said lies inside a message body. No parsing here: the daemon frames each stream
 //! exactly, in sequence order (see `observer_common::http`).
-use aya_ebpf::{bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP}, helpers::generated::bpf_skb_load_bytes, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::bpf_skb_load_bytes,
+    programs::TcContext,
+};
 use observer_common::{
     conn::{ConnKey, ConnStats},
     global::Counter,

@@ -2,12 +2,7 @@
 //! IPv6 (bounded extension headers) and TCP, and add the segment to its connection's counters.
 //! They never change or drop a packet: every path returns `TC_ACT_UNSPEC`, which lets the next
 //! program (another tool's, attached after us) or the kernel's default decide.
-use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
-    helpers::bpf_ktime_get_ns,
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
 use aya_log_ebpf::warn;
 use observer_common::{
     conn::{ConnEventKind, ConnKey, Role, FAMILY_IPV4, FAMILY_IPV6},
@@ -96,11 +91,7 @@ fn parse(ctx: &TcContext, dir: Direction) -> Result<Segment, Skip> {
             let mut found = false;
             // Bounded walk: a chain longer than this is counted as a parse failure.
             for _ in 0..packet::IPV6_MAX_EXT_HEADERS + 1 {
-                let ext: [u8; 2] = if next == packet::IPPROTO_TCP {
-                    [0, 0]
-                } else {
-                    ctx.load(off).map_err(|_| Skip::Malformed)?
-                };
+                let ext: [u8; 2] = if next == packet::IPPROTO_TCP { [0, 0] } else { ctx.load(off).map_err(|_| Skip::Malformed)? };
                 match packet::ipv6_ext(next, ext) {
                     Ipv6Next::Upper => {
                         found = true;
@@ -209,14 +200,7 @@ fn parse_and_count(ctx: &TcContext, dir: Direction) -> Result<(), Skip> {
         crate::proto::observer_protocol(ctx.skb.skb, stats);
     }
     #[cfg_attr(not(feature = "kernel-framer"), allow(unused_mut, reason = "only the kernel framer moves the segment's start"))]
-    let mut seg = http::Seg {
-        dir,
-        first_byte,
-        seq: tcp.seq,
-        flags: f,
-        off: payload_off,
-        len: payload_len,
-    };
+    let mut seg = http::Seg { dir, first_byte, seq: tcp.seq, flags: f, off: payload_off, len: payload_len };
     // With the kernel framer, what it frames never goes to the daemon: only what it lost.
     #[cfg(feature = "kernel-framer")]
     if crate::maps::KERNEL_HTTP.load() == 1 && (occupies || kind == conn::PROMOTED) {
@@ -302,7 +286,17 @@ pub extern "C" fn observer_account(skb: *mut aya_ebpf::bindings::__sk_buff, stat
 /// trace record.
 #[inline(always)]
 #[expect(clippy::too_many_arguments, reason = "inlined into observer_account, from its argument slot")]
-fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, payload_off: usize, payload_len: usize, stats: *mut observer_common::conn::ConnStats, now: u64, seq: &SeqStep) {
+fn account(
+    ctx: &TcContext,
+    dir: Direction,
+    key: &ConnKey,
+    tcp: &packet::Tcp,
+    payload_off: usize,
+    payload_len: usize,
+    stats: *mut observer_common::conn::ConnStats,
+    now: u64,
+    seq: &SeqStep,
+) {
     let f = tcp.flags;
     let syn_only = f & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN;
     let (retransmit, new_bytes, resent_bytes) = (seq.retransmit, seq.new_bytes as u64, seq.resent_bytes as u64);
@@ -325,8 +319,12 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
                     s.isn_in = tcp.seq;
                     s.syn_seen |= SynSeen::RECEIVED.bits();
                 }
-                if f & packet::TCP_FIN != 0 { add(&mut s.fin_in, 1) }
-                if f & packet::TCP_RST != 0 { add(&mut s.rst_in, 1) }
+                if f & packet::TCP_FIN != 0 {
+                    add(&mut s.fin_in, 1)
+                }
+                if f & packet::TCP_RST != 0 {
+                    add(&mut s.rst_in, 1)
+                }
                 if syn_only && s.role == Role::Unknown as u8 {
                     s.role = Role::Inbound as u8;
                 }
@@ -354,8 +352,12 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
                         s.syn_ns = now;
                     }
                 }
-                if f & packet::TCP_FIN != 0 { add(&mut s.fin_out, 1) }
-                if f & packet::TCP_RST != 0 { add(&mut s.rst_out, 1) }
+                if f & packet::TCP_FIN != 0 {
+                    add(&mut s.fin_out, 1)
+                }
+                if f & packet::TCP_RST != 0 {
+                    add(&mut s.rst_out, 1)
+                }
                 if syn_only && s.role == Role::Unknown as u8 {
                     s.role = Role::Outbound as u8;
                 }
@@ -374,21 +376,7 @@ fn account(ctx: &TcContext, dir: Direction, key: &ConnKey, tcp: &packet::Tcp, pa
             conn::emit(ConnEventKind::Closed, 0, key, stats, now, false);
         }
     }
-    trace::record(
-        ctx,
-        key,
-        &trace::Packet {
-            dir,
-            tcp_flags: f,
-            seq: tcp.seq,
-            ack: tcp.ack,
-            window: tcp.window,
-            retransmit,
-            payload_off,
-            payload_len,
-        },
-        now,
-    );
+    trace::record(ctx, key, &trace::Packet { dir, tcp_flags: f, seq: tcp.seq, ack: tcp.ack, window: tcp.window, retransmit, payload_off, payload_len }, now);
 }
 
 /// Applies one segment to a direction's sequence word (`observer_common::seq::step`) with

@@ -39,4 +39,3 @@ pub fn gauge(c: Counter, v: u64) {
 pub fn len_within(n: u32, max: u32) -> u32 {
     (observer_common::frame::opaque(&n).wrapping_sub(1) & (max - 1)) + 1
 }
-

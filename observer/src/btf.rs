@@ -54,8 +54,8 @@ impl Btf {
             let mut members = Vec::new();
             // Bytes that follow the common header, by kind (see the kernel's Documentation/bpf/btf.rst).
             let extra = match kind {
-                1 | 14 | 17 => 4,                                // INT, VAR, DECL_TAG
-                3 => 12,                                         // ARRAY
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
                 KIND_STRUCT | KIND_UNION => {
                     for m in 0..vlen {
                         let base = at + m * 12;
@@ -63,9 +63,9 @@ impl Btf {
                     }
                     12 * vlen
                 }
-                6 | 13 => 8 * vlen,                              // ENUM, FUNC_PROTO
-                15 | 19 => 12 * vlen,                            // DATASEC, ENUM64
-                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,     // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+                6 | 13 => 8 * vlen,                          // ENUM, FUNC_PROTO
+                15 | 19 => 12 * vlen,                        // DATASEC, ENUM64
+                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
                 other => bail!("unknown BTF kind {other}"),
             };
             at += extra;

@@ -7,8 +7,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::{Context, Result};
 
 use crate::{
-    api,
-    bpf,
+    api, bpf,
     config::Config,
     state::{Loading, State},
     sys,
@@ -78,7 +77,8 @@ pub async fn run(config: Config) -> Result<()> {
     log::info!("loaded and attached; capabilities kept from here on: {}", if capabilities.is_empty() { "none".to_owned() } else { capabilities.join(", ") });
     let (events_drain, events_drain_rx) = tokio::sync::mpsc::channel(64);
     let (payload_drain, payload_drain_rx) = tokio::sync::mpsc::channel(64);
-    let state = Arc::new(State::new(config.clone(), maps, Loading::of(&loaded, capabilities), Hub::new(Box::new(trace)), [events_drain, payload_drain], PAYLOAD_POLL));
+    let state =
+        Arc::new(State::new(config.clone(), maps, Loading::of(&loaded, capabilities), Hub::new(Box::new(trace)), [events_drain, payload_drain], PAYLOAD_POLL));
     state.metrics.ring_size.with_label_values(&["events"]).set(i64::from(config.map_sizes.events_bytes));
     state.metrics.ring_size.with_label_values(&["payload"]).set(i64::from(config.map_sizes.payload_bytes));
     let bpf::Rings { events, payload, trace: trace_ring } = rings;
@@ -168,7 +168,6 @@ pub fn detach(state_dir: &std::path::Path) -> Result<()> {
     println!("removed {pins} pinned maps and links from {} and {filters} tc filters", state_dir.display());
     Ok(())
 }
-
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
 /// future is first polled.

@@ -63,7 +63,13 @@ impl KernelHttp {
     /// connection ended, so requests still waiting were never answered.
     pub fn of(f: &ConnFrame, closed: bool) -> Option<Self> {
         let c = &f.counts;
-        let responses = Classes { informational: c.responses_1xx, success: c.responses_2xx, redirection: c.responses_3xx, client_error: c.responses_4xx, server_error: c.responses_5xx };
+        let responses = Classes {
+            informational: c.responses_1xx,
+            success: c.responses_2xx,
+            redirection: c.responses_3xx,
+            client_error: c.responses_4xx,
+            server_error: c.responses_5xx,
+        };
         let (lost_in, lost_out) = (f.lost(DIR_IN).map(|r| r.name().to_owned()), f.lost(DIR_OUT).map(|r| r.name().to_owned()));
         if c.requests == 0 && !c.has_responses() && lost_in.is_none() && lost_out.is_none() {
             return None;

@@ -119,7 +119,9 @@ mod tests {
         let written = write_pages(crate::command::Cli::command(), &dir.join("man1")).unwrap();
         let mut on_disk: Vec<String> = std::fs::read_dir(dir.join("man1")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         on_disk.sort();
-        let mut expected: Vec<String> = std::iter::once("observer.1".to_owned()).chain(subcommand_names(&crate::command::Cli::command()).iter().map(|n| format!("observer-{n}.1"))).collect();
+        let mut expected: Vec<String> = std::iter::once("observer.1".to_owned())
+            .chain(subcommand_names(&crate::command::Cli::command()).iter().map(|n| format!("observer-{n}.1")))
+            .collect();
         expected.sort();
         assert_eq!(on_disk, expected);
         assert_eq!(written.len(), expected.len());

@@ -146,11 +146,19 @@ impl Query {
             match name.as_str() {
                 "state" => {
                     let v = v.to_ascii_lowercase();
-                    const STATES: &str = "open, closed, established, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, close_wait, last_ack, closing, unknown";
+                    const STATES: &str =
+                        "open, closed, established, syn_sent, syn_recv, fin_wait1, fin_wait2, time_wait, close_wait, last_ack, closing, unknown";
                     q.state = Some(match v.as_str() {
                         "open" => StateFilter::Open,
                         "closed" => StateFilter::Ended,
-                        _ => StateFilter::Tcp(STATES.split(", ").any(|s| s == v).then(|| crate::model::from_name(&v)).flatten().ok_or_else(|| format!("state={v:?}: expected one of {STATES}"))?),
+                        _ => StateFilter::Tcp(
+                            STATES
+                                .split(", ")
+                                .any(|s| s == v)
+                                .then(|| crate::model::from_name(&v))
+                                .flatten()
+                                .ok_or_else(|| format!("state={v:?}: expected one of {STATES}"))?,
+                        ),
                     });
                 }
                 "role" => q.role = Some(crate::model::from_name(v).ok_or_else(|| format!("role={v:?}: expected inbound, outbound or unknown"))?),

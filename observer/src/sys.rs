@@ -122,7 +122,10 @@ pub fn ensure_mounted(fstype: &str, target: &str) -> Result<()> {
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        bail!("{fstype} is not mounted at {target} and mounting it failed ({}): mount it with `mount -t {fstype} {fstype} {target}`", io::Error::last_os_error());
+        bail!(
+            "{fstype} is not mounted at {target} and mounting it failed ({}): mount it with `mount -t {fstype} {fstype} {target}`",
+            io::Error::last_os_error()
+        );
     }
     log::info!("mounted {fstype} at {target}");
     Ok(())

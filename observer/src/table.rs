@@ -82,7 +82,15 @@ impl Connection {
             retransmitted_bytes_out,
             payload_records_lost,
         } = *stats;
-        let end_ns = if closed { if closed_ns != 0 { closed_ns } else { last_seen_ns } } else { now_ns };
+        let end_ns = if closed {
+            if closed_ns != 0 {
+                closed_ns
+            } else {
+                last_seen_ns
+            }
+        } else {
+            now_ns
+        };
         let mut closer = Closer::from_u8(closer);
         if closer == Closer::Unknown {
             // No socket event said who closed first; the wire may (only one side sent FIN/RST).
@@ -132,7 +140,11 @@ impl Connection {
             duration_seconds: end_ns.saturating_sub(first_seen_ns) as f64 / 1e9,
             idle_seconds: now_ns.saturating_sub(last_seen_ns) as f64 / 1e9,
             lifecycle: {
-                let event = |event: &str, ns: u64, detail: Option<&str>| LifecycleEvent { event: event.to_owned(), time: ktime_to_unix_seconds(ns), detail: detail.map(str::to_owned) };
+                let event = |event: &str, ns: u64, detail: Option<&str>| LifecycleEvent {
+                    event: event.to_owned(),
+                    time: ktime_to_unix_seconds(ns),
+                    detail: detail.map(str::to_owned),
+                };
                 let mut l = vec![event("first_seen", first_seen_ns, Some(Role::from_u8(role).name()))];
                 if opened_ns != 0 {
                     l.push(event("opened", opened_ns, None));
@@ -232,7 +244,14 @@ impl History {
 /// longer holds. HTTP views come from `live_http` for connections still open, from history for
 /// closed ones.
 /// With `only`, history contributes just that four-tuple's incarnations.
-pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, live_http: &dyn Fn(&ConnKey) -> Option<HttpView>, frames: &HashMap<ConnKey, ConnFrame>, only: Option<&ConnKey>) -> Vec<Connection> {
+pub fn merge(
+    kernel: &[(ConnKey, ConnStats)],
+    history: &History,
+    quiet_ns: u64,
+    live_http: &dyn Fn(&ConnKey) -> Option<HttpView>,
+    frames: &HashMap<ConnKey, ConnFrame>,
+    only: Option<&ConnKey>,
+) -> Vec<Connection> {
     let now = monotonic_ns();
     let closed_view = |c: &Closed| c.http.as_ref().map(|h| h.view(now, &ktime_to_unix_seconds));
     let mut out: Vec<Connection> = kernel
@@ -261,7 +280,9 @@ pub fn merge(kernel: &[(ConnKey, ConnStats)], history: &History, quiet_ns: u64, 
         })
         .collect();
     let in_kernel: std::collections::HashSet<Incarnation> = out.iter().map(|c| c.incarnation).collect();
-    out.extend(history.iter().filter(|c| only.is_none_or(|k| *k == c.key) && !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| closed_connection(c, now)));
+    out.extend(
+        history.iter().filter(|c| only.is_none_or(|k| *k == c.key) && !in_kernel.contains(&(c.key, c.stats.first_seen_ns))).map(|c| closed_connection(c, now)),
+    );
     out
 }
 

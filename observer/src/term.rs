@@ -155,14 +155,15 @@ fn restore_on_signals() -> io::Result<()> {
         (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?, signal(SignalKind::interrupt())?)
     };
     std::thread::Builder::new().name("top-signals".into()).spawn(move || {
-        let signo = rt.block_on(async {
-            tokio::select! {
-                _ = term.recv() => SignalKind::terminate(),
-                _ = hup.recv() => SignalKind::hangup(),
-                _ = int.recv() => SignalKind::interrupt(),
-            }
-        })
-        .as_raw_value();
+        let signo = rt
+            .block_on(async {
+                tokio::select! {
+                    _ = term.recv() => SignalKind::terminate(),
+                    _ = hup.recv() => SignalKind::hangup(),
+                    _ = int.recv() => SignalKind::interrupt(),
+                }
+            })
+            .as_raw_value();
         // Held until the process is gone: `top` cannot draw a frame over the restored screen.
         let _out = io::stdout().lock();
         restore();

@@ -22,9 +22,7 @@ pub fn parse_format(text: &str) -> Vec<Field> {
             let decl = line.strip_prefix("field:")?.split(';').next()?;
             // The name is the last word of the declaration, without an array suffix.
             let name = decl.split_whitespace().last()?.split('[').next()?.to_owned();
-            let num = |key: &str| -> Option<u16> {
-                line.split(';').map(str::trim).find_map(|part| part.strip_prefix(key)).and_then(|v| v.parse().ok())
-            };
+            let num = |key: &str| -> Option<u16> { line.split(';').map(str::trim).find_map(|part| part.strip_prefix(key)).and_then(|v| v.parse().ok()) };
             Some(Field { name, offset: num("offset:")?, size: num("size:")? })
         })
         .collect()
@@ -51,7 +49,8 @@ pub fn layout(fields: &[Field]) -> Option<TpLayout> {
     l.err = off("err");
     // Since 6.10 some records keep whole `sockaddr_in6`-sized addresses instead (28 bytes).
     l.sockaddr_form = u16::from(find("saddr").is_some_and(|f| f.size == 28) && l.sport == ABSENT);
-    let separate = l.sport != ABSENT && l.dport != ABSENT && l.family != ABSENT && l.saddr != ABSENT && l.daddr != ABSENT && l.saddr_v6 != ABSENT && l.daddr_v6 != ABSENT;
+    let separate =
+        l.sport != ABSENT && l.dport != ABSENT && l.family != ABSENT && l.saddr != ABSENT && l.daddr != ABSENT && l.saddr_v6 != ABSENT && l.daddr_v6 != ABSENT;
     if l.skaddr == ABSENT || !(separate || l.sockaddr_form == 1) {
         return None;
     }
@@ -82,7 +81,13 @@ pub fn read_layout(category: &str, name: &str) -> Result<TpLayout, TracepointErr
         Err(_) => return Err(TracepointError::NotMounted(tp)),
         Ok(_) => {}
     }
-    let text = fs::read_to_string(&path).map_err(|e| if denied(&e) { TracepointError::Unreadable(tp.clone(), path.display().to_string()) } else { TracepointError::Missing(tp.clone(), path.display().to_string()) })?;
+    let text = fs::read_to_string(&path).map_err(|e| {
+        if denied(&e) {
+            TracepointError::Unreadable(tp.clone(), path.display().to_string())
+        } else {
+            TracepointError::Missing(tp.clone(), path.display().to_string())
+        }
+    })?;
     let fields = parse_format(&text);
     layout(&fields).ok_or_else(|| TracepointError::UnknownLayout(tp, fields.iter().map(|f| f.name.clone()).collect()))
 }

@@ -36,7 +36,8 @@ pub fn deb(root: &Path, binary: &Path, out: &Path) -> Result<PathBuf> {
     for (from, to, mode) in FILES {
         install(&root.join(from), &stage.join(to), *mode)?;
     }
-    let copyright = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: observer\n\nFiles: *\nLicense: MIT or Apache-2.0\n";
+    let copyright =
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: observer\n\nFiles: *\nLicense: MIT or Apache-2.0\n";
     write(&stage.join("usr/share/doc/observer/copyright"), copyright, 0o644)?;
     for script in SCRIPTS {
         install(&root.join("dist/debian").join(script), &stage.join("DEBIAN").join(script), 0o755)?;

@@ -16,7 +16,23 @@ const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev
 /// Debian packages the end-to-end tests drive: real servers, clients and tools (`systemd` for
 /// `systemd-analyze verify` of dist/observer.service, there already on a systemd host;
 /// `python3-yaml` to read dist/kubernetes/; `dpkg-deb`, for `cargo xtask dist`, is in dpkg).
-const TEST_PACKAGES: &[&str] = &["iproute2", "nginx-light", "haproxy", "curl", "wrk", "iputils-ping", "bpftool", "tmux", "prometheus", "python3", "procps", "libcap2-bin", "ethtool", "systemd", "python3-yaml"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nginx-light",
+    "haproxy",
+    "curl",
+    "wrk",
+    "iputils-ping",
+    "bpftool",
+    "tmux",
+    "prometheus",
+    "python3",
+    "procps",
+    "libcap2-bin",
+    "ethtool",
+    "systemd",
+    "python3-yaml",
+];
 /// Debian packages only the benchmark needs: its peer, full packet capture.
 const BENCH_PACKAGES: &[&str] = &["tshark"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -189,7 +205,10 @@ fn check() -> Result<()> {
     // ships no clippy; rustup's clippy has no `core` for bpfel-unknown-none.
     if Path::new("/usr/bin/cargo-clippy").exists() || Path::new("/usr/bin/clippy-driver").exists() {
         let mut kclippy = Command::new("/usr/bin/cargo");
-        kclippy.args(["clippy", "--manifest-path", &kernel.to_string_lossy(), "--release", "--target", "bpfel-unknown-none", "--", "-D", "warnings"]).env("RUSTC_BOOTSTRAP", "1").current_dir(&root);
+        kclippy
+            .args(["clippy", "--manifest-path", &kernel.to_string_lossy(), "--release", "--target", "bpfel-unknown-none", "--", "-D", "warnings"])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .current_dir(&root);
         status(&mut kclippy).context("clippy on the kernel crate")?;
     } else {
         eprintln!("xtask check: the kernel crate is not linted: the toolchain that builds it (Debian's rustc-web) has no clippy here");
@@ -200,12 +219,14 @@ fn check() -> Result<()> {
 
 /// rustfmt and clippy, from rustup where they are missing.
 fn ensure_components() -> Result<()> {
-    let has = |sub: &str| Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([sub, "--version"]).output().is_ok_and(|o| o.status.success());
+    let has =
+        |sub: &str| Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([sub, "--version"]).output().is_ok_and(|o| o.status.success());
     if has("fmt") && has("clippy") {
         return Ok(());
     }
     eprintln!("xtask check: adding rustfmt and clippy (rustup component add)");
-    status(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"])).context("rustfmt and clippy are needed: `rustup component add rustfmt clippy`")
+    status(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
+        .context("rustfmt and clippy are needed: `rustup component add rustfmt clippy`")
 }
 
 /// `cargo xtask fuzz`: the property tests of `observer/src/http/properties.rs`, the code path
@@ -298,22 +319,21 @@ fn setup_with(build_only: bool, extra: &[&str]) -> Result<()> {
     if !apt || !is_root() {
         let mut msg = String::from("missing build/test prerequisites and cannot install them here (needs root on Debian/Ubuntu).\nInstall:\n");
         if !missing.is_empty() {
-            msg += &format!("  apt-get install {}   (or your distribution's equivalents; elsewhere: a nightly Rust toolchain with rust-src, LLVM 22)\n", missing.join(" "));
+            msg += &format!(
+                "  apt-get install {}   (or your distribution's equivalents; elsewhere: a nightly Rust toolchain with rust-src, LLVM 22)\n",
+                missing.join(" ")
+            );
         }
         if linker_missing {
-            msg += &format!("  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22\n");
+            msg +=
+                &format!("  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22\n");
         }
         bail!(msg);
     }
     if !missing.is_empty() {
         eprintln!("xtask setup: installing {}", missing.join(" "));
         status(Command::new("apt-get").args(["update", "-q"]))?;
-        status(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        status(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     if linker_missing {
         eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");

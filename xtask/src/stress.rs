@@ -78,7 +78,8 @@ pub fn run(runs: u32, load: bool, bin: &Path, args: &[String]) -> Result<()> {
     }
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Build the test binaries once, outside the timed runs.
-    let built = Command::new(&cargo).args(["test", "--package", "observer-tests", "--no-run"]).current_dir(workspace_root()).status().context("building the tests")?;
+    let built =
+        Command::new(&cargo).args(["test", "--package", "observer-tests", "--no-run"]).current_dir(workspace_root()).status().context("building the tests")?;
     if !built.success() {
         bail!("building the end-to-end tests failed");
     }
@@ -105,7 +106,11 @@ pub fn run(runs: u32, load: bool, bin: &Path, args: &[String]) -> Result<()> {
             "green".to_owned()
         } else {
             red += 1;
-            if failed.is_empty() { format!("RED ({}, no test named: see the log)", out.status) } else { format!("RED: {}", failed.join(", ")) }
+            if failed.is_empty() {
+                format!("RED ({}, no test named: see the log)", out.status)
+            } else {
+                format!("RED: {}", failed.join(", "))
+            }
         };
         eprintln!("xtask stress: run {i}/{runs} in {:.0} s: {verdict} (log: {})", t.elapsed().as_secs_f64(), log.display());
         for f in failed {
@@ -130,7 +135,8 @@ mod tests {
 
     #[test]
     fn failed_tests_are_named_with_their_binary() {
-        let out = "     Running tests/trace.rs (target/debug/deps/trace-1)\ntest a ... ok\ntest b ... FAILED\n     Running tests/http.rs (x)\ntest c ... FAILED\n";
+        let out =
+            "     Running tests/trace.rs (target/debug/deps/trace-1)\ntest a ... ok\ntest b ... FAILED\n     Running tests/http.rs (x)\ntest c ... FAILED\n";
         assert_eq!(failures(out), ["trace::b", "http::c"]);
     }
 }

@@ -49,7 +49,11 @@ impl CloseReason {
             (true, false) => CloseReason::ResetSent,
             (false, true) => CloseReason::ResetReceived,
             (true, true) => {
-                if Closer::from_u8(s.closer) == Closer::Remote { CloseReason::ResetReceived } else { CloseReason::ResetSent }
+                if Closer::from_u8(s.closer) == Closer::Remote {
+                    CloseReason::ResetReceived
+                } else {
+                    CloseReason::ResetSent
+                }
             }
             (false, false) => {
                 // FIN on the wire, or a socket that went through the closing states: an orderly
@@ -58,7 +62,11 @@ impl CloseReason {
                     s.state_before_close,
                     tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK | tcp_state::CLOSE_WAIT | tcp_state::TIME_WAIT
                 );
-                if s.fin_in > 0 || s.fin_out > 0 || closing { CloseReason::Normal } else { CloseReason::TimedOut }
+                if s.fin_in > 0 || s.fin_out > 0 || closing {
+                    CloseReason::Normal
+                } else {
+                    CloseReason::TimedOut
+                }
             }
         }
     }

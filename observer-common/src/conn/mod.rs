@@ -47,20 +47,24 @@ impl ConnKey {
     }
 
     pub const fn zeroed() -> Self {
-        Self {
-            family: 0,
-            local_port: 0,
-            remote_port: 0,
-            _pad: 0,
-            local_addr: [0; 16],
-            remote_addr: [0; 16],
-        }
+        Self { family: 0, local_port: 0, remote_port: 0, _pad: 0, local_addr: [0; 16], remote_addr: [0; 16] }
     }
 }
 
 #[inline(always)]
 fn is_v4_mapped(a: &[u8; 16]) -> bool {
-    a[0] == 0 && a[1] == 0 && a[2] == 0 && a[3] == 0 && a[4] == 0 && a[5] == 0 && a[6] == 0 && a[7] == 0 && a[8] == 0 && a[9] == 0 && a[10] == 0xff && a[11] == 0xff
+    a[0] == 0
+        && a[1] == 0
+        && a[2] == 0
+        && a[3] == 0
+        && a[4] == 0
+        && a[5] == 0
+        && a[6] == 0
+        && a[7] == 0
+        && a[8] == 0
+        && a[9] == 0
+        && a[10] == 0xff
+        && a[11] == 0xff
 }
 
 /// Exact per-connection counters kept in the `CONNS` map.

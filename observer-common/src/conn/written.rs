@@ -55,14 +55,7 @@ impl ConnKey {
     pub fn from_endpoints(local: SocketAddr, remote: SocketAddr) -> Option<Self> {
         let (family, local_addr) = addr_bytes(local.ip());
         let (remote_family, remote_addr) = addr_bytes(remote.ip());
-        (family == remote_family).then_some(Self {
-            family,
-            local_port: local.port(),
-            remote_port: remote.port(),
-            _pad: 0,
-            local_addr,
-            remote_addr,
-        })
+        (family == remote_family).then_some(Self { family, local_port: local.port(), remote_port: remote.port(), _pad: 0, local_addr, remote_addr })
     }
 }
 

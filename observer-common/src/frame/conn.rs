@@ -34,7 +34,11 @@ impl ConnFrame {
 
     /// The direction carrying requests, once known (from a client's SYN or the first message).
     pub const fn request_direction(&self) -> Option<Direction> {
-        if self.pending.request_dir == 0 { None } else { Some(Direction::from_bit(self.pending.request_dir - 1)) }
+        if self.pending.request_dir == 0 {
+            None
+        } else {
+            Some(Direction::from_bit(self.pending.request_dir - 1))
+        }
     }
 
     /// Says which direction carries requests (e.g. from the client's SYN).

@@ -74,7 +74,11 @@ impl DirFrame {
     }
 
     pub const fn lost_reason(&self) -> Option<LostReason> {
-        if self.phase == P_LOST { LostReason::from_u8(self.lost) } else { None }
+        if self.phase == P_LOST {
+            LostReason::from_u8(self.lost)
+        } else {
+            None
+        }
     }
 
     /// The next byte framing needs to see: past the rest of a body or of chunk data, else

@@ -30,11 +30,19 @@ impl DirFrame {
         } else if self.line == L_LINE_START {
             // A name that starts like none of the names framing reads, or may be one (ws, `:`,
             // CR and LF, which end the head or break it, are not skipped: see `skips`).
-            if matches!(lower(b), b'c' | b't' | b'u') { SKIP_MATCH } else { SKIP_NAME }
+            if matches!(lower(b), b'c' | b't' | b'u') {
+                SKIP_MATCH
+            } else {
+                SKIP_NAME
+            }
         } else {
             SKIP_NONE
         };
-        if kind != SKIP_NONE && skips(kind, b) { kind } else { SKIP_NONE }
+        if kind != SKIP_NONE && skips(kind, b) {
+            kind
+        } else {
+            SKIP_NONE
+        }
     }
 
     /// A name that may be one framing reads, from the byte at `off` of `block` (`len` loaded):

@@ -82,14 +82,22 @@ pub(super) const SKIP_MATCH: u8 = 4;
 #[inline(always)]
 pub(super) const fn avail_in_block(off: u32, len: u32) -> u32 {
     let n = len.saturating_sub(off);
-    if n > BLOCK as u32 { BLOCK as u32 } else { n }
+    if n > BLOCK as u32 {
+        BLOCK as u32
+    } else {
+        n
+    }
 }
 
 /// Is `b` one of the bytes a skip of `kind` takes?
 #[inline(always)]
 pub(super) const fn skips(kind: u8, b: u8) -> bool {
     // SKIP_NAME and SKIP_MATCH: the bytes of a name.
-    if kind == SKIP_TO_LF || kind == SKIP_START { b != LF } else { b != b':' && b != b' ' && b != b'\t' && b != CR && b != LF }
+    if kind == SKIP_TO_LF || kind == SKIP_START {
+        b != LF
+    } else {
+        b != b':' && b != b' ' && b != b'\t' && b != CR && b != LF
+    }
 }
 
 pub(super) const CR: u8 = b'\r';
@@ -115,7 +123,11 @@ pub(super) const CHUNKED: [u8; 8] = *b"chunked\0";
 
 #[inline(always)]
 pub(super) const fn lower(b: u8) -> u8 {
-    if b >= b'A' && b <= b'Z' { b | 0x20 } else { b }
+    if b >= b'A' && b <= b'Z' {
+        b | 0x20
+    } else {
+        b
+    }
 }
 
 #[inline(always)]

@@ -2,7 +2,6 @@
 //! tracepoints), with the layouts this kernel's BTF and tracefs give.
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use aya::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
@@ -13,11 +12,16 @@ use aya::{
     util::KernelVersion,
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
-use observer_common::tracepoint::{NetnsFilter, SkbSegs, SockLayout, TpLayout};
+use observer_common::tracepoint::{SockLayout, TpLayout};
 
 use super::{
-    names::{global, map, program, program::{TC_EGRESS, TC_INGRESS}, TRACEPOINTS},
-    pin, BpfError, Attachment, Kernel, LifecycleHook, Loaded, MapSizes, Maps, Programs, Ring, Rings, TraceMaps, EBPF_OBJECT, EBPF_OBJECT_LITE,
+    layout::{netns_filter, skb_segs, sock_layout},
+    names::{
+        global, map, program,
+        program::{TC_EGRESS, TC_INGRESS},
+        TRACEPOINTS,
+    },
+    pin, Attachment, BpfError, Kernel, LifecycleHook, Loaded, MapSizes, Maps, Programs, Ring, Rings, TraceMaps, EBPF_OBJECT, EBPF_OBJECT_LITE,
 };
 
 /// Loads the embedded object, attaches the tc programs to ingress and egress of `interfaces`, and
@@ -39,9 +43,16 @@ pub fn load_and_attach(
     }
     match load_object(EBPF_OBJECT, interfaces, sizes, http_ports, true, lifecycle, state) {
         Err(BpfError::Verifier { program, io_error, log }) if program == TC_INGRESS || program == TC_EGRESS => {
-            let last = log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed")).unwrap_or("").trim();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty() && !l.starts_with("verification time") && !l.starts_with("stack depth") && !l.starts_with("processed"))
+                .unwrap_or("")
+                .trim();
             let why = format!("the kernel's verifier refused {program} with the kernel HTTP framer ({io_error}: {last})");
-            log::warn!("{why}: loading the programs without it; HTTP is framed by the daemon (as with --http-framing daemon: the same counts, more CPU per request)");
+            log::warn!(
+                "{why}: loading the programs without it; HTTP is framed by the daemon (as with --http-framing daemon: the same counts, more CPU per request)"
+            );
             let mut kernel = load_object(EBPF_OBJECT_LITE, interfaces, sizes, http_ports, false, lifecycle, state)?;
             kernel.loaded.kernel_http_refused = Some(why);
             Ok(kernel)
@@ -121,7 +132,8 @@ fn load_object(
     let mut ebpf = loader.load(object).map_err(classify_load_error)?;
     start_log_forwarding(&mut ebpf);
     // The port filter is in place before any program runs.
-    let mut ports: HashMap<_, u16, u8> = HashMap::try_from(ebpf.map_mut(map::HTTP_PORTS).ok_or(BpfError::Map(map::HTTP_PORTS))?).map_err(|_| BpfError::Map(map::HTTP_PORTS))?;
+    let mut ports: HashMap<_, u16, u8> =
+        HashMap::try_from(ebpf.map_mut(map::HTTP_PORTS).ok_or(BpfError::Map(map::HTTP_PORTS))?).map_err(|_| BpfError::Map(map::HTTP_PORTS))?;
     for p in http_ports {
         ports.insert(p, 1, 0).map_err(|_| BpfError::Map(map::HTTP_PORTS))?;
     }
@@ -174,10 +186,22 @@ fn load_object(
                     };
                     let link = prog.take_link(id).map_err(attach_error)?;
                     if !adopted {
-                        let fd = FdLink::try_from(link).map_err(|e| BpfError::Pin { what: format!("the {direction} link on {interface}"), path: path.clone(), error: e.to_string() })?;
-                        fd.pin(&path).map_err(|e| BpfError::Pin { what: format!("the {direction} link on {interface}"), path: path.clone(), error: e.to_string() })?;
+                        let fd = FdLink::try_from(link).map_err(|e| BpfError::Pin {
+                            what: format!("the {direction} link on {interface}"),
+                            path: path.clone(),
+                            error: e.to_string(),
+                        })?;
+                        fd.pin(&path).map_err(|e| BpfError::Pin {
+                            what: format!("the {direction} link on {interface}"),
+                            path: path.clone(),
+                            error: e.to_string(),
+                        })?;
                     }
-                    log::info!("{} {program} on {interface} {direction} (tcx, pinned at {})", if adopted { "replaced the program of" } else { "attached" }, path.display());
+                    log::info!(
+                        "{} {program} on {interface} {direction} (tcx, pinned at {})",
+                        if adopted { "replaced the program of" } else { "attached" },
+                        path.display()
+                    );
                 }
                 // clsact: netlink filters outlive the process that added them; a killed
                 // daemon's filter is removed (by name) before this one goes in, and this one
@@ -220,7 +244,11 @@ fn load_object(
                 Err(e) => log::info!("tp_btf/{name}: {e}: the classic tracepoint follows state changes instead"),
             }
         } else if *program == TRACEPOINTS[0].0 && lifecycle == LifecycleHook::TpBtf {
-            return Err(BpfError::MissingFeature { feature: "the kernel BTF of struct sock (for --lifecycle-hook tp-btf)", since: "5.5", kernel: crate::sys::kernel_release() });
+            return Err(BpfError::MissingFeature {
+                feature: "the kernel BTF of struct sock (for --lifecycle-hook tp-btf)",
+                since: "5.5",
+                kernel: crate::sys::kernel_release(),
+            });
         }
         let attached = match layout {
             Err(e) => {
@@ -287,7 +315,14 @@ fn take<T, E>(ebpf: &mut Ebpf, name: &'static str, typed: impl FnOnce(aya::maps:
     typed(ebpf.take_map(name).ok_or(BpfError::Map(name))?).map_err(|_| BpfError::Map(name))
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str, state: Option<&pin::State>, keep: &mut Vec<PathBuf>) -> Result<u32, BpfError> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &str,
+    name: &str,
+    state: Option<&pin::State>,
+    keep: &mut Vec<PathBuf>,
+) -> Result<u32, BpfError> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)
         .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
@@ -324,7 +359,11 @@ fn pin_tracepoint_link(state: &pin::State, program: &'static str, link: Result<F
 }
 
 fn attach_btf_tracepoint(ebpf: &mut Ebpf, program: &'static str, name: &str, state: Option<&pin::State>, keep: &mut Vec<PathBuf>) -> Result<u32, BpfError> {
-    let btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::MissingFeature { feature: "kernel BTF (/sys/kernel/btf/vmlinux)", since: "5.5", kernel: format!("{} ({e})", crate::sys::kernel_release()) })?;
+    let btf = AyaBtf::from_sys_fs().map_err(|e| BpfError::MissingFeature {
+        feature: "kernel BTF (/sys/kernel/btf/vmlinux)",
+        since: "5.5",
+        kernel: format!("{} ({e})", crate::sys::kernel_release()),
+    })?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .ok_or(BpfError::Program { program, source: ProgramError::NotLoaded })?
@@ -353,69 +392,6 @@ pub fn remove_tc_filters(interfaces: &[String]) -> usize {
     removed
 }
 
-/// What a program needs from the kernel's BTF (`find`), or `fallback` when BTF or a member is
-/// missing, with a log line at `level` saying what that costs.
-fn from_btf<T>(btf: Option<&crate::btf::Btf>, find: impl FnOnce(&crate::btf::Btf) -> anyhow::Result<T>, fallback: T, level: log::Level, cost: &str) -> T {
-    match btf.context("no kernel BTF").and_then(find) {
-        Ok(found) => found,
-        Err(e) => {
-            log::log!(level, "{cost} ({e:#})");
-            fallback
-        }
-    }
-}
-
-/// Where a retransmitted skb's segment count is (`skb->cb` as `struct tcp_skb_cb`), from BTF.
-fn skb_segs(btf: Option<&crate::btf::Btf>) -> SkbSegs {
-    let find = |btf: &crate::btf::Btf| -> anyhow::Result<SkbSegs> {
-        let cb = btf.offset_of("sk_buff", &["cb"])?;
-        let segs = btf.offset_of("tcp_skb_cb", &["tcp_gso_segs"])?;
-        let total = btf.offset_of("tcp_sock", &["total_retrans"]);
-        if let Err(e) = &total {
-            log::warn!("retransmissions are counted from the tracepoint's records, not read from the socket ({e:#})");
-        }
-        Ok(SkbSegs { enabled: 1, offset: cb + segs, total_enabled: u32::from(total.is_ok()), total_retrans: total.unwrap_or(0) })
-    };
-    from_btf(btf, find, SkbSegs::disabled(), log::Level::Warn, "retransmissions will count skbs, not segments")
-}
-
-/// Where the BTF-typed lifecycle hook finds a socket's protocol, family, ports and addresses.
-fn sock_layout(btf: Option<&crate::btf::Btf>) -> SockLayout {
-    let find = |btf: &crate::btf::Btf| -> anyhow::Result<SockLayout> {
-        let at = |path: &[&str]| -> anyhow::Result<u16> { Ok(u16::try_from(btf.offset_of("sock", path)?)?) };
-        let common = |m: &str| at(&["__sk_common", m]);
-        Ok(SockLayout {
-            present: 1,
-            protocol: at(&["sk_protocol"])?,
-            family: common("skc_family")?,
-            sport: u16::try_from(btf.offset_of("inet_sock", &["inet_sport"])?)?,
-            dport: common("skc_dport")?,
-            rcv_saddr: common("skc_rcv_saddr")?,
-            daddr: common("skc_daddr")?,
-            v6_rcv_saddr: common("skc_v6_rcv_saddr")?,
-            v6_daddr: common("skc_v6_daddr")?,
-            _pad: 0,
-        })
-    };
-    from_btf(btf, find, SockLayout::absent(), log::Level::Info, "the BTF-typed lifecycle hook cannot be used: the classic tracepoint follows state changes")
-}
-
-/// Socket tracepoints fire for every network namespace: keep to ours, found through the
-/// kernel's BTF (`sock.__sk_common.skc_net` -> `net.ns.inum`). Without BTF offsets, every
-/// namespace is observed, and the log says so.
-fn netns_filter(btf: Option<&crate::btf::Btf>) -> NetnsFilter {
-    use std::os::unix::fs::MetadataExt;
-    let find = |btf: &crate::btf::Btf| -> anyhow::Result<NetnsFilter> {
-        Ok(NetnsFilter {
-            enabled: 1,
-            inum: std::fs::metadata("/proc/self/ns/net")?.ino() as u32,
-            sock_net: btf.offset_of("sock", &["__sk_common", "skc_net"])?,
-            net_inum: btf.offset_of("net", &["ns", "inum"])?,
-        })
-    };
-    from_btf(btf, find, NetnsFilter::disabled(), log::Level::Warn, "socket events cannot be limited to this network namespace: connections of other namespaces may appear")
-}
-
 fn classify_load_error(e: EbpfError) -> BpfError {
     let kernel = crate::sys::kernel_release();
     match e {
@@ -423,8 +399,12 @@ fn classify_load_error(e: EbpfError) -> BpfError {
         // A map type the kernel does not know is refused with EINVAL at creation.
         EbpfError::MapError(aya::maps::MapError::CreateError { ref name, ref io_error }) if io_error.raw_os_error() == Some(libc::EINVAL) => {
             match name.as_str() {
-                map::EVENTS | map::PAYLOAD | map::TRACE | map::AYA_LOGS => BpfError::MissingFeature { feature: "BPF ring buffers (BPF_MAP_TYPE_RINGBUF)", since: "5.8", kernel },
-                map::CONNS | map::HTTP_HINTS | map::HTTP_FRAMES => BpfError::MissingFeature { feature: "LRU hash maps (BPF_MAP_TYPE_LRU_HASH)", since: "4.10", kernel },
+                map::EVENTS | map::PAYLOAD | map::TRACE | map::AYA_LOGS => {
+                    BpfError::MissingFeature { feature: "BPF ring buffers (BPF_MAP_TYPE_RINGBUF)", since: "5.8", kernel }
+                }
+                map::CONNS | map::HTTP_HINTS | map::HTTP_FRAMES => {
+                    BpfError::MissingFeature { feature: "LRU hash maps (BPF_MAP_TYPE_LRU_HASH)", since: "4.10", kernel }
+                }
                 _ => BpfError::Load(e),
             }
         }

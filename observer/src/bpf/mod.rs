@@ -19,6 +19,7 @@ use observer_common::{
 };
 use thiserror::Error;
 
+mod layout;
 mod load;
 pub mod names;
 pub mod pin;
@@ -49,7 +50,9 @@ pub enum BpfError {
     State(anyhow::Error),
     #[error("pinning {what} at {path}: {error}")]
     Pin { what: String, path: PathBuf, error: String },
-    #[error("this observer binary was built with OBSERVER_SKIP_EBPF=1 and carries no kernel programs: rebuild it without that variable (`cargo build --release`)")]
+    #[error(
+        "this observer binary was built with OBSERVER_SKIP_EBPF=1 and carries no kernel programs: rebuild it without that variable (`cargo build --release`)"
+    )]
     NotBuilt,
     #[error("interface {0:?} does not exist here (see `ip link`): pass an existing one to --interface")]
     InterfaceMissing(String),
@@ -253,4 +256,3 @@ pub struct ProgramStats {
     pub run_time_ns: u64,
     pub verified_instructions: Option<u32>,
 }
-

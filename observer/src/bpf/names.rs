@@ -23,7 +23,8 @@ pub mod map {
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
     /// Every map above that the daemon opens, sizes or pins.
-    pub const ALL: [&str; 14] = [CONNS, HALF_OPEN, GLOBAL, EVENTS, PAYLOAD, TRACE, HTTP_HINTS, HTTP_PORTS, TLS_NAMES, HTTP_FRAMES, FRAME_LOST, HTTP_AGG, TRACE_FILTERS, TRACE_SHAPES];
+    pub const ALL: [&str; 14] =
+        [CONNS, HALF_OPEN, GLOBAL, EVENTS, PAYLOAD, TRACE, HTTP_HINTS, HTTP_PORTS, TLS_NAMES, HTTP_FRAMES, FRAME_LOST, HTTP_AGG, TRACE_FILTERS, TRACE_SHAPES];
 }
 
 /// Programs, by their function's name.
@@ -38,7 +39,8 @@ pub mod program {
     pub const TCP_RECEIVE_RESET: &str = "observer_tcp_receive_reset";
     pub const TCP_RETRANSMIT_SYNACK: &str = "observer_tcp_retransmit_synack";
 
-    pub const ALL: [&str; 8] = [TC_INGRESS, TC_EGRESS, SOCK_SET_STATE, SOCK_SET_STATE_BTF, TCP_RETRANSMIT, TCP_SEND_RESET, TCP_RECEIVE_RESET, TCP_RETRANSMIT_SYNACK];
+    pub const ALL: [&str; 8] =
+        [TC_INGRESS, TC_EGRESS, SOCK_SET_STATE, SOCK_SET_STATE_BTF, TCP_RETRANSMIT, TCP_SEND_RESET, TCP_RECEIVE_RESET, TCP_RETRANSMIT_SYNACK];
 }
 
 /// Read-only globals the daemon sets at load time (`EbpfLoader::override_global`).
@@ -54,7 +56,18 @@ pub mod global {
     pub const LAYOUT_RECEIVE_RESET: &str = "LAYOUT_RECEIVE_RESET";
     pub const LAYOUT_RETRANSMIT_SYNACK: &str = "LAYOUT_RETRANSMIT_SYNACK";
 
-    pub const ALL: [&str; 10] = [NETNS_FILTER, SOCK_LAYOUT, RETRANSMIT_SEGS, HTTP_PORTS_ONLY, KERNEL_HTTP, LAYOUT_SET_STATE, LAYOUT_RETRANSMIT, LAYOUT_SEND_RESET, LAYOUT_RECEIVE_RESET, LAYOUT_RETRANSMIT_SYNACK];
+    pub const ALL: [&str; 10] = [
+        NETNS_FILTER,
+        SOCK_LAYOUT,
+        RETRANSMIT_SEGS,
+        HTTP_PORTS_ONLY,
+        KERNEL_HTTP,
+        LAYOUT_SET_STATE,
+        LAYOUT_RETRANSMIT,
+        LAYOUT_SEND_RESET,
+        LAYOUT_RECEIVE_RESET,
+        LAYOUT_RETRANSMIT_SYNACK,
+    ];
 }
 
 /// The socket tracepoints: (program, category, tracepoint, global holding its record layout).
@@ -107,7 +120,10 @@ mod tests {
             }
             for name in global::ALL {
                 let section = section_of(name).unwrap_or_else(|| panic!("{which} object: no global {name}"));
-                assert!(section.starts_with(".rodata") || section.starts_with(".bss") || section.starts_with(".data"), "{which} object: global {name} is in {section}");
+                assert!(
+                    section.starts_with(".rodata") || section.starts_with(".bss") || section.starts_with(".data"),
+                    "{which} object: global {name} is in {section}"
+                );
             }
             let mut found = programs(elf);
             found.sort();

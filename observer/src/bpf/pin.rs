@@ -13,9 +13,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::names::map;
 use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
-use super::names::map;
 use observer_common::{
     conn::{ConnKey, ConnStats},
     frame::ConnFrame,
@@ -194,7 +194,10 @@ fn lock(root: &Path) -> Result<UnixListener> {
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).context("an abstract socket name")?;
     UnixListener::bind_addr(&addr).map_err(|e| {
         if e.kind() == io::ErrorKind::AddrInUse {
-            anyhow::anyhow!("another observer is using the state in {} (in this network namespace): stop it first, or give this one its own --state-dir", root.display())
+            anyhow::anyhow!(
+                "another observer is using the state in {} (in this network namespace): stop it first, or give this one its own --state-dir",
+                root.display()
+            )
         } else {
             anyhow::Error::from(e).context("taking the state directory's lock")
         }

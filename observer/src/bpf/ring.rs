@@ -66,7 +66,12 @@ impl<T: RingRecord> Ring<T> {
     /// backlog, not per record), every `poll` if given (the bound on how stale the view may get),
     /// and on each request from `requests` (answered once drained). `handle` gets each batch of
     /// waiting records. Returns only on an error of the ring's descriptor.
-    pub async fn pump(mut self, poll: Option<Duration>, mut requests: Option<tokio::sync::mpsc::Receiver<DrainRequest>>, mut handle: impl FnMut(&mut Batch<'_, T>)) -> Result<()> {
+    pub async fn pump(
+        mut self,
+        poll: Option<Duration>,
+        mut requests: Option<tokio::sync::mpsc::Receiver<DrainRequest>>,
+        mut handle: impl FnMut(&mut Batch<'_, T>),
+    ) -> Result<()> {
         let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut drain = |ring: &mut RingBuf<MapData>| handle(&mut Batch { ring, _record: PhantomData });

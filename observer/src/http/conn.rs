@@ -112,8 +112,22 @@ impl HttpConn {
     pub fn view(&self, now_ns: u64, to_unix: &dyn Fn(u64) -> f64) -> HttpView {
         // A direction the daemon's framer was never handed is the kernel's (`--kernel-http`).
         let kernel = self.kernel_framed.iter().any(|&k| k);
-        let in_sync = self.dirs.iter().zip(self.handed_off).all(|(d, handed)| (kernel && !handed && d.stream.next().is_none()) || (d.stream.is_synced() && !d.framer.is_broken()));
-        make_view(&self.lifetime, self.seconds.iter(), self.last_status, self.pending.len() + self.overflow as usize, self.framing_lost, in_sync, self.recent.iter(), now_ns, to_unix)
+        let in_sync = self
+            .dirs
+            .iter()
+            .zip(self.handed_off)
+            .all(|(d, handed)| (kernel && !handed && d.stream.next().is_none()) || (d.stream.is_synced() && !d.framer.is_broken()));
+        make_view(
+            &self.lifetime,
+            self.seconds.iter(),
+            self.last_status,
+            self.pending.len() + self.overflow as usize,
+            self.framing_lost,
+            in_sync,
+            self.recent.iter(),
+            now_ns,
+            to_unix,
+        )
     }
 
     /// What history keeps of the connection once it has closed: counts and recent exchanges,

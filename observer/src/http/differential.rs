@@ -131,7 +131,11 @@ pub(super) fn reference_item(o: Outcome) -> Item {
 pub(super) fn describe(s: &Script) -> String {
     let mut d = String::new();
     for (i, r) in s.rounds.iter().enumerate() {
-        d.push_str(&format!("--- round {i} requests ---\n{:?}\n--- round {i} responses ---\n{:?}\n", String::from_utf8_lossy(&r.requests[..r.requests.len().min(2000)]), String::from_utf8_lossy(&r.responses[..r.responses.len().min(2000)])));
+        d.push_str(&format!(
+            "--- round {i} requests ---\n{:?}\n--- round {i} responses ---\n{:?}\n",
+            String::from_utf8_lossy(&r.requests[..r.requests.len().min(2000)]),
+            String::from_utf8_lossy(&r.responses[..r.responses.len().min(2000)])
+        ));
     }
     let path = std::env::temp_dir().join(format!("observer-differential-{}.txt", std::process::id()));
     match std::fs::write(&path, d) {
@@ -175,7 +179,14 @@ fn kernel_framer_agrees_with_the_reference() {
         let s = script(&mut rng, false);
         for max_segment in [1usize, 9, 100, 1448, 20_000] {
             let r = run(&s, &mut rng, max_segment, 1 << 20, DUPLICATES);
-            assert_eq!(r.kernel_lost, vec![], "seed {seed}, segments up to {max_segment}\nkernel {:?}\nreference {:?}\n{}", r.kernel, r.reference, describe(&s));
+            assert_eq!(
+                r.kernel_lost,
+                vec![],
+                "seed {seed}, segments up to {max_segment}\nkernel {:?}\nreference {:?}\n{}",
+                r.kernel,
+                r.reference,
+                describe(&s)
+            );
             assert_eq!(r.kernel, r.reference, "seed {seed}, segments up to {max_segment}\n{}", describe(&s));
             check_truth(&s, &r.kernel, "kernel framer", seed);
             check_truth(&s, &r.reference, "reference", seed);
@@ -235,4 +246,3 @@ fn the_default_step_budget_suffices() {
     }
     eprintln!("most blocks loaded for one segment of up to 4 KiB: {most}");
 }
-

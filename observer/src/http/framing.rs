@@ -451,8 +451,10 @@ mod tests {
     #[test]
     fn pipelined_requests_in_one_write() {
         let mut f = Framer::new(false);
-        let found = heads(&mut f, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nGET HEAD /c HTTP/1.1\r\nHost: h\r\n\r\n");
-        let methods: Vec<&str> = found.iter().filter_map(|f| if let Found::Head(Head::Request { method, .. }, _) = f { Some(&**method) } else { None }).collect();
+        let found =
+            heads(&mut f, b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nGET HEAD /c HTTP/1.1\r\nHost: h\r\n\r\n");
+        let methods: Vec<&str> =
+            found.iter().filter_map(|f| if let Found::Head(Head::Request { method, .. }, _) = f { Some(&**method) } else { None }).collect();
         assert_eq!(methods, vec!["GET", "POST", "HEAD"]);
     }
 

@@ -16,8 +16,14 @@ pub const MAX_PENDING: usize = 16_384;
 /// What framing produced, for the aggregate metrics.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Request { method: Text, target: Text },
-    Response { status: u16, latency_ns: Option<u64> },
+    Request {
+        method: Text,
+        target: Text,
+    },
+    Response {
+        status: u16,
+        latency_ns: Option<u64>,
+    },
     NoResponse(u64),
     /// Framing lost its place in a stream and starts again at the next message.
     FramingLost,

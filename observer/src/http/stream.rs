@@ -114,7 +114,11 @@ impl Stream {
         let mut next = seq.wrapping_add(data.len() as u32);
         // Whatever waited for this gap may follow now.
         loop {
-            let ready = self.pending.iter().find(|(s, (d, _))| ahead(next, **s).is_some() && ahead(s.wrapping_add(d.len() as u32), next).is_some_and(|x| x > 0)).map(|(s, _)| *s);
+            let ready = self
+                .pending
+                .iter()
+                .find(|(s, (d, _))| ahead(next, **s).is_some() && ahead(s.wrapping_add(d.len() as u32), next).is_some_and(|x| x > 0))
+                .map(|(s, _)| *s);
             let Some(s) = ready else { break };
             let (d, ts) = self.pending.remove(&s).expect("found above");
             self.pending_bytes -= d.len();

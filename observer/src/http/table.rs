@@ -8,9 +8,12 @@ use std::collections::BTreeSet;
 use foldhash::{HashMap, HashMapExt};
 
 use observer_common::{
-    direction::Direction,
     conn::{ConnKey, Role},
-    http::{HttpHints, MsgInfo, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_TAIL, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN},
+    direction::Direction,
+    http::{
+        HttpHints, MsgInfo, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_IN, HINT_SKIP_OUT, MSG_FIRST, MSG_INFO, MSG_REQUEST, MSG_RESPONSE, MSG_TAIL, SEG_ACK,
+        SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN,
+    },
 };
 
 use super::{

@@ -61,7 +61,11 @@ impl Counts {
     /// Failed over completed exchanges (final responses plus unanswered requests); 0 without any.
     pub fn error_ratio(&self) -> f64 {
         let exchanges = self.responses_2xx + self.responses_3xx + self.responses_4xx + self.responses_5xx + self.no_response;
-        if exchanges == 0 { 0.0 } else { self.failed() as f64 / exchanges as f64 }
+        if exchanges == 0 {
+            0.0
+        } else {
+            self.failed() as f64 / exchanges as f64
+        }
     }
 }
 

@@ -46,7 +46,6 @@ impl serde::Serialize for KernelCounters {
     }
 }
 
-
 /// A family read from kernel counters: name, help, and its samples (counter, label pair).
 struct Family {
     name: &'static str,

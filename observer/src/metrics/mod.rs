@@ -117,13 +117,31 @@ impl Metrics {
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
         // names every Prometheus client library exports, so standard dashboards find the daemon.
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("process metrics register once");
-        let info = reg(&r, IntGaugeVec::new(Opts::new("observer_build_info", "Version of the running observer and the kernel it runs on (always 1)."), &["version", "kernel"]).expect("valid"));
+        let info = reg(
+            &r,
+            IntGaugeVec::new(Opts::new("observer_build_info", "Version of the running observer and the kernel it runs on (always 1)."), &["version", "kernel"])
+                .expect("valid"),
+        );
         info.with_label_values(&[env!("CARGO_PKG_VERSION"), &crate::sys::kernel_release()]).set(1);
-        let attached = reg(&r, IntGaugeVec::new(Opts::new("observer_tc_attached", "tc programs attached, by interface, direction and mode (tcx or clsact); 1 while attached."), &["interface", "direction", "mode"]).expect("valid"));
+        let attached = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("observer_tc_attached", "tc programs attached, by interface, direction and mode (tcx or clsact); 1 while attached."),
+                &["interface", "direction", "mode"],
+            )
+            .expect("valid"),
+        );
         for a in attachments {
             attached.with_label_values(&[&a.interface, a.direction, a.mode]).set(1);
         }
-        let tp = reg(&r, IntGaugeVec::new(Opts::new("observer_tracepoint_attached", "Socket tracepoints: 1 attached, 0 missing on this kernel (the rest keeps working)."), &["tracepoint"]).expect("valid"));
+        let tp = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("observer_tracepoint_attached", "Socket tracepoints: 1 attached, 0 missing on this kernel (the rest keeps working)."),
+                &["tracepoint"],
+            )
+            .expect("valid"),
+        );
         for (name, ok) in tracepoints {
             tp.with_label_values(&[name]).set(i64::from(*ok));
         }
@@ -208,7 +226,10 @@ impl Metrics {
         }
         let name = port_name(port);
         let s = if status == 0 {
-            HttpSeries::Port { requests: self.http_requests.with_label_values(&[role.name(), &name]), unanswered: self.http_unanswered.with_label_values(&[role.name(), &name]) }
+            HttpSeries::Port {
+                requests: self.http_requests.with_label_values(&[role.name(), &name]),
+                unanswered: self.http_unanswered.with_label_values(&[role.name(), &name]),
+            }
         } else {
             let class = format!("{}xx", status / 100);
             HttpSeries::Status {

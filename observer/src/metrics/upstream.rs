@@ -21,7 +21,10 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use observer_common::conn::{ConnKey, ConnStats, Role};
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::{http::Counts, table::{Connection, Incarnation}};
+use crate::{
+    http::Counts,
+    table::{Connection, Incarnation},
+};
 
 /// The label of endpoints past the bound or outside the rules.
 pub const OTHER: &str = "other";
@@ -51,7 +54,9 @@ impl FromStr for Rule {
             Some((w, n)) => (w.trim(), n.trim().to_owned()),
             None => (s.trim(), s.trim().to_owned()),
         };
-        let expected = || format!("{what:?}: expected ADDRESS:PORT (198.18.0.2:8080, [2001:db8::2]:8080), ADDRESS, or NETWORK/PREFIX (198.18.0.0/24), optionally followed by =NAME");
+        let expected = || {
+            format!("{what:?}: expected ADDRESS:PORT (198.18.0.2:8080, [2001:db8::2]:8080), ADDRESS, or NETWORK/PREFIX (198.18.0.0/24), optionally followed by =NAME")
+        };
         let matcher = if let Ok(e) = what.parse::<SocketAddr>() {
             Matcher::Endpoint(e)
         } else if let Ok(a) = what.parse::<IpAddr>() {
@@ -247,7 +252,13 @@ mod tests {
 
     #[test]
     fn bad_rules_say_what_is_expected() {
-        for (bad, says) in [("orders", "expected ADDRESS:PORT"), ("198.18.0.0/33", "0 to 32"), ("2001:db8::/129", "0 to 128"), ("198.18.0.2=", "name after = is empty"), ("198.18.0.300", "expected")] {
+        for (bad, says) in [
+            ("orders", "expected ADDRESS:PORT"),
+            ("198.18.0.0/33", "0 to 32"),
+            ("2001:db8::/129", "0 to 128"),
+            ("198.18.0.2=", "name after = is empty"),
+            ("198.18.0.300", "expected"),
+        ] {
             let e = bad.parse::<Rule>().unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
         }

@@ -9,11 +9,7 @@ use observer_common::{
 };
 
 use super::{State, QUIET_NS};
-use crate::{
-    http::StreamEnds,
-    sys::monotonic_ns,
-    table,
-};
+use crate::{http::StreamEnds, sys::monotonic_ns, table};
 
 /// A closed connection is archived this long after its CLOSE, so that the resets and final ACKs
 /// the stack sends right after the state change are in its counters.
@@ -122,4 +118,3 @@ impl State {
         }
     }
 }
-

@@ -196,7 +196,8 @@ impl State {
         let kernel = self.kernel_entries();
         let all = self.connections_of(&kernel, None);
         self.metrics.upstreams.scrape(&all);
-        let mut conns: Vec<Connection> = all.into_iter().filter(|c| c.http.as_ref().is_some_and(|h| h.last_10s.counts.requests + h.last_10s.failed > 0)).collect();
+        let mut conns: Vec<Connection> =
+            all.into_iter().filter(|c| c.http.as_ref().is_some_and(|h| h.last_10s.counts.requests + h.last_10s.failed > 0)).collect();
         let ratio = |c: &Connection| c.http.as_ref().map_or((0.0, 0), |h| (h.last_10s.error_ratio, h.last_10s.failed));
         conns.sort_by(|a, b| ratio(b).partial_cmp(&ratio(a)).unwrap_or(std::cmp::Ordering::Equal).then_with(|| a.connection.cmp(&b.connection)));
         conns.truncate(self.config.top_k);
@@ -204,7 +205,13 @@ impl State {
             .iter()
             .filter_map(|c| {
                 let h = c.http.as_ref()?;
-                Some(TopConnection { local: c.local.clone(), remote: c.remote.clone(), error_ratio: h.last_10s.error_ratio, requests: h.last_10s.counts.requests, failed: h.last_10s.failed })
+                Some(TopConnection {
+                    local: c.local.clone(),
+                    remote: c.remote.clone(),
+                    error_ratio: h.last_10s.error_ratio,
+                    requests: h.last_10s.counts.requests,
+                    failed: h.last_10s.failed,
+                })
             })
             .collect();
         self.metrics.set_top(&top);

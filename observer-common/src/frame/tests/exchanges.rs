@@ -138,7 +138,8 @@ fn interim_responses_do_not_answer() {
     c.send(S, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(c.statuses(), vec![100, 103, 201]);
     assert_eq!(c.f.in_flight(), 0);
-    let latencies: Vec<Option<u64>> = c.events.iter().filter_map(|(_, e)| if let Event::Response { latency_ns, .. } = e { Some(*latency_ns) } else { None }).collect();
+    let latencies: Vec<Option<u64>> =
+        c.events.iter().filter_map(|(_, e)| if let Event::Response { latency_ns, .. } = e { Some(*latency_ns) } else { None }).collect();
     assert_eq!(latencies, vec![None, None, Some(3_000_000)]);
     c.send(C, &get("/never"));
     assert_eq!(c.f.close(), Closed { unanswered: 1, lost: false });

@@ -18,7 +18,20 @@ fn content_length_values() {
     assert_eq!(one("Content-Length: 000005"), ok);
     assert_eq!(one("Content-Length: 5\r\nContent-Length: 5"), ok, "the same value twice");
     let bad = (vec![200], vec![(S, LostReason::BadLength)], Phase::Lost);
-    for v in ["Content-Length: +5", "Content-Length: -5", "Content-Length: 5 5", "Content-Length: 5,5", "Content-Length: 0x5", "Content-Length:", "Content-Length: 5a", "Content-Length: 5\r\nContent-Length: 6", "Content-Length: 18446744073709551616", "Content-Length: 99999999999999999999999", "Content-Length: 5\r5", "Content-Length: \r"] {
+    for v in [
+        "Content-Length: +5",
+        "Content-Length: -5",
+        "Content-Length: 5 5",
+        "Content-Length: 5,5",
+        "Content-Length: 0x5",
+        "Content-Length:",
+        "Content-Length: 5a",
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: 18446744073709551616",
+        "Content-Length: 99999999999999999999999",
+        "Content-Length: 5\r5",
+        "Content-Length: \r",
+    ] {
         assert_eq!(one(v), bad, "{v}");
     }
     // A bare CR reads as SP (RFC 9112 section 2.2): whitespace around the digits.

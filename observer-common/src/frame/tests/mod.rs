@@ -35,7 +35,16 @@ impl Conn {
         let mut f = ConnFrame::zeroed();
         f.on_syn(C, isn_c, false);
         f.on_syn(S, isn_s, true);
-        Self { f, seq: [isn_c.wrapping_add(1), isn_s.wrapping_add(1)], ts: 0, events: Vec::new(), completed: [0; 2], loads: 0, scan: Scan::zeroed(), tick: true }
+        Self {
+            f,
+            seq: [isn_c.wrapping_add(1), isn_s.wrapping_add(1)],
+            ts: 0,
+            events: Vec::new(),
+            completed: [0; 2],
+            loads: 0,
+            scan: Scan::zeroed(),
+            tick: true,
+        }
     }
 
     fn send(&mut self, dir: u8, data: &[u8]) -> Step {
@@ -142,7 +151,9 @@ fn conversation() -> (Vec<u8>, Vec<u8>) {
     q.extend_from_slice(b"\r\nGET /a HTTP/1.1\r\nHost: h\r\nX-Long: 0123456789012345678901234567890123456789012345678901234567890123456789\r\n\r\n");
     q.extend_from_slice(b"POST /u HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\ncontent-LENGTH:   5  \r\n\r\nhello");
     q.extend_from_slice(b"HEAD /h HTTP/1.1\r\nHost: h\r\n\r\n");
-    q.extend_from_slice(b"PUT /c HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n5;name=value\r\nHTTP/\r\nA \r\n1.1 200 OK\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n");
+    q.extend_from_slice(
+        b"PUT /c HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n5;name=value\r\nHTTP/\r\nA \r\n1.1 200 OK\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n",
+    );
     q.extend_from_slice(b"GET /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n");
     let mut r = Vec::new();
     r.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nHTTP/1.1 200");

@@ -165,7 +165,10 @@ pub(super) fn under_mess(rng: &mut Rng) {
     }
     let clean_lost = clean.lost();
     for (d, why) in &lost {
-        assert!(matches!(why, LostReason::Gap | LostReason::Unpaired | LostReason::PipelineTooDeep) || clean_lost.contains(&(*d, *why)), "lost {why:?} in direction {d}");
+        assert!(
+            matches!(why, LostReason::Gap | LostReason::Unpaired | LostReason::PipelineTooDeep) || clean_lost.contains(&(*d, *why)),
+            "lost {why:?} in direction {d}"
+        );
     }
     for dir in [C, S] {
         let (m, _) = messy.before_loss(dir);

@@ -17,7 +17,6 @@ use super::{
     scripts::{isns, noisy_rounds, small_script},
 };
 
-
 /// A connection key of the reference property: four-tuples that differ in their local port.
 fn key(i: u64) -> ConnKey {
     ConnKey { local_port: 1 + i as u16, ..ConnKey::zeroed() }
@@ -109,7 +108,11 @@ pub(super) fn noise_and_reorders(rng: &mut Rng) {
                 t.expire_gaps(ts + rng.pick(&[0, GAP_TIMEOUT_NS / 2, 2 * GAP_TIMEOUT_NS]));
             }
             2 => {
-                let ends = StreamEnds { seq: [rng.chance(50).then(|| rng.next() as u32), None], carried: [rng.chance(50), rng.chance(50)], records_lost: rng.chance(30) };
+                let ends = StreamEnds {
+                    seq: [rng.chance(50).then(|| rng.next() as u32), None],
+                    carried: [rng.chance(50), rng.chance(50)],
+                    records_lost: rng.chance(30),
+                };
                 t.close(&key(rng.range(0, n_keys - 1)), 0, ts, &ends);
             }
             _ => {}

@@ -34,10 +34,14 @@ pub(super) fn small_script(rng: &mut Rng, allow_broken: bool, max: usize) -> Rou
 pub(super) fn noisy_rounds(rng: &mut Rng) -> Rounds {
     let gen = |rng: &mut Rng, n: usize| if rng.chance(30) { rng.bytes(n) } else { http_noise(rng, n) };
     match rng.range(0, 2) {
-        0 => (0..rng.range(1, 3)).map(|_| [0, 1].map(|_| {
-            let n = rng.range(0, 300) as usize;
-            gen(rng, n)
-        })).collect(),
+        0 => (0..rng.range(1, 3))
+            .map(|_| {
+                [0, 1].map(|_| {
+                    let n = rng.range(0, 300) as usize;
+                    gen(rng, n)
+                })
+            })
+            .collect(),
         _ => {
             let broken = rng.chance(20);
             let mut rounds = small_script(rng, broken, 1500);

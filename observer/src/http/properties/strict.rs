@@ -228,7 +228,11 @@ pub(super) fn named_values() {
     // Bodies of 2 GiB and more, read and skipped by both, the next message counted.
     for length in [(1u64 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, 5_000_000_000, 1 << 36] {
         for dir in [C, S] {
-            let head = if dir == S { format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n") } else { format!("POST / HTTP/1.1\r\nContent-Length: {length}\r\n\r\n") };
+            let head = if dir == S {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n")
+            } else {
+                format!("POST / HTTP/1.1\r\nContent-Length: {length}\r\n\r\n")
+            };
             skip_a_body(&mut Rng(length), dir, head.as_bytes(), length);
         }
     }

@@ -4,7 +4,10 @@
 //! and hand-offs of the kernel's framer; eviction from a full table.
 use observer_common::{
     conn::{ConnKey, Role},
-    http::{Method, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_OUT, MSG_FIRST, MSG_REQUEST, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG, SEG_SYN, START_LEN},
+    http::{
+        Method, DIR_IN, DIR_OUT, HINT_NOT_HTTP, HINT_SKIP_OUT, MSG_FIRST, MSG_REQUEST, MSG_RESPONSE, SEG_ACK, SEG_BOUNDARY, SEG_FIN, SEG_HANDOFF, SEG_MSG,
+        SEG_SYN, START_LEN,
+    },
 };
 
 use super::{HttpTable, StreamEnds, Update};
@@ -69,7 +72,6 @@ fn msg_response(status: u16) -> Vec<u8> {
     vec![MSG_RESPONSE, 0, 0, 0, status as u8, (status >> 8) as u8, 0, 0]
 }
 
-
 /// Kernel framing: requests and responses arrive as message records; the view is the same as
 /// if the daemon had framed the payload. Then the response direction is handed over (the
 /// kernel lost its place at a status line): the daemon's framer starts there and pairs its
@@ -79,7 +81,8 @@ fn message_records_then_a_hand_off_pair_in_order() {
     let mut t = HttpTable::new(16);
     let key = ConnKey::zeroed();
     let mut outcomes = Vec::new();
-    let mut feed = |t: &mut HttpTable, dir: u8, seq: u32, flags: u8, data: &[u8], ts: u64| outcomes.extend(t.on_record(key, dir, seq, flags, data, ts).outcomes);
+    let mut feed =
+        |t: &mut HttpTable, dir: u8, seq: u32, flags: u8, data: &[u8], ts: u64| outcomes.extend(t.on_record(key, dir, seq, flags, data, ts).outcomes);
     feed(&mut t, C, 1001, SEG_MSG, &msg_request(b"GET /one HTTP/1.1\r\nHost: x\r\n", true), 10);
     feed(&mut t, S, 5001, SEG_MSG, &msg_response(200), 20);
     feed(&mut t, C, 1100, SEG_MSG, &msg_request(b"GET /two HTTP/1.1\r\n", false), 30);
@@ -99,7 +102,8 @@ fn message_records_then_a_hand_off_pair_in_order() {
     assert_eq!(t.get(&key).unwrap().lifetime(), Counts { requests: 1, ..Counts::default() });
     let (old, _) = t.close(&key, 0, 80, &StreamEnds::default()).unwrap();
     assert_eq!(old.lifetime().requests, 3);
-    let latencies: Vec<Option<u64>> = outcomes.iter().filter_map(|o| if let Outcome::Response { latency_ns, .. } = o { Some(*latency_ns) } else { None }).collect();
+    let latencies: Vec<Option<u64>> =
+        outcomes.iter().filter_map(|o| if let Outcome::Response { latency_ns, .. } = o { Some(*latency_ns) } else { None }).collect();
     assert_eq!(latencies, vec![Some(10), Some(20), Some(20)]);
 }
 
@@ -112,7 +116,9 @@ fn a_hand_off_at_a_boundary_waits_for_the_gap() {
     let mut t = HttpTable::new(16);
     let key = ConnKey::zeroed();
     let outcomes = std::cell::RefCell::new(Vec::new());
-    let feed = |t: &mut HttpTable, dir: u8, seq: u32, flags: u8, data: &[u8], ts: u64| outcomes.borrow_mut().extend(t.on_record(key, dir, seq, flags, data, ts).outcomes);
+    let feed = |t: &mut HttpTable, dir: u8, seq: u32, flags: u8, data: &[u8], ts: u64| {
+        outcomes.borrow_mut().extend(t.on_record(key, dir, seq, flags, data, ts).outcomes)
+    };
     let (a, b) = (b"GET /b HTTP/1.1\r\n\r\n".to_vec(), b"GET /c HTTP/1.1\r\n\r\n".to_vec());
     feed(&mut t, C, 1001, SEG_MSG, &msg_request(b"GET /a HTTP/1.1\r\n\r\n", true), 10);
     feed(&mut t, S, 5001, SEG_MSG, &msg_response(200), 20);

@@ -134,15 +134,33 @@ impl KernelFeed {
         }
         assert!(f.in_flight() as usize <= PENDING_DEPTH, "{} requests in flight", f.in_flight());
         let (c, p) = (f.counts, self.counts);
-        let fields = |c: &FrameCounts| [c.requests, c.responses_1xx, c.responses_2xx, c.responses_3xx, c.responses_4xx, c.responses_5xx, c.latency_sum_ns, c.latency_count, c.unmatched_responses, c.unanswered];
+        let fields = |c: &FrameCounts| {
+            [
+                c.requests,
+                c.responses_1xx,
+                c.responses_2xx,
+                c.responses_3xx,
+                c.responses_4xx,
+                c.responses_5xx,
+                c.latency_sum_ns,
+                c.latency_count,
+                c.unmatched_responses,
+                c.unanswered,
+            ]
+        };
         for (now_v, then) in fields(&c).iter().zip(fields(&p)) {
             assert!(*now_v >= then, "counts went backwards: {p:?} then {c:?}");
         }
         self.counts = c;
         let requests = self.events.iter().filter(|(_, e)| matches!(e, Event::Request { .. })).count() as u64;
-        let responses: Vec<(u16, Option<u64>)> = self.events.iter().filter_map(|(_, e)| if let Event::Response { status, latency_ns } = e { Some((*status, *latency_ns)) } else { None }).collect();
+        let responses: Vec<(u16, Option<u64>)> =
+            self.events.iter().filter_map(|(_, e)| if let Event::Response { status, latency_ns } = e { Some((*status, *latency_ns)) } else { None }).collect();
         assert_eq!(c.requests, requests, "requests counted without their event");
-        assert_eq!(c.responses_1xx + c.responses_2xx + c.responses_3xx + c.responses_4xx + c.responses_5xx, responses.len() as u64, "responses counted without their event");
+        assert_eq!(
+            c.responses_1xx + c.responses_2xx + c.responses_3xx + c.responses_4xx + c.responses_5xx,
+            responses.len() as u64,
+            "responses counted without their event"
+        );
         assert_eq!(c.latency_count, responses.iter().filter(|(_, l)| l.is_some()).count() as u64);
         assert_eq!(c.latency_sum_ns, responses.iter().filter_map(|(_, l)| *l).sum::<u64>());
         for (status, latency) in responses {

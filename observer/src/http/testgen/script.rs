@@ -36,7 +36,15 @@ fn ows(rng: &mut Rng) -> &'static str {
 }
 
 /// Text that looks like message starts and chunk sizes: what bodies and noise are made of.
-const SNIPPETS: [&[u8]; 7] = [b"HTTP/1.1 200 OK\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n", b"0\r\n\r\n", b"HTTP/1.1 500 X\r\nContent-Length: 0\r\n\r\n", b"\r\n\r\n", b"chunked", b"abcdefghij"];
+const SNIPPETS: [&[u8]; 7] = [
+    b"HTTP/1.1 200 OK\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"0\r\n\r\n",
+    b"HTTP/1.1 500 X\r\nContent-Length: 0\r\n\r\n",
+    b"\r\n\r\n",
+    b"chunked",
+    b"abcdefghij",
+];
 
 /// Bytes of a body: text that looks like message starts and chunk sizes, and arbitrary bytes.
 pub fn body(rng: &mut Rng, n: usize) -> Vec<u8> {
@@ -65,7 +73,20 @@ fn body_len(rng: &mut Rng, max: usize) -> usize {
 }
 
 fn extra_headers(rng: &mut Rng) -> String {
-    const NAMES: [&str; 12] = ["Host", "User-Agent", "Accept", "X-Request-Id", "Content-Type", "Cache-Control", "X-Content-Length", "Content-Lengths", "Transfer-Encodings", "Upgrade-Insecure-Requests", "Connection", "Te"];
+    const NAMES: [&str; 12] = [
+        "Host",
+        "User-Agent",
+        "Accept",
+        "X-Request-Id",
+        "Content-Type",
+        "Cache-Control",
+        "X-Content-Length",
+        "Content-Lengths",
+        "Transfer-Encodings",
+        "Upgrade-Insecure-Requests",
+        "Connection",
+        "Te",
+    ];
     let mut s = String::new();
     for _ in 0..rng.range(0, 5) {
         let name = rng.pick(&NAMES);
@@ -259,7 +280,11 @@ pub fn script_sized(rng: &mut Rng, allow_broken: bool, max_body: usize) -> Scrip
             if let Some(connect) = leave {
                 // A switch ends HTTP on the connection: only in the last round.
                 if last_round {
-                    let (st, head) = if connect { (200, "HTTP/1.1 200 Connection Established\r\n\r\n") } else { (101, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n") };
+                    let (st, head) = if connect {
+                        (200, "HTTP/1.1 200 Connection Established\r\n\r\n")
+                    } else {
+                        (101, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    };
                     round.responses.extend_from_slice(head.as_bytes());
                     round.responses.extend(body(rng, 300));
                     s.statuses.push(st);
