@@ -8,7 +8,10 @@ pub use self::{
     status::{Attachment, DaemonConfig, HttpFraming, KernelCounters, ProgramStats, RingLag, Status, TableGauges, Tracepoint, Upstreams},
     timeline::{PacketDirection, ResetDirection, TimelineEvent},
 };
-pub use crate::{http::HttpView, kernel_http::KernelHttp};
+pub use crate::{
+    http::{Counts, Exchange, HttpView, WindowView},
+    kernel_http::{Classes, KernelHttp},
+};
 pub use observer_common::conn::{CloseReason, Closer, Role};
 
 mod status;

@@ -3,9 +3,11 @@
 //! (their own response framing) and each nginx's access log, where they are knowable.
 use std::{collections::BTreeMap, fmt::Write as _, fs, net::SocketAddr, time::Duration};
 
+use ::observer::model::KernelHttp;
+
 use crate::{
     addr::{self, proxy_v4 as proxy, upstream_http},
-    http_view::{http_of, kernel_http_of, KernelHttp, Metrics, Window},
+    http_view::{expected_window, kernel_classes, status_classes, Metrics, WindowExt},
     poll, Connection, Nginx, Observer, Snapshot, Topology,
 };
 
@@ -13,18 +15,9 @@ use crate::{
 /// only (success returns at once).
 pub const SETTLE: Duration = Duration::from_secs(30);
 
-/// Responses by class (`"2xx"` → n), only classes that occur.
-fn classes(statuses: &[u16]) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for s in statuses {
-        *m.entry(format!("{}xx", s / 100)).or_default() += 1;
-    }
-    m
-}
-
 /// The kernel's (requests, responses by class, unanswered), classes that occur only.
 fn kernel_counts(k: &KernelHttp) -> (u64, BTreeMap<String, u64>, u64) {
-    (k.requests, k.responses.iter().filter(|(_, n)| **n > 0).map(|(c, n)| (c.clone(), *n)).collect(), k.unanswered)
+    (k.requests, kernel_classes(k), k.unanswered)
 }
 
 /// Checks a settled connection's HTTP counts against `requests` requests answered by `statuses`:
@@ -33,25 +26,24 @@ fn kernel_counts(k: &KernelHttp) -> (u64, BTreeMap<String, u64>, u64) {
 /// counts stop there and `http` is the view that must be exact, as in http_keepalive.rs's pipelining test).
 /// `Err` says what differs.
 pub fn check_http(c: &Connection, requests: u64, statuses: &[u16]) -> Result<&'static str, String> {
-    let want = Window::expected(requests, statuses, 0);
-    let h = http_of(c).ok_or_else(|| format!("{}: no http object", c.connection))?;
+    let want = expected_window(requests, statuses, 0);
+    let h = c.http.as_ref().ok_or_else(|| format!("{}: no http object", c.connection))?;
     // A view may say it missed records only when the kernel refused some of this connection's
     // (a full ring, under load): then the kernel's counts carry the view, which says so.
-    let records_lost = c.extra.get("payload_records_lost").and_then(serde_json::Value::as_u64).unwrap_or(0);
-    let honest_gap = records_lost > 0 && h.framing_lost > 0 && !h.in_sync;
-    if h.lifetime != want || h.in_flight != 0 || (!honest_gap && (h.framing_lost != 0 || !h.in_sync)) {
+    let honest_gap = c.payload_records_lost > 0 && h.framing_lost > 0 && !h.in_sync;
+    if !h.lifetime.same_as(&want) || h.in_flight != 0 || (!honest_gap && (h.framing_lost != 0 || !h.in_sync)) {
         return Err(format!(
             "{}: http.lifetime {:?} (in_flight {}, framing_lost {}, in_sync {}), want {want:?}",
             c.connection, h.lifetime, h.in_flight, h.framing_lost, h.in_sync
         ));
     }
-    let Some(k) = kernel_http_of(c) else { return Ok("http (no http_kernel)") };
+    let Some(k) = &c.http_kernel else { return Ok("http (no http_kernel)") };
     if k.lost_in.is_some() || k.lost_out.is_some() {
         return Ok("http (the kernel handed over)");
     }
-    let want_k = (requests, classes(statuses), 0);
-    if kernel_counts(&k) != want_k {
-        return Err(format!("{}: http_kernel {:?}, want {want_k:?} ({k:?})", c.connection, kernel_counts(&k)));
+    let want_k = (requests, status_classes(statuses), 0);
+    if kernel_counts(k) != want_k {
+        return Err(format!("{}: http_kernel {:?}, want {want_k:?} ({k:?})", c.connection, kernel_counts(k)));
     }
     Ok("http and http_kernel")
 }

@@ -23,9 +23,9 @@ pub mod netns;
 pub mod nginx;
 pub mod observer;
 pub mod operator;
-pub mod tcp;
 mod process;
 pub mod scripted;
+pub mod tcp;
 
 use std::{
     io::Write as _,
@@ -33,10 +33,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use self::observer::{Connection, ConnectionExt, Observer, Snapshot};
 pub use curl::{curl, Transfer};
 pub use netns::{Netns, Topology};
 pub use nginx::{AccessLog, LogEntry, Nginx};
-pub use observer::{Connection, Observer, Snapshot};
 pub use process::Background;
 
 /// The addresses of the topology: 198.18.0.0/15 (benchmarking, RFC 2544) and 2001:db8::/32

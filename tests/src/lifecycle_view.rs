@@ -1,11 +1,10 @@
 //! What the lifecycle tests read: every sample of `/metrics` by name and labels (compared as
-//! deltas around a test's traffic), and a connection's lifecycle fields (role, status, state,
-//! close reason, closer, open and close times, the socket view's counts).
+//! deltas around a test's traffic), a connection by its two ends, and the close of one that opened.
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use serde_json::Value;
+use ::observer::model::{CloseReason, ConnStatus, TcpState};
 
-use crate::{observer::WAIT, poll, Connection, Observer, Snapshot};
+use crate::{observer::WAIT, poll, Connection, ConnectionExt, Observer, Snapshot};
 
 /// Every sample of `/metrics`: (name, labels) → value.
 #[derive(Clone, Debug, Default)]
@@ -49,11 +48,7 @@ impl Metrics {
 
     /// The sum of every series of `name` whose labels include `labels`.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|((n, l), _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-            .map(|(_, v)| v)
-            .sum()
+        self.samples.iter().filter(|((n, l), _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))).map(|(_, v)| v).sum()
     }
 
     /// Every series of `name` with its value, for messages.
@@ -74,7 +69,9 @@ pub fn wait_for_metrics(o: &Observer, what: &str, done: impl Fn(&Metrics) -> boo
         last = metrics(o);
         done(&last).then(|| last.clone())
     })
-    .unwrap_or_else(|| panic!("waited {WAIT:?} for /metrics to show {what}; the last scrape had:\n{}\n{}", last.series("observer_connections"), last.series("observer_resets")))
+    .unwrap_or_else(|| {
+        panic!("waited {WAIT:?} for /metrics to show {what}; the last scrape had:\n{}\n{}", last.series("observer_connections"), last.series("observer_resets"))
+    })
 }
 
 /// Connections opened, by role and port.
@@ -84,38 +81,19 @@ pub const CLOSED: &str = "observer_connections_closed_total";
 /// Resets, by direction.
 pub const RESETS: &str = "observer_resets_total";
 
-/// A string field of a connection; panics if it is not one.
-pub fn text<'a>(c: &'a Connection, field: &str) -> &'a str {
-    c.extra.get(field).and_then(Value::as_str).unwrap_or_else(|| panic!("{}: field {field} is not a string: {:?}", c.connection, c.extra.get(field)))
-}
-
-/// A count field of a connection; panics if it is not one.
-pub fn count(c: &Connection, field: &str) -> u64 {
-    c.extra.get(field).and_then(Value::as_u64).unwrap_or_else(|| panic!("{}: field {field} is not a count: {:?}", c.connection, c.extra.get(field)))
-}
-
-/// A time field: `Some(unix seconds)` or `None` for JSON null; panics if it is missing.
-pub fn time(c: &Connection, field: &str) -> Option<f64> {
-    match c.extra.get(field) {
-        Some(Value::Null) => None,
-        Some(v) => Some(v.as_f64().unwrap_or_else(|| panic!("{}: field {field} is not a time: {v}", c.connection))),
-        None => panic!("{}: no field {field}", c.connection),
-    }
-}
-
 /// The one entry of `snap` whose local and remote ends are these.
 pub fn entry(snap: &Snapshot, local: SocketAddr, remote: SocketAddr) -> &Connection {
-    let found: Vec<&Connection> = snap.connections.iter().filter(|c| c.local == local && c.remote == remote).collect();
+    let found: Vec<&Connection> = snap.connections.iter().filter(|c| c.local_addr() == local && c.remote_addr() == remote).collect();
     assert_eq!(found.len(), 1, "exactly one entry for {local} {remote}:\n{}", snap.pretty());
     found[0]
 }
 
 /// Asserts the close of a connection that opened: `status` closed, `state` closed, the reason,
 /// and `first_seen <= opened <= closed`.
-pub fn assert_closed_after_open(c: &Connection, reason: &str) {
-    assert_eq!((text(c, "status"), text(c, "state"), c.extra.get("close_reason").and_then(Value::as_str)), ("closed", "closed", Some(reason)), "{}: {c:#?}", c.connection);
-    let opened = time(c, "opened").unwrap_or_else(|| panic!("{}: opened is null for a connection that was established: {c:#?}", c.connection));
-    let closed = time(c, "closed").unwrap_or_else(|| panic!("{}: closed is null for a closed connection: {c:#?}", c.connection));
+pub fn assert_closed_after_open(c: &Connection, reason: CloseReason) {
+    assert_eq!((c.status, c.state, c.close_reason), (ConnStatus::Closed, TcpState::Closed, Some(reason)), "{}: {c:#?}", c.connection);
+    let opened = c.opened.unwrap_or_else(|| panic!("{}: opened is null for a connection that was established: {c:#?}", c.connection));
+    let closed = c.closed.unwrap_or_else(|| panic!("{}: closed is null for a closed connection: {c:#?}", c.connection));
     assert!(c.first_seen <= opened && opened <= closed, "{}: first_seen {} <= opened {opened} <= closed {closed}", c.connection, c.first_seen);
 }
 

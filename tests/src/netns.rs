@@ -46,10 +46,7 @@ impl Netns {
     /// Runs `program args` inside the namespace and returns its output, whatever its exit status.
     /// Panics only if it cannot be started.
     pub fn exec<S: AsRef<OsStr>>(&self, program: &str, args: impl IntoIterator<Item = S>) -> Output {
-        self.command(program, args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run `ip netns exec {} {program}`: {e}", self.name))
+        self.command(program, args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run `ip netns exec {} {program}`: {e}", self.name))
     }
 
     /// Runs `program args` inside the namespace and returns its stdout; panics with its stderr if
@@ -186,7 +183,14 @@ impl Topology {
         let mut topo = Topology { client: ns("c"), gateway: ns("g"), upstream: ns("u"), dir, prefix, created: Vec::new() };
         let _ = fs::remove_dir_all(&topo.dir);
         fs::create_dir_all(&topo.dir).unwrap_or_else(|e| panic!("creating {}: {e}", topo.dir.display()));
-        eprintln!("{test}: topology {} (namespaces {}, {}, {}; files in {})", topo.prefix, topo.client.name, topo.gateway.name, topo.upstream.name, topo.dir.display());
+        eprintln!(
+            "{test}: topology {} (namespaces {}, {}, {}; files in {})",
+            topo.prefix,
+            topo.client.name,
+            topo.gateway.name,
+            topo.upstream.name,
+            topo.dir.display()
+        );
 
         for n in [topo.client.name.clone(), topo.gateway.name.clone(), topo.upstream.name.clone()] {
             ip(&["netns", "add", &n]);

@@ -86,7 +86,15 @@ impl Nginx {
     /// [`Nginx::start`], with room for `worker_connections` connections (default 1024), a file
     /// limit to match and a deep listen backlog, when given.
     /// `http_extra` goes into the `http` block, before the server (e.g. an `upstream` block).
-    pub fn start_with_capacity(ns: &Netns, name: &str, dir: PathBuf, listen: Vec<SocketAddr>, locations: &str, worker_connections: Option<u32>, http_extra: &str) -> Nginx {
+    pub fn start_with_capacity(
+        ns: &Netns,
+        name: &str,
+        dir: PathBuf,
+        listen: Vec<SocketAddr>,
+        locations: &str,
+        worker_connections: Option<u32>,
+        http_extra: &str,
+    ) -> Nginx {
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let d = dir.display();
         let mut conf = String::new();
@@ -232,10 +240,8 @@ impl AccessLog {
         let raw = fs::read_to_string(path).unwrap_or_default();
         // A line is complete once its newline is written.
         let complete = raw.rfind('\n').map_or("", |i| &raw[..i]);
-        let entries = complete
-            .lines()
-            .map(|l| LogEntry::parse(l).unwrap_or_else(|| panic!("{}: cannot parse access log line {l:?}", path.display())))
-            .collect();
+        let entries =
+            complete.lines().map(|l| LogEntry::parse(l).unwrap_or_else(|| panic!("{}: cannot parse access log line {l:?}", path.display()))).collect();
         AccessLog { entries, raw }
     }
 

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::Deserialize;
+/// One connection as `GET /api/v1/connections` shows it: the daemon's own type.
+pub use ::observer::model::Connection;
+use ::observer::model::ConnectionList;
 use serde_json::Value;
 
 use crate::{
@@ -72,42 +74,34 @@ fn warn_if_stale(bin: &Path) {
     }
 }
 
-/// One connection as `GET /api/v1/connections` shows it. Fields the harness does not know yet
-/// land in `extra`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Connection {
-    /// `LOCAL REMOTE`.
-    pub connection: String,
+/// What the tests ask of a [`Connection`] beyond its fields: its ends as addresses (the API writes
+/// them as text; [`Snapshot::parse`] checks that every one parses) and whether both ends sent a FIN.
+pub trait ConnectionExt {
     /// This host's end.
-    pub local: SocketAddr,
+    fn local_addr(&self) -> SocketAddr;
     /// The peer's end.
-    pub remote: SocketAddr,
-    /// `ipv4` or `ipv6`.
-    pub family: String,
-    pub packets_in: u64,
-    pub packets_out: u64,
-    /// TCP payload bytes received by the gateway on this connection.
-    pub bytes_in: u64,
-    /// TCP payload bytes sent by the gateway on this connection.
-    pub bytes_out: u64,
-    pub syn_in: u64,
-    pub syn_out: u64,
-    pub fin_in: u64,
-    pub fin_out: u64,
-    pub rst_in: u64,
-    pub rst_out: u64,
-    pub first_seen: f64,
-    pub last_seen: f64,
-    pub duration_seconds: f64,
-    #[serde(flatten)]
-    pub extra: serde_json::Map<String, Value>,
+    fn remote_addr(&self) -> SocketAddr;
+    /// Both ends have sent a FIN.
+    fn fin_both_ways(&self) -> bool;
 }
 
-impl Connection {
-    /// Both ends have sent a FIN.
-    pub fn closed(&self) -> bool {
+impl ConnectionExt for Connection {
+    fn local_addr(&self) -> SocketAddr {
+        end(self, &self.local).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        end(self, &self.remote).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn fin_both_ways(&self) -> bool {
         self.fin_in > 0 && self.fin_out > 0
     }
+}
+
+/// One end of `c`, written as `text`.
+fn end(c: &Connection, text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|e| format!("{}: the end {text:?} is not an address ({e})", c.connection))
 }
 
 /// One answer of `GET /api/v1/connections`.
@@ -122,25 +116,23 @@ pub struct Snapshot {
 impl Snapshot {
     /// Parses the body of `GET /api/v1/connections`.
     pub fn parse(body: &str) -> Result<Snapshot, String> {
-        #[derive(Deserialize)]
-        struct Answer {
-            count: usize,
-            connections: Vec<Connection>,
-        }
         let raw: Value = serde_json::from_str(body).map_err(|e| format!("not JSON ({e}): {body}"))?;
-        let a: Answer = serde_json::from_value(raw.clone()).map_err(|e| format!("unexpected shape ({e}): {body}"))?;
-        Ok(Snapshot { count: a.count, connections: a.connections, raw })
+        let list: ConnectionList = serde_json::from_value(raw.clone()).map_err(|e| format!("unexpected shape ({e}): {body}"))?;
+        for c in &list.connections {
+            end(c, &c.local).and(end(c, &c.remote)).map_err(|e| format!("unexpected shape ({e}): {body}"))?;
+        }
+        Ok(Snapshot { count: list.count, connections: list.connections, raw })
     }
 
     /// The connections whose peer has address `ip`.
     pub fn with_remote_ip(&self, ip: impl Into<IpAddr>) -> Vec<&Connection> {
         let ip = ip.into();
-        self.connections.iter().filter(|c| c.remote.ip() == ip).collect()
+        self.connections.iter().filter(|c| c.remote_addr().ip() == ip).collect()
     }
 
     /// The connections whose peer is `remote`.
     pub fn with_remote(&self, remote: SocketAddr) -> Vec<&Connection> {
-        self.connections.iter().filter(|c| c.remote == remote).collect()
+        self.connections.iter().filter(|c| c.remote_addr() == remote).collect()
     }
 
     /// The JSON, pretty-printed.
@@ -366,7 +358,9 @@ impl ApiConnection {
     /// Status, body, and whether the connection can carry another request.
     fn get(&mut self, path: &str) -> io::Result<(u16, String, bool)> {
         self.exchange(path).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => io::Error::new(io::ErrorKind::TimedOut, format!("no answer to GET {path} within {:?}", Self::TIMEOUT)),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                io::Error::new(io::ErrorKind::TimedOut, format!("no answer to GET {path} within {:?}", Self::TIMEOUT))
+            }
             _ => e,
         })
     }

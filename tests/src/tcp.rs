@@ -37,7 +37,13 @@ pub fn set_linger_zero(s: &impl AsRawFd) -> io::Result<()> {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: a valid socket descriptor and a pointer to a live `linger` of the size given.
     let rc = unsafe {
-        libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), std::mem::size_of::<libc::linger>() as libc::socklen_t)
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
@@ -109,7 +115,10 @@ impl SocketInfo {
     /// as a number; `None` when `ss` did not print it (it omits most counters while they are 0).
     pub fn counter(&self, name: &str) -> Option<u64> {
         let prefix = format!("{name}:");
-        self.raw.split_whitespace().find_map(|t| t.strip_prefix(prefix.as_str())).map(|v| v.parse().unwrap_or_else(|_| panic!("cannot parse {name} in `ss` output:\n{}", self.raw)))
+        self.raw
+            .split_whitespace()
+            .find_map(|t| t.strip_prefix(prefix.as_str()))
+            .map(|v| v.parse().unwrap_or_else(|_| panic!("cannot parse {name} in `ss` output:\n{}", self.raw)))
     }
 }
 
@@ -201,7 +210,16 @@ pub const RAW_ACK_PSH: u8 = 0x18;
 /// Sends one TCP segment with `flags` (header length 20) through a raw socket in `ns`; with
 /// `corrupt`, its checksum is off by one (the receiving stack drops it: `TcpInCsumErrors`).
 #[expect(clippy::too_many_arguments, reason = "a segment is its fields")]
-pub fn send_raw(ns: &Netns, from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, seq: u32, ack: u32, flags: u8, payload: &[u8], corrupt: bool) -> io::Result<()> {
+pub fn send_raw(
+    ns: &Netns,
+    from: std::net::SocketAddrV4,
+    to: std::net::SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+    corrupt: bool,
+) -> io::Result<()> {
     let mut tcp = Vec::with_capacity(20 + payload.len());
     tcp.extend(from.port().to_be_bytes());
     tcp.extend(to.port().to_be_bytes());
@@ -227,8 +245,20 @@ pub fn send_raw(ns: &Netns, from: std::net::SocketAddrV4, to: std::net::SocketAd
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let addr = libc::sockaddr_in { sin_family: libc::AF_INET as libc::sa_family_t, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to_ip.octets()) }, sin_zero: [0; 8] };
-            let rc = libc::sendto(fd, tcp.as_ptr().cast(), tcp.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t);
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to_ip.octets()) },
+                sin_zero: [0; 8],
+            };
+            let rc = libc::sendto(
+                fd,
+                tcp.as_ptr().cast(),
+                tcp.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
             let err = io::Error::last_os_error();
             libc::close(fd);
             if rc != tcp.len() as isize {
@@ -249,7 +279,12 @@ pub fn syn_flood(ns: &Netns, subnet: std::net::Ipv4Addr, to: std::net::SocketAdd
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let dst = libc::sockaddr_in { sin_family: libc::AF_INET as libc::sa_family_t, sin_port: 0, sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) }, sin_zero: [0; 8] };
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.ip().octets()) },
+            sin_zero: [0; 8],
+        };
         // xorshift: reproducible sources for one seed.
         let mut x = seed | 1;
         let mut next = move || {
@@ -288,7 +323,16 @@ pub fn syn_flood(ns: &Netns, subnet: std::net::Ipv4Addr, to: std::net::SocketAdd
             packet.extend(to.ip().octets());
             packet.extend(tcp);
             // SAFETY: a valid buffer and address for the socket above.
-            let rc = unsafe { libc::sendto(fd, packet.as_ptr().cast(), packet.len(), 0, (&dst as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+            let rc = unsafe {
+                libc::sendto(
+                    fd,
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&dst as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
             if rc == packet.len() as isize {
                 sent += 1;
             }

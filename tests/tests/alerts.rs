@@ -55,7 +55,9 @@ fn the_5xx_alert_fires_on_series_recorded_from_a_live_daemon() {
     observer_tests::poll(WAIT, Duration::from_millis(50), || {
         after = lab.observer.metrics();
         let m = Metrics::new(after.clone());
-        (m.count("observer_http_requests_total", &[("role", "inbound"), ("port", "80")]) == 4 && m.count("observer_http_responses_total", &[("role", "inbound")]) == 4).then_some(())
+        (m.count("observer_http_requests_total", &[("role", "inbound"), ("port", "80")]) == 4
+            && m.count("observer_http_responses_total", &[("role", "inbound")]) == 4)
+            .then_some(())
     })
     .unwrap_or_else(|| panic!("4 inbound requests and responses on port 80 (the proxy at {}):\n{after}", proxy_v4()));
 
@@ -76,5 +78,10 @@ fn the_5xx_alert_fires_on_series_recorded_from_a_live_daemon() {
     std::fs::write(&path, &test).expect("the promtool test file");
     let dir = path.parent().expect("a directory").to_owned();
     let out = Command::new("promtool").args(["test", "rules"]).arg(&path).current_dir(&dir).output().expect("promtool");
-    assert!(out.status.success(), "promtool test rules on live series failed:\n{}{}\n--- test ---\n{test}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool test rules on live series failed:\n{}{}\n--- test ---\n{test}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

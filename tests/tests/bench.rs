@@ -36,11 +36,12 @@ use std::{
     time::Duration,
 };
 
+use observer::model::ConnStatus;
 use observer_tests::{
-    http_view::{field, http_of, Metrics},
+    http_view::Metrics,
     nginx::Nginx,
     observer::{Observer, WAIT},
-    root_or_skip, Topology,
+    root_or_skip, ConnectionExt, Topology,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -158,7 +159,10 @@ impl Drop for StatsOn {
 fn program_stats(observer: &Observer) -> BTreeMap<String, (u64, u64)> {
     let status = observer.status();
     let programs = status["programs"].as_array().cloned().unwrap_or_default();
-    programs.iter().map(|p| (p["program"].as_str().unwrap_or("?").to_owned(), (p["run_count"].as_u64().unwrap_or(0), p["run_time_ns"].as_u64().unwrap_or(0)))).collect()
+    programs
+        .iter()
+        .map(|p| (p["program"].as_str().unwrap_or("?").to_owned(), (p["run_count"].as_u64().unwrap_or(0), p["run_time_ns"].as_u64().unwrap_or(0))))
+        .collect()
 }
 
 /// Per program, from `before` to `after`: runs per request and ns per run, busiest first.
@@ -183,7 +187,21 @@ impl Tshark {
     fn start(topo: &Topology) -> Tshark {
         let out = std::fs::File::create(topo.path("tshark.out")).expect("tshark output file");
         let child = Command::new("ip")
-            .args(["netns", "exec", topo.gateway.name(), "tshark", "-i", observer_tests::addr::GW_CLIENT_IF, "-l", "-Y", "http.response", "-T", "fields", "-e", "http.response.code"])
+            .args([
+                "netns",
+                "exec",
+                topo.gateway.name(),
+                "tshark",
+                "-i",
+                observer_tests::addr::GW_CLIENT_IF,
+                "-l",
+                "-Y",
+                "http.response",
+                "-T",
+                "fields",
+                "-e",
+                "http.response.code",
+            ])
             .stdout(out)
             .stderr(Stdio::null())
             .spawn()
@@ -227,8 +245,10 @@ fn class(status: u16) -> String {
 /// access log entries since `logged_before` (499: the client left before the answer) must be
 /// equal, and every client connection that carried a request must have an HTTP view.
 fn check_exact(observer: &Observer, proxy: &Nginx, logged_before: usize) -> Vec<String> {
-    let ours = |c: &observer_tests::Connection| c.local.port() == 80 && c.local.ip() == std::net::IpAddr::from(observer_tests::addr::GATEWAY_CLIENT_SIDE_V4);
-    let snap = observer.wait_for("every client connection closed", WAIT, |s| s.connections.iter().filter(|c| ours(c)).all(|c| field(c, "status") == "closed"));
+    let ours = |c: &observer_tests::Connection| {
+        c.local_addr().port() == 80 && c.local_addr().ip() == std::net::IpAddr::from(observer_tests::addr::GATEWAY_CLIENT_SIDE_V4)
+    };
+    let snap = observer.wait_for("every client connection closed", WAIT, |s| s.connections.iter().filter(|c| ours(c)).all(|c| c.status == ConnStatus::Closed));
     let log = proxy.wait_for_log("the access log", WAIT, |_| true);
     let mut by_log: BTreeMap<String, u64> = BTreeMap::new();
     let mut ports_with_requests = std::collections::BTreeSet::new();
@@ -241,9 +261,9 @@ fn check_exact(observer: &Observer, proxy: &Nginx, logged_before: usize) -> Vec<
     let mut by_conn: BTreeMap<String, u64> = BTreeMap::new();
     let mut with_view = std::collections::BTreeSet::new();
     for c in snap.connections.iter().filter(|c| ours(c)) {
-        let Some(h) = http_of(c) else { continue };
-        with_view.insert(c.remote.port());
-        let l = &h.lifetime;
+        let Some(h) = c.http.as_ref() else { continue };
+        with_view.insert(c.remote_addr().port());
+        let l = &h.lifetime.counts;
         for (cl, n) in [("1xx", l.responses_1xx), ("2xx", l.responses_2xx), ("3xx", l.responses_3xx), ("4xx", l.responses_4xx), ("5xx", l.responses_5xx)] {
             if n > 0 {
                 *by_conn.entry(cl.to_owned()).or_default() += n;
@@ -272,7 +292,11 @@ fn check_exact(observer: &Observer, proxy: &Nginx, logged_before: usize) -> Vec<
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 /// Where the daemon spends its time under `workload`: `perf record` of its process during one extra
@@ -353,7 +377,13 @@ fn run(topo: &Topology, proxy: &Nginx, variant: &str, workload: Workload) -> Sam
             let c1 = cpu_seconds(pid);
             let rss = rss_mib(pid);
             drop(t);
-            Sample { per_second: w.per_second, p99_ms: w.p99_ms, user_us_per_request: 1e6 * (c1 - c0) / w.requests.max(1) as f64, rss_mib: rss, ..Sample::default() }
+            Sample {
+                per_second: w.per_second,
+                p99_ms: w.p99_ms,
+                user_us_per_request: 1e6 * (c1 - c0) / w.requests.max(1) as f64,
+                rss_mib: rss,
+                ..Sample::default()
+            }
         }
         _ => unreachable!(),
     }
@@ -418,11 +448,7 @@ fn gateway_cost_against_baseline_and_tshark() {
         let (base_rps, base_p99) = (m(0, |s| s.per_second), m(0, |s| s.p99_ms));
         for (i, v) in variants.iter().enumerate() {
             let exact: Vec<&Vec<String>> = samples[i].iter().filter_map(|s| s.exact.as_ref()).collect();
-            let exact = if exact.is_empty() {
-                "-".to_owned()
-            } else {
-                format!("{} of {}", exact.iter().filter(|w| w.is_empty()).count(), exact.len())
-            };
+            let exact = if exact.is_empty() { "-".to_owned() } else { format!("{} of {}", exact.iter().filter(|w| w.is_empty()).count(), exact.len()) };
             table.push(format!(
                 "| {} | {v} | {:.0} | {:.2}× | {:.2}× | {} | {} | {} | {} | {exact} |",
                 workload.name(),

@@ -16,10 +16,10 @@ use std::{
 
 use observer_tests::{
     addr::{self, CLIENT_IF, GW_CLIENT_IF},
-    http_view::{http_of, kernel_http_of, Metrics, Window},
+    http_view::{assert_window, expected_window, Metrics, WindowExt},
     root_or_skip,
     scripted::{self, connect, Peer, ResponseReader, ScriptedServer},
-    tcp, Connection, Netns, Observer, Topology,
+    tcp, Connection, ConnectionExt, Netns, Observer, Topology,
 };
 
 const PORT: u16 = 8084;
@@ -54,7 +54,7 @@ fn exchanges(s: &mut std::net::TcpStream, reader: &mut ResponseReader<std::net::
 }
 
 fn counts_of(c: &Connection) -> (u64, u64) {
-    (c.bytes_in, c.extra.get("retransmitted_bytes_in").and_then(|v| v.as_u64()).unwrap_or(u64::MAX))
+    (c.bytes_in, c.retransmitted_bytes_in)
 }
 
 #[test]
@@ -98,14 +98,16 @@ fn segments_with_bad_checksums_never_count() {
     assert_eq!(served, vec!["/ok"; 3], "what the server saw");
 
     let snap = observer.wait_for("the connection closed and answered", SETTLE, |s| {
-        s.with_remote(end).first().is_some_and(|c| http_of(c).is_some_and(|h| h.in_flight == 0 && h.lifetime.requests >= 3 && h.lifetime.responses() >= 3) && c.closed())
+        s.with_remote(end).first().is_some_and(|c| {
+            c.http.as_ref().is_some_and(|h| h.in_flight == 0 && h.lifetime.counts.requests >= 3 && h.lifetime.responses() >= 3) && c.fin_both_ways()
+        })
     });
     let c = snap.with_remote(end)[0];
-    let h = http_of(c).unwrap();
-    assert_eq!(h.lifetime, Window::expected(3, &[200, 200, 200], 0), "the connection's counts\n{}", snap.pretty());
+    let h = c.http.as_ref().unwrap();
+    assert_window(&h.lifetime, &expected_window(3, &[200, 200, 200], 0), format_args!("the connection's counts\n{}", snap.pretty()));
     assert!(h.in_sync && h.framing_lost == 0, "every byte accounted for: {h:?}");
     assert!(!h.recent.iter().any(|r| r.target.as_deref().is_some_and(|t| t.contains("forged"))), "no forged target: {h:?}");
-    let k = kernel_http_of(c).expect("http_kernel");
+    let k = c.http_kernel.as_ref().expect("http_kernel");
     assert_eq!((k.lost_in.as_deref(), k.lost_out.as_deref()), (None, None), "the kernel framed it all: {k:?}");
     assert_eq!(counts_of(c), (sent, 0), "bytes received: what the client sent, none of it twice");
     assert!(snap.with_remote(SocketAddr::V4(spoofed)).is_empty(), "no connection from a forged SYN\n{}", snap.pretty());
@@ -123,10 +125,12 @@ fn segments_with_bad_checksums_never_count() {
     let sent = exchanges(&mut s, &mut reader, 5);
     assert!(scripted::finish(s).unwrap().is_empty(), "nothing more");
     let snap = observer.wait_for("the second connection closed and answered", SETTLE, |s| {
-        s.with_remote(end).first().is_some_and(|c| http_of(c).is_some_and(|h| h.in_flight == 0 && h.lifetime.requests >= 5 && h.lifetime.responses() >= 5) && c.closed())
+        s.with_remote(end).first().is_some_and(|c| {
+            c.http.as_ref().is_some_and(|h| h.in_flight == 0 && h.lifetime.counts.requests >= 5 && h.lifetime.responses() >= 5) && c.fin_both_ways()
+        })
     });
     let c = snap.with_remote(end)[0];
-    assert_eq!(http_of(c).unwrap().lifetime, Window::expected(5, &[200; 5], 0), "counts with software checksums\n{}", snap.pretty());
+    assert_window(&c.http.as_ref().unwrap().lifetime, &expected_window(5, &[200; 5], 0), format_args!("counts with software checksums\n{}", snap.pretty()));
     assert_eq!(counts_of(c), (sent, 0), "bytes with software checksums");
     assert_eq!((c.syn_in, c.fin_in), (1, 1), "the handshake and the close with software checksums");
     let m = Metrics::new(observer.metrics());

@@ -16,16 +16,12 @@ use std::{
 
 use observer_tests::{
     addr::{self, proxy_url as url, proxy_v4},
-    inbound,
-    curl,
+    curl, inbound,
     observer::{observer_bin, WAIT},
     operator::{CliProcess, KeepAlive, Tmux},
     poll, root_or_skip, tcp, Lab, Netns, Observer, Topology,
 };
 use serde_json::Value;
-
-
-
 
 /// `observer ARGS` in the gateway namespace with `env` set, stdout piped.
 fn cli_env(ns: &Netns, env: &[(&str, &str)], args: &[&str]) -> Output {
@@ -94,7 +90,12 @@ fn the_server_is_found_by_url_or_environment_and_tls_is_refused_with_the_reason(
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no daemon at [::1]:9470"), "{}", text(&out.stderr));
     // Refused before any connection, saying why.
-    for (server, why) in [("https://127.0.0.1:9470", "TLS is not served"), ("http://127.0.0.1:9470/api/v1", "without a path"), ("127.0.0.1", "no port"), ("::1:9470", "http://[V6]:PORT")] {
+    for (server, why) in [
+        ("https://127.0.0.1:9470", "TLS is not served"),
+        ("http://127.0.0.1:9470/api/v1", "without a path"),
+        ("127.0.0.1", "no port"),
+        ("::1:9470", "http://[V6]:PORT"),
+    ] {
         let out = cli(gw, &["status", "--server", server]);
         assert!(!out.status.success(), "--server {server} was accepted");
         assert!(text(&out.stderr).contains(why), "--server {server}: {}", text(&out.stderr));
@@ -127,11 +128,14 @@ fn completions_and_the_man_page_name_every_subcommand() {
         assert!(man.contains(&format!("observer\\-{s}(1)")), "the man page lacks {s}:\n{man}");
     }
     // man renders it (where man is installed).
-    let rendered = Command::new("man").args(["-l", "-"]).env("MANWIDTH", "100").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().and_then(|mut c| {
-        use std::io::Write as _;
-        c.stdin.take().expect("piped").write_all(man.as_bytes())?;
-        c.wait_with_output()
-    });
+    let rendered =
+        Command::new("man").args(["-l", "-"]).env("MANWIDTH", "100").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().and_then(
+            |mut c| {
+                use std::io::Write as _;
+                c.stdin.take().expect("piped").write_all(man.as_bytes())?;
+                c.wait_with_output()
+            },
+        );
     match rendered {
         Ok(out) => {
             let page = text(&out.stdout);
@@ -249,7 +253,11 @@ fn a_trace_combines_a_remote_with_a_local_port_and_keeps_only_the_responses_of_o
     assert!(active.is_some(), "one trace follows: {}", lab.observer.status());
     assert_eq!(conn.get("/status/502").unwrap().status, 502);
     let lines = late.wait_for_json("the 502", WAIT, |l| !l.is_empty());
-    assert_eq!((&lines[0]["status"], &lines[0]["method"], &lines[0]["target"]), (&Value::from(502), &Value::from("GET"), &Value::from("/status/502")), "{lines:#?}");
+    assert_eq!(
+        (&lines[0]["status"], &lines[0]["method"], &lines[0]["target"]),
+        (&Value::from(502), &Value::from("GET"), &Value::from("/status/502")),
+        "{lines:#?}"
+    );
     late.stop();
     conn.close();
 }
@@ -294,7 +302,14 @@ fn top_restores_the_terminal_on_ctrl_c_redraws_for_a_new_size_and_shows_states_w
         stty_file.display()
     );
     let tmux = Tmux::start(&command, 200, 40);
-    let rows = |s: &str| s.lines().skip_while(|l| !l.starts_with("CONNECTION (local remote)")).skip(1).take_while(|l| !l.starts_with("keys:")).filter(|l| !l.trim().is_empty()).count();
+    let rows = |s: &str| {
+        s.lines()
+            .skip_while(|l| !l.starts_with("CONNECTION (local remote)"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("keys:"))
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
     let screen = tmux.wait_for_screen("the reset connection, newest first", WAIT, |s| s.contains(&reset_name) && rows(s) >= 13);
     let row = screen.lines().find(|l| l.starts_with(&reset_name)).unwrap();
     assert_eq!(row.split_whitespace().nth(3), Some(state.as_str()), "the state whole:\n{screen}");
@@ -303,7 +318,8 @@ fn top_restores_the_terminal_on_ctrl_c_redraws_for_a_new_size_and_shows_states_w
 
     // A smaller terminal: as many rows as fit, and the keys line on its last line.
     tmux.resize(120, 10);
-    let screen = tmux.wait_for_screen("6 rows and the keys line in 10 lines", WAIT, |s| rows(s) == 6 && s.lines().nth(8).is_some_and(|l| l.starts_with("keys:")));
+    let screen =
+        tmux.wait_for_screen("6 rows and the keys line in 10 lines", WAIT, |s| rows(s) == 6 && s.lines().nth(8).is_some_and(|l| l.starts_with("keys:")));
     assert!(screen.lines().all(|l| l.chars().count() <= 120), "{screen}");
 
     tmux.send_key("C-c");
@@ -353,7 +369,11 @@ fn top_restores_the_terminal_when_a_signal_ends_it() {
         assert!(kill.success(), "kill -{signal} {pid}");
         let status = poll(WAIT, Duration::from_millis(50), || std::fs::read_to_string(&stty_file).ok().filter(|s| s.contains("isig")));
         let stty = status.unwrap_or_else(|| panic!("no stty after SIG{signal}; pane: {}; screen:\n{}", tmux.pane_state(), tmux.capture()));
-        assert_eq!(std::fs::read_to_string(&exit_file).unwrap(), format!("{}\n", 128 + number), "SIG{signal}: the status a shell gives a process the signal ended");
+        assert_eq!(
+            std::fs::read_to_string(&exit_file).unwrap(),
+            format!("{}\n", 128 + number),
+            "SIG{signal}: the status a shell gives a process the signal ended"
+        );
         let flags: BTreeSet<&str> = stty.split_whitespace().collect();
         for flag in ["icanon", "echo", "isig", "icrnl", "opost"] {
             assert!(flags.contains(flag), "{flag} is back on after SIG{signal}:\n{stty}");
@@ -404,7 +424,8 @@ fn the_daemon_logs_one_json_object_per_line_when_asked() {
     let status = observer.stop();
     assert!(status.is_some_and(|s| s.success()), "{status:?}:\n{}", observer.log());
     let log = observer.log();
-    let lines: Vec<Value> = log.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"))).collect();
+    let lines: Vec<Value> =
+        log.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"))).collect();
     assert!(lines.len() >= 2, "{log}");
     for l in &lines {
         let keys: BTreeSet<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();

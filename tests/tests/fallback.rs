@@ -17,13 +17,13 @@ use std::{
     time::Duration,
 };
 
+use observer::model::ConnStatus;
 use observer_tests::{
     addr::{self, GW_CLIENT_IF},
-    http_view::{field, http_of, kernel_http_of, Metrics, Window},
+    http_view::{assert_window, expected_window, Metrics, WindowExt},
     root_or_skip,
     scripted::{self, connect, Peer, ResponseReader, ScriptedServer},
-    tcp,
-    Connection, Observer, Topology,
+    tcp, Connection, ConnectionExt, Observer, Topology,
 };
 
 const PORT: u16 = 8082;
@@ -112,9 +112,33 @@ fn each_fallback_reason_is_counted_and_the_counts_stay_exact() {
     let observer = Observer::start_with(&topo, &[GW_CLIENT_IF], &[]);
     let get = |target: &str| format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
     let cases = [
-        Case { name: "bad_length", first: "/ok", request: get("/broken/length"), ahead: false, kept: false, statuses: vec![200, 502], lost: (None, Some("bad_length")) },
-        Case { name: "bad_chunk", first: "/ok", request: get("/broken/chunk"), ahead: false, kept: false, statuses: vec![200, 200], lost: (None, Some("bad_chunk")) },
-        Case { name: "bad_head", first: "/ok", request: get("/broken/head"), ahead: false, kept: false, statuses: vec![200, 404], lost: (None, Some("bad_head")) },
+        Case {
+            name: "bad_length",
+            first: "/ok",
+            request: get("/broken/length"),
+            ahead: false,
+            kept: false,
+            statuses: vec![200, 502],
+            lost: (None, Some("bad_length")),
+        },
+        Case {
+            name: "bad_chunk",
+            first: "/ok",
+            request: get("/broken/chunk"),
+            ahead: false,
+            kept: false,
+            statuses: vec![200, 200],
+            lost: (None, Some("bad_chunk")),
+        },
+        Case {
+            name: "bad_head",
+            first: "/ok",
+            request: get("/broken/head"),
+            ahead: false,
+            kept: false,
+            statuses: vec![200, 404],
+            lost: (None, Some("bad_head")),
+        },
         Case {
             name: "unknown_coding",
             first: "/ok",
@@ -127,10 +151,26 @@ fn each_fallback_reason_is_counted_and_the_counts_stay_exact() {
         // The responses direction is lost in the middle of a head (after a 4 MB response that
         // brings the connection up to speed): the daemon's framer takes it from there, and finds
         // the next response where it starts.
-        Case { name: "budget", first: "/big", request: get("/long-length"), ahead: false, kept: true, statuses: vec![200, 200, 200], lost: (None, Some("budget")) },
+        Case {
+            name: "budget",
+            first: "/big",
+            request: get("/long-length"),
+            ahead: false,
+            kept: true,
+            statuses: vec![200, 200, 200],
+            lost: (None, Some("budget")),
+        },
         // A hole where the next request starts: the daemon's framer takes the requests from
         // there, and the responses from the first one the kernel has no request for.
-        Case { name: "gap", first: "/ok", request: get("/injected"), ahead: true, kept: true, statuses: vec![200, 200, 200], lost: (Some("gap"), Some("unpaired")) },
+        Case {
+            name: "gap",
+            first: "/ok",
+            request: get("/injected"),
+            ahead: true,
+            kept: true,
+            statuses: vec![200, 200, 200],
+            lost: (Some("gap"), Some("unpaired")),
+        },
     ];
     let mut ends: Vec<(SocketAddr, &Case)> = Vec::new();
     for case in &cases {
@@ -172,23 +212,24 @@ fn each_fallback_reason_is_counted_and_the_counts_stay_exact() {
         assert_eq!(served, case.statuses, "{}: what the server sent", case.name);
     }
 
-    let mine = |c: &Connection| ends.iter().any(|(e, _)| c.remote == *e);
+    let mine = |c: &Connection| ends.iter().any(|(e, _)| c.remote_addr() == *e);
     let snap = observer.wait_for("every case's connection closed and answered", SETTLE, |s| {
         ends.iter().all(|(e, case)| {
             s.with_remote(*e).first().is_some_and(|c| {
                 let n = case.statuses.len() as u64;
-                field(c, "status") == "closed" && http_of(c).is_some_and(|h| h.in_flight == 0 && h.lifetime.requests >= n && h.lifetime.responses() >= n)
+                c.status == ConnStatus::Closed
+                    && c.http.as_ref().is_some_and(|h| h.in_flight == 0 && h.lifetime.counts.requests >= n && h.lifetime.responses() >= n)
             })
         })
     });
     for (end, case) in &ends {
         let c = snap.with_remote(*end)[0];
-        let h = http_of(c).unwrap();
+        let h = c.http.as_ref().unwrap();
         let n = case.statuses.len() as u64;
-        assert_eq!(h.lifetime, Window::expected(n, &case.statuses, 0), "{}: the connection's counts\n{}", case.name, snap.pretty());
-        assert_eq!(h.recent_statuses(), case.statuses, "{}: recent", case.name);
+        assert_window(&h.lifetime, &expected_window(n, &case.statuses, 0), format_args!("{}: the connection's counts\n{}", case.name, snap.pretty()));
+        assert_eq!(h.recent.iter().map(|e| e.status).collect::<Vec<_>>(), case.statuses, "{}: recent", case.name);
         assert!(h.in_sync && h.framing_lost == 0, "{}: every byte accounted for: {h:?}", case.name);
-        let k = kernel_http_of(c).unwrap_or_else(|| panic!("{}: no http_kernel on {}", case.name, c.connection));
+        let k = c.http_kernel.as_ref().unwrap_or_else(|| panic!("{}: no http_kernel on {}", case.name, c.connection));
         assert_eq!((k.lost_in.as_deref(), k.lost_out.as_deref()), case.lost, "{}: where the kernel handed over: {k:?}", case.name);
     }
     assert_eq!(snap.connections.iter().filter(|c| mine(c)).count(), cases.len(), "one entry per connection\n{}", snap.pretty());

@@ -1,7 +1,6 @@
 //! Hostile peers: a flood of spoofed SYNs while honest clients work. The honest clients' counts
 //! stay exact, the daemon answers `/metrics` and the API throughout, and its memory stays bounded.
 use std::{
-    collections::BTreeMap,
     net::{SocketAddr, SocketAddrV4, TcpStream},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -12,7 +11,7 @@ use std::{
 
 use observer_tests::{
     addr,
-    http_view::{kernel_http_of, Metrics},
+    http_view::{kernel_classes, status_classes, Metrics},
     root_or_skip, tcp, Lab,
 };
 
@@ -42,7 +41,10 @@ fn a_spoofed_syn_flood_leaves_honest_counts_exact_and_the_api_answering() {
         .map(|_| {
             let mut s = tcp::connect(&lab.topo.client, proxy.into()).expect("connecting to the proxy");
             let local = s.local_addr().expect("local address");
-            let statuses = ["/ok", "/status/404"].iter().map(|p| tcp::http_exchange(&mut s, &format!("GET {p} HTTP/1.1\r\nHost: gateway\r\n\r\n")).expect("an idle client's request").0).collect();
+            let statuses = ["/ok", "/status/404"]
+                .iter()
+                .map(|p| tcp::http_exchange(&mut s, &format!("GET {p} HTTP/1.1\r\nHost: gateway\r\n\r\n")).expect("an idle client's request").0)
+                .collect();
             (s, local, statuses)
         })
         .collect();
@@ -108,11 +110,8 @@ fn a_spoofed_syn_flood_leaves_honest_counts_exact_and_the_api_answering() {
         let snap = lab.observer.connections();
         let mut wrong = Vec::new();
         for (local, statuses) in &honest {
-            let mut want: BTreeMap<String, u64> = BTreeMap::new();
-            for s in statuses {
-                *want.entry(format!("{}xx", s / 100)).or_default() += 1;
-            }
-            let got = snap.with_remote(*local).first().and_then(|c| kernel_http_of(c)).map(|k| (k.requests, k.responses.into_iter().filter(|(_, n)| *n > 0).collect::<BTreeMap<_, _>>()));
+            let want = status_classes(statuses);
+            let got = snap.with_remote(*local).first().and_then(|c| c.http_kernel.as_ref()).map(|k| (k.requests, kernel_classes(k)));
             if got != Some((statuses.len() as u64, want.clone())) {
                 wrong.push(format!("{local}: got {got:?}, sent {} with {want:?}", statuses.len()));
             }

@@ -6,11 +6,12 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use observer::model::Family;
 use observer_tests::{
     addr::{self, http_base},
     curl,
     observer::WAIT,
-    root_or_skip, Connection, Lab, Transfer,
+    root_or_skip, Connection, ConnectionExt, Lab, Transfer,
 };
 
 /// Paths on the upstream (through the proxy): small and large bodies, an empty one, an error.
@@ -32,7 +33,7 @@ fn assert_clean_lifecycle(c: &Connection) {
 /// Several requests over one keep-alive connection from the client to the proxy at `server`
 /// (the client's own address is `client`): the observer must show exactly one entry for it, with
 /// exactly the bytes curl sent and received, and nginx must have logged every request on it.
-fn keepalive(lab: &Lab, server: IpAddr, client: IpAddr, family: &str) {
+fn keepalive(lab: &Lab, server: IpAddr, client: IpAddr, family: Family) {
     let transfers = curl(&lab.topo.client, &urls(server, PATHS), &[]);
 
     // The client's view first: one connection, reused by every transfer.
@@ -45,11 +46,11 @@ fn keepalive(lab: &Lab, server: IpAddr, client: IpAddr, family: &str) {
     let sent: u64 = transfers.iter().map(|t| t.size_request).sum();
     let received: u64 = transfers.iter().map(Transfer::response_bytes).sum();
 
-    let snap = lab.observer.wait_for("the client's connection, closed both ways", WAIT, |s| s.with_remote_ip(client).iter().any(|c| c.closed()));
+    let snap = lab.observer.wait_for("the client's connection, closed both ways", WAIT, |s| s.with_remote_ip(client).iter().any(|c| c.fin_both_ways()));
     let conns = snap.with_remote_ip(client);
     assert_eq!(conns.len(), 1, "one keep-alive connection, one entry:\n{}", snap.pretty());
     let c = conns[0];
-    assert_eq!((c.local, c.remote), (server_end, client_end), "{}", snap.pretty());
+    assert_eq!((c.local_addr(), c.remote_addr()), (server_end, client_end), "{}", snap.pretty());
     assert_eq!(c.connection, format!("{server_end} {client_end}"));
     assert_eq!(c.family, family);
     assert_clean_lifecycle(c);
@@ -61,14 +62,19 @@ fn keepalive(lab: &Lab, server: IpAddr, client: IpAddr, family: &str) {
     assert_eq!(log.entries.len(), PATHS.len(), "{}", log.raw);
     assert!(log.entries.iter().all(|e| e.remote() == client_end && e.connection == log.entries[0].connection), "{}", log.raw);
     assert_eq!(log.entries.iter().map(|e| e.connection_requests).collect::<Vec<_>>(), (1..=PATHS.len() as u64).collect::<Vec<_>>(), "{}", log.raw);
-    assert_eq!((log.request_bytes(), log.response_bytes()), (c.bytes_in, c.bytes_out), "nginx's $request_length and $bytes_sent sums vs the observer's bytes_in and bytes_out:\n{}", log.raw);
+    assert_eq!(
+        (log.request_bytes(), log.response_bytes()),
+        (c.bytes_in, c.bytes_out),
+        "nginx's $request_length and $bytes_sent sums vs the observer's bytes_in and bytes_out:\n{}",
+        log.raw
+    );
 }
 
 #[test]
 fn keepalive_requests_share_one_connection_entry() {
     const TEST: &str = "keepalive_requests_share_one_connection_entry";
     if root_or_skip(TEST) {
-        Lab::run_exact(TEST, |lab| keepalive(lab, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4"));
+        Lab::run_exact(TEST, |lab| keepalive(lab, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), Family::Ipv4));
     }
 }
 
@@ -76,7 +82,7 @@ fn keepalive_requests_share_one_connection_entry() {
 fn ipv6_is_counted_like_ipv4() {
     const TEST: &str = "ipv6_is_counted_like_ipv4";
     if root_or_skip(TEST) {
-        Lab::run_exact(TEST, |lab| keepalive(lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), "ipv6"));
+        Lab::run_exact(TEST, |lab| keepalive(lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), Family::Ipv6));
     }
 }
 
@@ -96,16 +102,16 @@ fn connection_close(lab: &Lab) {
     assert_eq!(client_ports.len(), PATHS.len(), "distinct client ports: {transfers:#?}");
 
     let snap = lab.observer.wait_for(&format!("{} client connections, each closed both ways", PATHS.len()), WAIT, |s| {
-        s.with_remote_ip(client).iter().filter(|c| c.closed()).count() >= PATHS.len()
+        s.with_remote_ip(client).iter().filter(|c| c.fin_both_ways()).count() >= PATHS.len()
     });
     let conns = snap.with_remote_ip(client);
     assert_eq!(conns.len(), PATHS.len(), "one entry per connection:\n{}", snap.pretty());
-    let observed_ports: BTreeSet<u16> = conns.iter().map(|c| c.remote.port()).collect();
+    let observed_ports: BTreeSet<u16> = conns.iter().map(|c| c.remote_addr().port()).collect();
     assert_eq!(observed_ports, client_ports, "the entries' client ports vs curl's:\n{}", snap.pretty());
     for t in &transfers {
         let c = snap.with_remote(t.local)[0];
-        assert_eq!(c.local, t.remote);
-        assert_eq!(c.family, "ipv4");
+        assert_eq!(c.local_addr(), t.remote);
+        assert_eq!(c.family, Family::Ipv4);
         assert_clean_lifecycle(c);
         assert_eq!((c.bytes_in, c.bytes_out), (t.size_request, t.response_bytes()), "bytes in/out of {} vs curl's transfer {t:?}", c.connection);
     }
@@ -136,13 +142,13 @@ fn upstream_connections(lab: &Lab) {
     // nginx proxies with HTTP/1.0 and no upstream keep-alive: one upstream connection per request.
     let upstream = SocketAddr::new(addr::UPSTREAM_V4.into(), 80);
     let snap = lab.observer.wait_for(&format!("{} upstream connections, each closed both ways", paths.len()), WAIT, |s| {
-        s.with_remote(upstream).iter().filter(|c| c.closed()).count() >= paths.len()
+        s.with_remote(upstream).iter().filter(|c| c.fin_both_ways()).count() >= paths.len()
     });
     let conns = snap.with_remote(upstream);
     assert_eq!(conns.len(), paths.len(), "one entry per proxied request:\n{}", snap.pretty());
     for c in &conns {
-        assert_eq!(c.local.ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{}", c.connection);
-        assert_eq!(c.family, "ipv4");
+        assert_eq!(c.local_addr().ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{}", c.connection);
+        assert_eq!(c.family, Family::Ipv4);
         assert_clean_lifecycle(c);
     }
 
@@ -154,11 +160,11 @@ fn upstream_connections(lab: &Lab) {
     assert_eq!(sum_out, log.request_bytes(), "gateway → upstream bytes vs the upstream's $request_length sum:\n{}\n{}", log.raw, snap.pretty());
     assert_eq!(sum_in, log.response_bytes(), "upstream → gateway bytes vs the upstream's $bytes_sent sum:\n{}\n{}", log.raw, snap.pretty());
     // And connection by connection, matched by the gateway's source port.
-    let observed_ports: BTreeSet<u16> = conns.iter().map(|c| c.local.port()).collect();
+    let observed_ports: BTreeSet<u16> = conns.iter().map(|c| c.local_addr().port()).collect();
     let logged_ports: BTreeSet<u16> = log.entries.iter().map(|e| e.remote_port).collect();
     assert_eq!(observed_ports, logged_ports, "{}", log.raw);
     for e in &log.entries {
-        let c = conns.iter().find(|c| c.local.port() == e.remote_port).expect("matched above");
+        let c = conns.iter().find(|c| c.local_addr().port() == e.remote_port).expect("matched above");
         assert_eq!((c.bytes_out, c.bytes_in), (e.request_length, e.bytes_sent), "upstream log line {e:?} vs {}", c.connection);
     }
 }

@@ -10,12 +10,13 @@ use std::{
     thread,
 };
 
+use observer::model::ConnStatus;
 use observer_tests::{
     addr,
-    http_view::{field, kernel_http_of, Metrics},
+    http_view::{kernel_classes, Metrics},
     nginx::Nginx,
     observer::{Observer, WAIT},
-    root_or_skip, Connection, Topology,
+    root_or_skip, Connection, ConnectionExt, Topology,
 };
 
 const PORT: u16 = 8090;
@@ -54,10 +55,10 @@ fn per_connection_kernel_counts_equal_the_access_log_at_full_speed() {
 
     // wrk has closed every connection: wait until the observer has each one closed, then read the
     // log (nginx writes a request's line before it closes its connection).
-    let ours = |c: &Connection| c.local == server;
+    let ours = |c: &Connection| c.local_addr() == server;
     let snap = observer.wait_for("every client connection closed", WAIT, |s| {
         let conns: Vec<&Connection> = s.connections.iter().filter(|c| ours(c)).collect();
-        !conns.is_empty() && conns.iter().all(|c| field(c, "status") == "closed")
+        !conns.is_empty() && conns.iter().all(|c| c.status == ConnStatus::Closed)
     });
     let log = direct.access_log();
     assert!(log.entries.len() > 1000, "a load worth the name: {} requests logged\n{}", log.entries.len(), outputs.join("\n"));
@@ -73,7 +74,7 @@ fn per_connection_kernel_counts_equal_the_access_log_at_full_speed() {
         }
     }
     let conns: Vec<&Connection> = snap.connections.iter().filter(|c| ours(c)).collect();
-    let observed: BTreeSet<u16> = conns.iter().map(|c| c.remote.port()).collect();
+    let observed: BTreeSet<u16> = conns.iter().map(|c| c.remote_addr().port()).collect();
     let logged: BTreeSet<u16> = read.keys().copied().collect();
     assert!(observed.is_superset(&logged), "connections in the log the observer does not have: {:?}", logged.difference(&observed).collect::<Vec<_>>());
 
@@ -90,22 +91,22 @@ fn per_connection_kernel_counts_equal_the_access_log_at_full_speed() {
     }
     let mut by_port: BTreeMap<u16, Port> = BTreeMap::new();
     for c in &conns {
-        let port = c.remote.port();
+        let port = c.remote_addr().port();
         // No view: the kernel framed nothing on this connection (wrk may open one and close it
         // unused when it stops). A port whose requests were missed shows up below as a difference.
-        let Some(k) = kernel_http_of(c) else { continue };
+        let Some(k) = c.http_kernel.as_ref() else { continue };
         let p = by_port.entry(port).or_default();
         if k.lost_in.is_some() || k.lost_out.is_some() {
             p.lost.push(format!("{:?} / {:?}", k.lost_in, k.lost_out));
         }
-        for (cl, n) in k.responses.iter().filter(|(_, n)| **n > 0) {
-            *p.responses.entry(cl.clone()).or_default() += n;
+        for (cl, n) in kernel_classes(k) {
+            *p.responses.entry(cl).or_default() += n;
         }
         p.requests += k.requests;
         p.unanswered += k.unanswered;
         // The daemon's view (fed by the kernel's message records), compared below.
-        if let Some(h) = observer_tests::http_view::http_of(c) {
-            let l = &h.lifetime;
+        if let Some(h) = c.http.as_ref() {
+            let l = &h.lifetime.counts;
             for (cl, n) in [("1xx", l.responses_1xx), ("2xx", l.responses_2xx), ("3xx", l.responses_3xx), ("4xx", l.responses_4xx), ("5xx", l.responses_5xx)] {
                 if n > 0 {
                     *p.daemon.entry(cl.to_owned()).or_default() += n;
@@ -114,7 +115,12 @@ fn per_connection_kernel_counts_equal_the_access_log_at_full_speed() {
         }
     }
     let without_view: Vec<&u16> = read.keys().filter(|p| !by_port.contains_key(p)).collect();
-    assert!(without_view.is_empty(), "{} client ports that carried requests have no kernel HTTP view: {:?}", without_view.len(), &without_view[..without_view.len().min(10)]);
+    assert!(
+        without_view.is_empty(),
+        "{} client ports that carried requests have no kernel HTTP view: {:?}",
+        without_view.len(),
+        &without_view[..without_view.len().min(10)]
+    );
     let mut wrong = Vec::new();
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     let mut daemon_differs = 0;
@@ -154,6 +160,9 @@ fn per_connection_kernel_counts_equal_the_access_log_at_full_speed() {
     // The daemon's view is built from the kernel's message records: the same counts, unless the
     // ring refused records (counted, and then the affected connections say so).
     let records_lost = m.count("observer_payload_records_lost_total", &[]);
-    assert!(daemon_differs == 0 || records_lost > 0, "the daemon's view (http) differs from the kernel's on {daemon_differs} client ports, yet no record was lost");
+    assert!(
+        daemon_differs == 0 || records_lost > 0,
+        "the daemon's view (http) differs from the kernel's on {daemon_differs} client ports, yet no record was lost"
+    );
     eprintln!("{TEST}: {} connections, {by_log} responses ({totals:?}), {} client ports, each exact in the kernel's view; the daemon's view differed on {daemon_differs}", conns.len(), by_port.len());
 }

@@ -13,7 +13,7 @@ use observer_tests::{
     addr::{proxy_v4 as proxy, upstream_http},
     hostile_lab::{by_code, check_http, metric_counts, only_entry, parse_response, wait_ok, CustomLab},
     http_view::{settled, Metrics},
-    root_or_skip, scripted, Connection,
+    root_or_skip, scripted, Connection, ConnectionExt,
 };
 
 /// The big body: more than 2^31 bytes (a signed 32-bit count overflows), served from a sparse file.
@@ -57,7 +57,12 @@ fn more_than_2_gib_on_one_keep_alive_connection_counts_every_byte() {
     let started = Instant::now();
     // The upstream sends its files with sendfile; the proxy streams (no buffering to temp files:
     // by default nginx would write up to 1 GB of the response to disk), with a large buffer.
-    let lab = CustomLab::start(TEST, "        sendfile on;\n", "", "proxy_buffering off; proxy_buffer_size 256k; proxy_buffers 4 256k; proxy_busy_buffers_size 256k;");
+    let lab = CustomLab::start(
+        TEST,
+        "        sendfile on;\n",
+        "",
+        "proxy_buffering off; proxy_buffer_size 256k; proxy_buffers 4 256k; proxy_busy_buffers_size 256k;",
+    );
     // One response of more than 2 GiB (nginx serves any file size: a sparse file of BIG bytes),
     // then small ones on the same connection: the framer must find each after the big body.
     let big = fs::File::create(lab.size_path(BIG)).expect("creating the big file");
@@ -113,7 +118,7 @@ fn more_than_2_gib_on_one_keep_alive_connection_counts_every_byte() {
         let mut wrong = Vec::new();
         notes.clear();
         for e in &up_log.entries {
-            let found: Vec<&Connection> = snap.with_remote(upstream_http()).into_iter().filter(|c| c.local.port() == e.remote_port).collect();
+            let found: Vec<&Connection> = snap.with_remote(upstream_http()).into_iter().filter(|c| c.local_addr().port() == e.remote_port).collect();
             let [c] = found[..] else {
                 wrong.push(format!("{} entries from gateway port {} ({})", found.len(), e.remote_port, e.request));
                 continue;
@@ -122,8 +127,7 @@ fn more_than_2_gib_on_one_keep_alive_connection_counts_every_byte() {
                 wrong.push(format!("{} not settled", c.connection));
                 continue;
             }
-            let number = |f: &str| c.extra.get(f).and_then(|v| v.as_u64()).unwrap_or(0);
-            let repeated = number("retransmitted_bytes_in");
+            let repeated = c.retransmitted_bytes_in;
             let detail = format!(
                 "{} ({}): bytes_in {}, the upstream sent {} ({} short), retransmitted_segments_in {}, retransmitted_bytes_in {repeated}, packets_in {}",
                 c.connection,
@@ -131,7 +135,7 @@ fn more_than_2_gib_on_one_keep_alive_connection_counts_every_byte() {
                 c.bytes_in,
                 e.bytes_sent,
                 e.bytes_sent as i64 - c.bytes_in as i64,
-                number("retransmitted_segments_in"),
+                c.retransmitted_segments_in,
                 c.packets_in
             );
             let bytes_ok = if repeated == 0 { c.bytes_in == e.bytes_sent } else { c.bytes_in <= e.bytes_sent && c.bytes_in + repeated >= e.bytes_sent };
@@ -143,7 +147,11 @@ fn more_than_2_gib_on_one_keep_alive_connection_counts_every_byte() {
                 notes.push(detail);
             }
         }
-        if wrong.is_empty() { Ok(()) } else { Err(wrong.join("\n")) }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("\n"))
+        }
     });
     for n in &notes {
         eprintln!("{TEST}: segments lost before the gateway's tap: {n}");

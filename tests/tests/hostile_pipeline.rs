@@ -12,14 +12,15 @@ use std::{
 use observer_tests::{
     addr::proxy_v4 as proxy,
     hostile_lab::{by_code, check_http, metric_counts, only_entry, wait_ok, SETTLE},
-    http_view::{kernel_http_of, settled, Metrics},
+    http_view::{settled, Metrics},
     root_or_skip,
     scripted::{self, ResponseReader},
     Nginx, Observer, Topology,
 };
 
 /// Paths and what the upstream of [`Lab`] answers: every class the pipeline carries.
-const PIPELINE_MIX: &[(&str, u16)] = &[("/ok", 200), ("/status/404", 404), ("/status/503", 503), ("/status/204", 204), ("/size/100", 200), ("/status/429", 429), ("/status/201", 201)];
+const PIPELINE_MIX: &[(&str, u16)] =
+    &[("/ok", 200), ("/status/404", 404), ("/status/503", 503), ("/status/204", 204), ("/size/100", 200), ("/status/429", 429), ("/status/201", 201)];
 
 /// nginx's `keepalive_requests` in the harness (tests/src/nginx.rs): after the 10,000th request
 /// on a connection it answers with `Connection: close` and closes. The pipeline is exactly that
@@ -84,7 +85,7 @@ fn ten_thousand_pipelined_requests_on_one_connection_are_counted_exactly() {
         if !settled(c) {
             return Err(format!("{} not settled yet", c.connection));
         }
-        check_http(c, n, &statuses).map(|v| (v, kernel_http_of(c)))
+        check_http(c, n, &statuses).map(|v| (v, c.http_kernel.clone()))
     });
     eprintln!("{TEST}: checked {}; http_kernel {:?}", view.0, view.1);
     let codes: Vec<u16> = PIPELINE_MIX.iter().map(|(_, c)| *c).collect();
@@ -92,7 +93,11 @@ fn ten_thousand_pipelined_requests_on_one_connection_are_counted_exactly() {
         wait_ok(&format!("/metrics {role} counts"), || {
             let got = metric_counts(&Metrics::new(observer.metrics()), role, &codes);
             let want = (n, by_code(&statuses));
-            if got == want { Ok(()) } else { Err(format!("{role}: got {got:?}, want {want:?}")) }
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{role}: got {got:?}, want {want:?}"))
+            }
         });
     }
     eprintln!("{TEST}: pipeline sent and answered in {sent_at:?}, all checked after {:?}", started.elapsed());

@@ -23,7 +23,12 @@ use observer_tests::{
 /// with EADDRNOTAVAIL for a moment: retried for up to 5 s.
 fn connect_from(ns: &Netns, local: SocketAddrV4, server: SocketAddrV4) -> TcpStream {
     fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-        libc::sockaddr_in { sin_family: libc::AF_INET as libc::sa_family_t, sin_port: a.port().to_be(), sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) }, sin_zero: [0; 8] }
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+            sin_zero: [0; 8],
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -39,7 +44,14 @@ fn connect_from(ns: &Netns, local: SocketAddrV4, server: SocketAddrV4) -> TcpStr
                     }
                     let s = TcpStream::from_raw_fd(fd);
                     let one: libc::c_int = 1;
-                    if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) != 0 {
+                    if libc::setsockopt(
+                        fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_REUSEADDR,
+                        (&one as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    ) != 0
+                    {
                         return Err(io::Error::last_os_error());
                     }
                     let l = sockaddr(local);
@@ -60,7 +72,9 @@ fn connect_from(ns: &Netns, local: SocketAddrV4, server: SocketAddrV4) -> TcpStr
                 s.set_write_timeout(Some(scripted::PEER_TIMEOUT)).unwrap();
                 return s;
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)) && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EADDRINUSE)) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => panic!("connecting {local} -> {server}: {e}"),
         }
     }
@@ -135,8 +149,8 @@ fn reuse_one_four_tuple(test: &str, incarnations: usize, pause: Duration) {
             return Ok(());
         }
         let first = wrong[0].split(' ').next().and_then(|n| n.strip_prefix('#')?.parse::<usize>().ok()).and_then(|i| entries.get(i));
-        let detail = first.map(|c| serde_json::to_string_pretty(&c.extra).unwrap_or_default()).unwrap_or_default();
-        Err(format!("{}\n({} wrong of {} entries; the first wrong one's other fields:\n{detail})", wrong.join("\n"), wrong.len(), entries.len()))
+        let detail = first.map(|c| serde_json::to_string_pretty(c).unwrap_or_default()).unwrap_or_default();
+        Err(format!("{}\n({} wrong of {} entries; the first wrong one:\n{detail})", wrong.join("\n"), wrong.len(), entries.len()))
     });
     let m = Metrics::new(lab.observer.metrics());
     assert_eq!(metric_counts(&m, "inbound", &[200]), (incarnations as u64, by_code(&vec![200; incarnations])), "/metrics inbound");

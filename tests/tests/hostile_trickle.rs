@@ -14,7 +14,7 @@ use std::{
 use observer_tests::{
     addr::{proxy_v4 as proxy, upstream_http},
     hostile_lab::{by_code, check_http, metric_counts, only_entry, wait_ok, CustomLab},
-    http_view::{kernel_http_of, settled, Metrics},
+    http_view::{settled, Metrics},
     root_or_skip,
     scripted::{self, data_segments_out, ResponseReader},
 };
@@ -110,7 +110,7 @@ fn a_64_kib_request_head_sent_one_byte_per_segment_counts_once_in_bounded_memory
         if c.bytes_in != TRICKLE_HEAD as u64 {
             return Err(format!("{}: bytes_in {}, the head is {TRICKLE_HEAD}", c.connection, c.bytes_in));
         }
-        check_http(c, 1, &statuses).map(|m| (m, kernel_http_of(c)))
+        check_http(c, 1, &statuses).map(|m| (m, c.http_kernel.clone()))
     });
     eprintln!("{TEST}: inbound checked {mode}; http_kernel {k:?}");
     // The proxied request (the same head, in large segments) on the outbound side.

@@ -4,18 +4,18 @@
 //! responses without a body (HEAD, 204, 304) never swallow the next one.
 //!
 //! Ground truth, and how entries are matched to it: see `observer_tests::http_lab`.
-use std::{
-    fs,
-    io::Write,
-    net::SocketAddr,
-};
+use std::{fs, io::Write, net::SocketAddr};
 
 use observer_tests::{
     addr::http_base,
-    http_lab::{assert_http, assert_metrics, assert_outbound_nginx, assert_outbound_scripted, assert_proxy_log, assert_recent, curl_ok, entry_of, fake_heads, one_connection, proxy_v4, request_of, script, url, url_port, GATEWAY_SCRIPTED_PORT, HttpLab, UPSTREAM_SCRIPTED_PORT},
-    http_view::Window,
+    http_lab::{
+        assert_http, assert_metrics, assert_outbound_nginx, assert_outbound_scripted, assert_proxy_log, assert_recent, curl_ok, entry_of, fake_heads,
+        one_connection, proxy_v4, request_of, script, url, url_port, HttpLab, GATEWAY_SCRIPTED_PORT, UPSTREAM_SCRIPTED_PORT,
+    },
+    http_view::expected_window,
     root_or_skip,
     scripted::{connect, CurlOp, ResponseReader, ScriptedServer, Served},
+    ConnectionExt,
 };
 
 #[test]
@@ -60,11 +60,11 @@ fn status_lines_inside_bodies_are_not_responses() {
     assert_proxy_log(&lab, client_end, &codes);
 
     let n = ops.len() as u64;
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
+    let h = assert_http(&lab, c, &expected_window(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = ops.iter().map(|o| (200, o.method(), o.url.strip_prefix(&http_base(proxy_v4())).unwrap())).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     assert_outbound_nginx(&lab, ops.len());
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, n, &codes, 0);
@@ -97,12 +97,12 @@ fn chunked_responses_with_extensions_and_trailers_are_framed_exactly() {
     }
     assert_proxy_log(&lab, client_end, &codes);
     let n = ops.len() as u64;
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &run.status_lines, 0));
+    let h = assert_http(&lab, c, &expected_window(n, &run.status_lines, 0));
     let targets: Vec<String> = ops.iter().map(|o| o.url.strip_prefix(&http_base(proxy_v4())).unwrap().to_owned()).collect();
     let want: Vec<(u16, &str, &str)> = codes.iter().zip(&targets).map(|(s, t)| (*s, "GET", t.as_str())).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     let served = assert_outbound_scripted(&lab, CHUNKED.len());
     assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), &want_codes[..CHUNKED.len()], "what the scripted upstream wrote");
     assert_outbound_nginx(&lab, 1);
@@ -110,7 +110,8 @@ fn chunked_responses_with_extensions_and_trailers_are_framed_exactly() {
     // 2. Without nginx: a scripted server in the gateway answers one keep-alive connection with
     //    the hand-made chunked responses, the last one delimited by closing the connection.
     let gateway = ScriptedServer::start(&lab.topo.gateway, SocketAddr::new(proxy_v4(), GATEWAY_SCRIPTED_PORT), script);
-    let mut ops: Vec<CurlOp> = CHUNKED.iter().map(|(s, p, l)| CurlOp::get(url_port(proxy_v4(), GATEWAY_SCRIPTED_PORT, &format!("/chunked/{s}/{p}/{l}")))).collect();
+    let mut ops: Vec<CurlOp> =
+        CHUNKED.iter().map(|(s, p, l)| CurlOp::get(url_port(proxy_v4(), GATEWAY_SCRIPTED_PORT, &format!("/chunked/{s}/{p}/{l}")))).collect();
     ops.push(CurlOp::get(url_port(proxy_v4(), GATEWAY_SCRIPTED_PORT, "/until-close/200/20000")));
     let direct = curl_ok(&lab, &ops);
     let direct_end = one_connection(&direct);
@@ -119,13 +120,13 @@ fn chunked_responses_with_extensions_and_trailers_are_framed_exactly() {
     assert_eq!(direct.status_lines, direct_codes, "status lines curl received vs what the scripted server wrote");
     assert_eq!(direct.transfers.last().unwrap().size_download, 20_000);
     let n = ops.len() as u64;
-    let snap = lab.wait_settled("the keep-alive connection to the scripted server", 1, n, n, |c| c.remote == direct_end);
+    let snap = lab.wait_settled("the keep-alive connection to the scripted server", 1, n, n, |c| c.remote_addr() == direct_end);
     let c = entry_of(&snap, direct_end);
-    assert_eq!(c.local.port(), GATEWAY_SCRIPTED_PORT);
-    let h = assert_http(&lab, c, &Window::expected(n, &direct_codes, 0));
+    assert_eq!(c.local_addr().port(), GATEWAY_SCRIPTED_PORT);
+    let h = assert_http(&lab, c, &expected_window(n, &direct_codes, 0));
     assert_eq!(h.last_status, Some(200));
     let want: Vec<(u16, &str, &str)> = served.iter().map(|s| (s.status, s.method.as_str(), s.target.as_str())).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
 
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, codes.len() as u64, &codes, 0);
@@ -158,11 +159,11 @@ fn continue_is_an_interim_1xx_and_the_request_counts_once() {
     let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
     let log = assert_proxy_log(&lab, client_end, &codes);
     assert!(log[0].request_length > 2_000_000, "the proxy received the big body: {:?}", log[0]);
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, 3, 5, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, 3, 5, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(3, &run.status_lines, 0));
+    let h = assert_http(&lab, c, &expected_window(3, &run.status_lines, 0));
     assert_eq!(h.last_status, Some(200));
-    assert_recent(c, &h, &[(100, "POST", "/ok"), (200, "POST", "/ok"), (404, "GET", "/status/404"), (100, "POST", "/ok"), (200, "POST", "/ok")]);
+    assert_recent(c, h, &[(100, "POST", "/ok"), (200, "POST", "/ok"), (404, "GET", "/status/404"), (100, "POST", "/ok"), (200, "POST", "/ok")]);
     // nginx does not forward Expect: the upstream answers each request once. (The upstream logs a
     // request when it is done with it, which for the big upload can come after the next one: compare
     // the statuses, not their order in its log.)
@@ -193,10 +194,10 @@ fn continue_is_an_interim_1xx_and_the_request_counts_once() {
     drop(s);
     let served: Vec<u16> = gateway.served().iter().filter(|x| x.peer == client_end).map(|x| x.status).collect();
     assert_eq!(served, vec![100, 201, 200]);
-    let snap = lab.wait_settled("the raw client's connection", 1, 2, 3, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the raw client's connection", 1, 2, 3, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(2, &served, 0));
-    assert_recent(c, &h, &[(100, "POST", "/continue/201"), (201, "POST", "/continue/201"), (200, "GET", "/chunked/200/2/10")]);
+    let h = assert_http(&lab, c, &expected_window(2, &served, 0));
+    assert_recent(c, h, &[(100, "POST", "/continue/201"), (201, "POST", "/continue/201"), (200, "GET", "/chunked/200/2/10")]);
 
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, 3, &run.status_lines, 0);
@@ -237,11 +238,11 @@ fn head_responses_do_not_swallow_the_next_response() {
     let logged: Vec<String> = log.iter().map(|e| request_of(e).0).collect();
     assert_eq!(logged, ops.iter().map(|o| o.method().to_owned()).collect::<Vec<_>>(), "methods the proxy logged");
     let n = ops.len() as u64;
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
+    let h = assert_http(&lab, c, &expected_window(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = ops.iter().zip(&codes).map(|(o, s)| (*s, o.method(), o.url.strip_prefix(&http_base(proxy_v4())).unwrap())).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     let upstream = assert_outbound_nginx(&lab, ops.len());
     assert_eq!(upstream.iter().map(|e| request_of(e).0).collect::<Vec<_>>(), logged, "nginx forwards HEAD as HEAD");
     let m = lab.metrics();

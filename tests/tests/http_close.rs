@@ -12,10 +12,14 @@ use std::{
 
 use observer_tests::{
     addr::{self, http_base},
-    http_lab::{assert_http, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, entry_of, fake_heads, gateway_server, pick, proxy_v4, recent_of, script, served_to, url, GATEWAY_SCRIPTED_PORT, HttpLab},
-    http_view::Window,
+    http_lab::{
+        assert_http, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, entry_of, fake_heads, gateway_server, pick, proxy_v4,
+        recent_of, script, served_to, url, HttpLab, GATEWAY_SCRIPTED_PORT,
+    },
+    http_view::expected_window,
     root_or_skip,
     scripted::{self, close_with_reset, connect, CurlOp, ResponseReader},
+    ConnectionExt,
 };
 
 #[test]
@@ -32,14 +36,14 @@ fn connection_close_gives_each_exchange_its_own_entry() {
     assert_eq!(run.status_lines.len(), paths.len(), "one status line per transfer");
 
     let n = paths.len();
-    let snap = lab.wait_settled("one connection per request", n, n as u64, n as u64, |c| c.remote.ip() == IpAddr::from(addr::CLIENT_V4));
-    assert_eq!(pick(&snap, |c| c.remote.ip() == IpAddr::from(addr::CLIENT_V4)).len(), n, "one entry per connection:\n{}", snap.pretty());
+    let snap = lab.wait_settled("one connection per request", n, n as u64, n as u64, |c| c.remote_addr().ip() == IpAddr::from(addr::CLIENT_V4));
+    assert_eq!(pick(&snap, |c| c.remote_addr().ip() == IpAddr::from(addr::CLIENT_V4)).len(), n, "one entry per connection:\n{}", snap.pretty());
     for (t, p) in run.transfers.iter().zip(paths) {
         assert_proxy_log(&lab, t.local, &[t.http_code]);
         let c = entry_of(&snap, t.local);
-        let h = assert_http(&lab, c, &Window::expected(1, &[t.http_code], 0));
+        let h = assert_http(&lab, c, &expected_window(1, &[t.http_code], 0));
         assert_eq!(h.last_status, Some(t.http_code));
-        assert_recent(c, &h, &[(t.http_code, "GET", p)]);
+        assert_recent(c, h, &[(t.http_code, "GET", p)]);
     }
     assert_outbound_nginx(&lab, n);
     let codes: Vec<u16> = run.transfers.iter().map(|t| t.http_code).collect();
@@ -71,12 +75,12 @@ fn a_client_reset_mid_response_leaves_its_response_counted() {
 
     let log = assert_proxy_log(&lab, client_end, &[200]);
     assert!(log[0].bytes_sent < 10_000_000, "the response was cut short: {:?}", log[0]);
-    let snap = lab.wait_settled("the aborted connection", 1, 1, 1, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the aborted connection", 1, 1, 1, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
     assert!(c.rst_in >= 1, "the client's reset was seen: {c:?}");
-    let h = assert_http(&lab, c, &Window::expected(1, &[200], 0));
+    let h = assert_http(&lab, c, &expected_window(1, &[200], 0));
     assert_eq!(h.last_status, Some(200));
-    assert_recent(c, &h, &[(200, "GET", "/size/10000000")]);
+    assert_recent(c, h, &[(200, "GET", "/size/10000000")]);
     assert_outbound_nginx(&lab, 1);
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, 1, &[200], 0);
@@ -103,11 +107,11 @@ fn requests_sent_before_a_half_close_are_answered_and_counted() {
     let served = served_to(&server, client_end);
     assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), statuses);
 
-    let snap = lab.wait_settled("the half-closed connection", 1, 2, 2, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the half-closed connection", 1, 2, 2, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
     assert_eq!((c.fin_in, c.fin_out), (1, 1), "{c:?}");
-    let h = assert_http(&lab, c, &Window::expected(2, &statuses, 0));
-    assert_recent(c, &h, &recent_of(&served));
+    let h = assert_http(&lab, c, &expected_window(2, &statuses, 0));
+    assert_recent(c, h, &recent_of(&served));
     assert_metrics(&lab.metrics(), "inbound", GATEWAY_SCRIPTED_PORT, 2, &statuses, 0);
 }
 
@@ -149,10 +153,10 @@ fn an_error_sent_before_the_request_body_ends_is_counted() {
         let statuses: Vec<u16> = exchanges.iter().map(|e| e.0).collect();
         assert_proxy_log(&lab, *end, &statuses);
         let k = statuses.len() as u64;
-        let snap = lab.wait_settled("a client connection", 1, k, k, |c| c.remote == *end);
+        let snap = lab.wait_settled("a client connection", 1, k, k, |c| c.remote_addr() == *end);
         let c = entry_of(&snap, *end);
-        let h = assert_http(&lab, c, &Window::expected(k, &statuses, 0));
-        assert_recent(c, &h, exchanges);
+        let h = assert_http(&lab, c, &expected_window(k, &statuses, 0));
+        assert_recent(c, h, exchanges);
     }
     assert_outbound_nginx(&lab, 3);
     assert_metrics(&lab.metrics(), "inbound", 80, ops.len() as u64, &codes, 0);

@@ -11,19 +11,24 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use observer::model::{ConnStatus, Family, Role};
 use observer_tests::{
     addr,
-    http_lab::{assert_http, assert_kernel_lost, assert_metrics, assert_outbound_nginx, assert_outbound_nginx_at, assert_proxy_log, assert_recent, batch_script, curl_ok, entry_of, gateway_server, mix_ops, one_connection, proxy_v4, recent_of, request_of, served_to, GATEWAY_SCRIPTED_PORT, HttpLab, MIX, SETTLE},
-    http_view::{field, http_of, kernel_http_of, Window},
+    http_lab::{
+        assert_http, assert_kernel_lost, assert_metrics, assert_outbound_nginx, assert_outbound_nginx_at, assert_proxy_log, assert_recent, batch_script,
+        curl_ok, entry_of, gateway_server, mix_ops, one_connection, proxy_v4, recent_of, request_of, served_to, HttpLab, GATEWAY_SCRIPTED_PORT, MIX, SETTLE,
+    },
+    http_view::{assert_window, expected_window, WindowExt},
     root_or_skip,
     scripted::{self, connect, data_segments_out, ResponseReader},
+    ConnectionExt,
 };
 
 /// The keep-alive mix over one connection to the proxy at `server`: the inbound entry's counts,
 /// last status and recent exchanges equal what curl got and what the proxy logged; every
 /// proxied request's outbound entry equals the upstream's log; the metrics agree. With `ipv6`,
 /// the proxy reaches the upstream over IPv6 too.
-fn keepalive_mix(lab: &HttpLab, server: IpAddr, family: &str, ipv6: bool) {
+fn keepalive_mix(lab: &HttpLab, server: IpAddr, family: Family, ipv6: bool) {
     lab.add_size(5_000_000);
     let prefix = if ipv6 { "/v6" } else { "" };
     let ops = mix_ops(lab, server, prefix);
@@ -40,15 +45,15 @@ fn keepalive_mix(lab: &HttpLab, server: IpAddr, family: &str, ipv6: bool) {
     assert_proxy_log(lab, client_end, &codes);
 
     let n = MIX.len() as u64;
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    assert_eq!(c.local, SocketAddr::new(server, 80));
-    assert_eq!((c.family.as_str(), field(c, "role")), (family, "inbound"));
-    let h = assert_http(lab, c, &Window::expected(n, &codes, 0));
+    assert_eq!(c.local_addr(), SocketAddr::new(server, 80));
+    assert_eq!((c.family, c.role), (family, Role::Inbound));
+    let h = assert_http(lab, c, &expected_window(n, &codes, 0));
     assert_eq!(h.last_status, Some(*codes.last().unwrap()), "last_status");
     let targets: Vec<String> = MIX.iter().map(|(p, _)| format!("{prefix}{p}")).collect();
     let want: Vec<(u16, &str, &str)> = MIX.iter().zip(&targets).map(|((_, s), t)| (*s, "GET", t.as_str())).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
 
     // nginx proxies the requests one after another: the upstream saw them in the client's order.
     let upstream = if ipv6 {
@@ -69,7 +74,7 @@ fn keepalive_mix_counts_every_status_class_exactly() {
     const TEST: &str = "keepalive_mix_counts_every_status_class_exactly";
     if root_or_skip(TEST) {
         let lab = HttpLab::start(TEST);
-        keepalive_mix(&lab, proxy_v4(), "ipv4", false);
+        keepalive_mix(&lab, proxy_v4(), Family::Ipv4, false);
     }
 }
 
@@ -78,7 +83,7 @@ fn keepalive_mix_over_ipv6_counts_every_status_class_exactly() {
     const TEST: &str = "keepalive_mix_over_ipv6_counts_every_status_class_exactly";
     if root_or_skip(TEST) {
         let lab = HttpLab::start(TEST);
-        keepalive_mix(&lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), "ipv6", true);
+        keepalive_mix(&lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), Family::Ipv6, true);
     }
 }
 
@@ -124,21 +129,22 @@ fn pipelined_requests_in_one_write_are_counted_once_each_in_order() {
     // While the connection is still open: everything answered, nothing in flight.
     let n = requests.len() as u64;
     let snap = lab.observer.wait_for("the open pipelined connection with every response counted", SETTLE, |s| {
-        s.with_remote(client_end).first().and_then(|c| http_of(c)).is_some_and(|h| h.lifetime.requests >= n && h.lifetime.responses() >= n)
+        s.with_remote(client_end).first().and_then(|c| c.http.as_ref()).is_some_and(|h| h.lifetime.counts.requests >= n && h.lifetime.responses() >= n)
     });
     let c = entry_of(&snap, client_end);
-    assert_eq!(field(c, "status"), "open");
-    let h = http_of(c).unwrap();
-    assert_eq!((h.lifetime.clone(), h.in_flight), (Window::expected(n, &statuses, 0), 0), "the open connection's counts");
+    assert_eq!(c.status, ConnStatus::Open);
+    let h = c.http.as_ref().unwrap();
+    assert_window(&h.lifetime, &expected_window(n, &statuses, 0), "the open connection's counts");
+    assert_eq!(h.in_flight, 0, "the open connection's requests in flight");
     drop(reader);
     let rest = scripted::finish(s).unwrap();
     assert!(rest.is_empty(), "the proxy sent nothing more: {:?}", String::from_utf8_lossy(&rest));
 
-    let snap = lab.wait_settled("the pipelined connection, closed", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the pipelined connection, closed", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &statuses, 0));
+    let h = assert_http(&lab, c, &expected_window(n, &statuses, 0));
     let want: Vec<(u16, &str, &str)> = requests.iter().zip(&statuses).map(|((m, t, _), s)| (*s, *m, *t)).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     assert_outbound_nginx(&lab, requests.len());
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, n, &statuses, 0);
@@ -147,7 +153,7 @@ fn pipelined_requests_in_one_write_are_counted_once_each_in_order() {
     // eight, handed the requests over at the ninth's first byte, and the responses at the first
     // one it had no request for; the daemon's framer took both over there (exact counts above).
     assert_kernel_lost(&lab, c, "pipeline_too_deep");
-    let k = kernel_http_of(c).unwrap();
+    let k = c.http_kernel.as_ref().unwrap();
     assert_eq!((k.lost_out.as_deref(), k.requests), (Some("unpaired"), 8), "{k:?}");
 }
 
@@ -195,10 +201,10 @@ fn pipelined_responses_sharing_segments_are_counted_each_in_order() {
     assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), statuses, "what the server wrote");
 
     let n = requests.len() as u64;
-    let snap = lab.wait_settled("the pipelined connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the pipelined connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &statuses, 0));
+    let h = assert_http(&lab, c, &expected_window(n, &statuses, 0));
     assert_eq!(h.last_status, Some(200));
-    assert_recent(c, &h, &recent_of(&served));
+    assert_recent(c, h, &recent_of(&served));
     assert_metrics(&lab.metrics(), "inbound", GATEWAY_SCRIPTED_PORT, n, &statuses, 0);
 }

@@ -11,11 +11,15 @@ use std::{
 };
 
 use observer_tests::{
-    http_lab::{assert_http, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, echo, entry_of, gateway_server, mix_ops, one_connection, proxy_v4, recent_of, script, served_to, url, url_port, ECHO_PORT, GATEWAY_SCRIPTED_PORT, HttpLab, MIX, PROXY_SECOND_PORT, SETTLE},
-    http_view::{http_of, settled, Window},
+    http_lab::{
+        assert_http, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, echo, entry_of, gateway_server, mix_ops, one_connection,
+        proxy_v4, recent_of, script, served_to, url, url_port, HttpLab, ECHO_PORT, GATEWAY_SCRIPTED_PORT, MIX, PROXY_SECOND_PORT, SETTLE,
+    },
+    http_view::{expected_window, settled, WindowExt},
     nginx::LogEntry,
     root_or_skip,
     scripted::{self, connect, curl_each, data_segments_out, CurlOp, ResponseReader, ScriptedServer},
+    ConnectionExt,
 };
 
 /// A TLS 1.2 ClientHello's first bytes: record header, handshake header, version, random.
@@ -83,16 +87,20 @@ fn connections_that_are_not_http_are_never_counted_and_disturb_nothing() {
     }
 
     let n = MIX.len() as u64;
-    let snap = lab.wait_settled("the HTTP connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the HTTP connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
+    let h = assert_http(&lab, c, &expected_window(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = MIX.iter().map(|(p, s)| (*s, "GET", *p)).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     let snap = lab.observer.wait_for("the other connections, closed", SETTLE, |s| others.iter().all(|o| s.with_remote(*o).first().is_some_and(|c| settled(c))));
     for o in &others {
         let c = entry_of(&snap, *o);
-        if let Some(h) = http_of(c) {
-            assert!(h.lifetime.is_zero() && h.last_60s.is_zero() && h.last_status.is_none() && h.recent.is_empty() && h.in_flight == 0, "{} is not HTTP, yet: {h:?}", c.connection);
+        if let Some(h) = c.http.as_ref() {
+            assert!(
+                h.lifetime.is_zero() && h.last_60s.is_zero() && h.last_status.is_none() && h.recent.is_empty() && h.in_flight == 0,
+                "{} is not HTTP, yet: {h:?}",
+                c.connection
+            );
         }
     }
     assert_outbound_nginx(&lab, MIX.len());
@@ -124,15 +132,15 @@ fn http_port_restricts_parsing_to_the_listed_ports() {
     assert_proxy_log(&lab, end_8080, &codes);
 
     let n = paths.len() as u64;
-    let snap = lab.wait_settled("the connection to port 80", 1, n, n, |c| c.remote == end_80);
+    let snap = lab.wait_settled("the connection to port 80", 1, n, n, |c| c.remote_addr() == end_80);
     let c = entry_of(&snap, end_80);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
+    let h = assert_http(&lab, c, &expected_window(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = paths.iter().zip(&codes).map(|(p, s)| (*s, "GET", *p)).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     let snap = lab.observer.wait_for("the connection to port 8080, closed", SETTLE, |s| s.with_remote(end_8080).first().is_some_and(|c| settled(c)));
     let c = entry_of(&snap, end_8080);
-    assert_eq!(c.local.port(), PROXY_SECOND_PORT);
-    if let Some(h) = http_of(c) {
+    assert_eq!(c.local_addr().port(), PROXY_SECOND_PORT);
+    if let Some(h) = c.http.as_ref() {
         assert!(h.lifetime.is_zero() && h.recent.is_empty(), "port {PROXY_SECOND_PORT} is not parsed, yet {}: {h:?}", c.connection);
     }
     // The upstream's port is 80: every proxied request counts, whichever client port it came in on.
@@ -170,11 +178,11 @@ fn tunnel_after(test: &str, switch: &[u8], status: u16) {
     let served = served_to(&server, client_end);
     assert_eq!(served.iter().map(|s| s.status).collect::<Vec<_>>(), vec![200, status]);
 
-    let snap = lab.wait_settled("the switched connection", 1, 2, 2, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the switched connection", 1, 2, 2, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(2, &[200, status], 0));
+    let h = assert_http(&lab, c, &expected_window(2, &[200, status], 0));
     assert_eq!(h.last_status, Some(status));
-    assert_recent(c, &h, &recent_of(&served));
+    assert_recent(c, h, &recent_of(&served));
     assert_metrics(&lab.metrics(), "inbound", GATEWAY_SCRIPTED_PORT, 2, &[200, status], 0);
 }
 
@@ -215,7 +223,7 @@ fn short_garbage(lab: &HttpLab, echo_server: &ScriptedServer) -> Vec<SocketAddr>
     let snap = lab.observer.wait_for("the echo connections, closed", SETTLE, |s| ends.iter().all(|e| s.with_remote(*e).first().is_some_and(|c| settled(c))));
     for e in &ends {
         let c = entry_of(&snap, *e);
-        if let Some(h) = http_of(c) {
+        if let Some(h) = c.http.as_ref() {
             assert!(h.lifetime.is_zero() && h.last_status.is_none() && h.recent.is_empty(), "{} is not HTTP, yet: {h:?}", c.connection);
         }
     }

@@ -5,18 +5,19 @@
 //! is reported on its connection.
 //!
 //! Ground truth, and how entries are matched to it: see `observer_tests::http_lab`.
-use std::{
-    collections::BTreeMap,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
+use observer::http::WindowView;
 use observer_tests::{
     addr,
-    http_lab::{assert_http, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, entry_of, one_connection, pick, proxy_v4, upstream_http, upstream_log, url, HttpLab, SETTLE},
-    http_view::{http_of, kernel_http_of, settled, Window},
+    http_lab::{
+        assert_http, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, entry_of, one_connection, pick, proxy_v4, upstream_http,
+        upstream_log, url, HttpLab, SETTLE,
+    },
+    http_view::{expected_window, settled, WindowExt},
     poll, root_or_skip,
     scripted::{curl_each, CurlOp},
-    Connection,
+    Connection, ConnectionExt,
 };
 
 /// A keep-alive sequence through the proxy: each of `big` bodies followed by small exchanges of
@@ -43,11 +44,11 @@ fn big_then_small_exchanges_count_exactly(lab: &HttpLab, big: &[u64]) {
     assert_eq!(codes, seq.iter().map(|(_, c)| *c).collect::<Vec<_>>());
     assert_proxy_log(lab, client_end, &codes);
     let n = ops.len() as u64;
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(lab, c, &Window::expected(n, &codes, 0));
+    let h = assert_http(lab, c, &expected_window(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = seq.iter().map(|(p, s)| (*s, "GET", p.as_str())).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     assert_outbound_nginx(lab, ops.len());
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, n, &codes, 0);
@@ -110,10 +111,16 @@ fn a_stalled_daemon_loses_message_records_yet_metrics_stay_exact() {
 
     let snap = lab.observer.wait_for("the client's connection, settled", SETTLE, |s| s.with_remote(client_end).first().is_some_and(|c| settled(c)));
     let c = entry_of(&snap, client_end);
-    let k = kernel_http_of(c).expect("http_kernel");
+    let k = c.http_kernel.as_ref().expect("http_kernel");
     let by_class = |class: u16| codes.iter().filter(|s| **s / 100 == class).count() as u64;
-    let kernel: Vec<u64> = (1..=5).map(|cl| k.responses.get(&format!("{cl}xx")).copied().unwrap_or(0)).collect();
-    assert_eq!((k.requests, kernel, k.lost_in.clone(), k.lost_out.clone()), (n, (1..=5).map(by_class).collect(), None, None), "the kernel's counts of {}", c.connection);
+    let r = &k.responses;
+    let kernel = vec![r.informational, r.success, r.redirection, r.client_error, r.server_error];
+    assert_eq!(
+        (k.requests, kernel, k.lost_in.clone(), k.lost_out.clone()),
+        (n, (1..=5).map(by_class).collect(), None, None),
+        "the kernel's counts of {}",
+        c.connection
+    );
 
     let m = lab.metrics();
     assert!(m.count("observer_payload_records_lost_total", &[]) > 0, "the ring lost no record: the scenario did not happen");
@@ -158,7 +165,7 @@ fn payload_lost_to_a_full_ring_is_reported_on_its_connection() {
     // Everything has closed: wait for the entries (their counts may fall short).
     let n = ops.len();
     let snap = lab.observer.wait_for("every connection of the test, settled", SETTLE, |s| {
-        s.with_remote(client_end).first().is_some_and(|c| settled(c)) && pick(s, |c| c.remote == upstream_http() && settled(c)).len() >= n
+        s.with_remote(client_end).first().is_some_and(|c| settled(c)) && pick(s, |c| c.remote_addr() == upstream_http() && settled(c)).len() >= n
     });
     let m = lab.metrics();
     let lost = m.count("observer_payload_records_lost_total", &[]);
@@ -166,17 +173,21 @@ fn payload_lost_to_a_full_ring_is_reported_on_its_connection() {
     // Each connection either has exactly its ground truth, or says that its framing lost its
     // place. (A connection whose every record was lost has no http object: nothing to say.)
     let mut short = Vec::new();
-    let mut check = |c: &Connection, expected: Window| {
-        let Some(h) = http_of(c) else { return };
-        if h.lifetime != expected {
+    let mut check = |c: &Connection, expected: WindowView| {
+        let Some(h) = c.http.as_ref() else { return };
+        if !h.lifetime.same_as(&expected) {
             short.push(format!("{}: counted {:?} of {:?}, framing_lost {}, in_sync {}", c.connection, h.lifetime, expected, h.framing_lost, h.in_sync));
-            assert!(h.framing_lost > 0 || !h.in_sync, "{} misses exchanges yet says its framing never lost its place: {h:?}\nground truth {expected:?}; {lost} payload records lost", c.connection);
+            assert!(
+                h.framing_lost > 0 || !h.in_sync,
+                "{} misses exchanges yet says its framing never lost its place: {h:?}\nground truth {expected:?}; {lost} payload records lost",
+                c.connection
+            );
         }
     };
-    check(entry_of(&snap, client_end), Window::expected(n as u64, &codes, 0));
+    check(entry_of(&snap, client_end), expected_window(n as u64, &codes, 0));
     for e in &upstream {
-        if let Some(c) = pick(&snap, |c| c.remote == upstream_http() && c.local.port() == e.remote_port).first() {
-            check(c, Window::expected(1, &[e.status], 0));
+        if let Some(c) = pick(&snap, |c| c.remote_addr() == upstream_http() && c.local_addr().port() == e.remote_port).first() {
+            check(c, expected_window(1, &[e.status], 0));
         }
     }
     if !short.is_empty() {

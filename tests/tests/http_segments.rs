@@ -3,18 +3,18 @@
 //! takes over), and retransmitted segments are each counted once.
 //!
 //! Ground truth, and how entries are matched to it: see `observer_tests::http_lab`.
-use std::{
-    io::Write,
-    net::SocketAddr,
-    time::Duration,
-};
+use std::{io::Write, net::SocketAddr, time::Duration};
 
 use observer_tests::{
     addr::GW_CLIENT_IF,
-    http_lab::{assert_http, assert_kernel_lost, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, curl_ok_within, entry_of, gateway_server, one_connection, proxy_v4, recent_of, script, served_to, url, url_port, GATEWAY_SCRIPTED_PORT, HttpLab},
-    http_view::Window,
+    http_lab::{
+        assert_http, assert_kernel_lost, assert_metrics, assert_outbound_nginx, assert_proxy_log, assert_recent, curl_ok, curl_ok_within, entry_of,
+        gateway_server, one_connection, proxy_v4, recent_of, script, served_to, url, url_port, HttpLab, GATEWAY_SCRIPTED_PORT,
+    },
+    http_view::expected_window,
     root_or_skip,
     scripted::{self, connect, data_segments_out, CurlOp, ResponseReader},
+    ConnectionExt,
 };
 
 #[test]
@@ -49,10 +49,10 @@ fn a_request_line_split_across_segments_is_counted_once() {
     assert!(scripted::finish(s).unwrap().is_empty());
     assert_proxy_log(&lab, client_end, &statuses);
 
-    let snap = lab.wait_settled("the raw client's connection", 1, 3, 3, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the raw client's connection", 1, 3, 3, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(3, &statuses, 0));
-    assert_recent(c, &h, &[(200, "GET", "/ok"), (404, "GET", "/status/404"), (200, "HEAD", "/size/1000")]);
+    let h = assert_http(&lab, c, &expected_window(3, &statuses, 0));
+    assert_recent(c, h, &[(200, "GET", "/ok"), (404, "GET", "/status/404"), (200, "HEAD", "/size/1000")]);
     assert_outbound_nginx(&lab, 3);
     assert_metrics(&lab.metrics(), "inbound", 80, 3, &statuses, 0);
 }
@@ -81,10 +81,10 @@ fn heads_spanning_many_segments_are_counted_once() {
     assert!(run.transfers[0].size_request > 20_000, "a big request head: {:?}", run.transfers[0]);
     assert_proxy_log(&lab, client_end, &codes);
     let n = ops.len() as u64;
-    let snap = lab.wait_settled("the client's connection", 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's connection", 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
-    assert_recent(c, &h, &[(200, "GET", "/ok"), (404, "GET", "/status/404"), (200, "GET", "/size/100000"), (503, "HEAD", "/status/503")]);
+    let h = assert_http(&lab, c, &expected_window(n, &codes, 0));
+    assert_recent(c, h, &[(200, "GET", "/ok"), (404, "GET", "/status/404"), (200, "GET", "/size/100000"), (503, "HEAD", "/status/503")]);
     assert_outbound_nginx(&lab, ops.len());
     // A 21 KB request head is beyond what the kernel framer follows (16 KiB): it says so, by
     // reason, and the daemon's framer counted the connection exactly all the same.
@@ -104,10 +104,10 @@ fn heads_spanning_many_segments_are_counted_once() {
     let served = served_to(&server, direct_end);
     let direct_codes: Vec<u16> = served.iter().map(|s| s.status).collect();
     assert_eq!(direct.status_lines, direct_codes);
-    let snap = lab.wait_settled("the connection to the scripted server", 1, 4, 4, |c| c.remote == direct_end);
+    let snap = lab.wait_settled("the connection to the scripted server", 1, 4, 4, |c| c.remote_addr() == direct_end);
     let c = entry_of(&snap, direct_end);
-    let h = assert_http(&lab, c, &Window::expected(4, &direct_codes, 0));
-    assert_recent(c, &h, &recent_of(&served));
+    let h = assert_http(&lab, c, &expected_window(4, &direct_codes, 0));
+    assert_recent(c, h, &recent_of(&served));
 
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, n, &codes, 0);
@@ -126,7 +126,16 @@ fn retransmitted_segments_are_counted_once() {
     // so the observer sees both the lost segments and their retransmissions.
     lab.topo.gateway.run("tc", ["qdisc", "add", "dev", GW_CLIENT_IF, "root", "tbf", "rate", "20mbit", "burst", "20kb", "limit", "40kb"]);
     let retransmitted_before = lab.topo.gateway.tcp_retransmitted_segments();
-    let cycle: &[(&str, u16)] = &[("/size/100000", 200), ("/status/404", 404), ("/size/1000000", 200), ("/status/503", 503), ("/ok", 200), ("/size/10000", 200), ("/status/204", 204), ("/redirect", 301)];
+    let cycle: &[(&str, u16)] = &[
+        ("/size/100000", 200),
+        ("/status/404", 404),
+        ("/size/1000000", 200),
+        ("/status/503", 503),
+        ("/ok", 200),
+        ("/size/10000", 200),
+        ("/status/204", 204),
+        ("/redirect", 301),
+    ];
     let mix: Vec<(&str, u16)> = cycle.iter().copied().cycle().take(24).collect();
     let ops: Vec<CurlOp> = mix.iter().map(|(p, _)| CurlOp::get(url(proxy_v4(), p))).collect();
     let run = curl_ok_within(&lab, &ops, Duration::from_secs(120));
@@ -138,13 +147,16 @@ fn retransmitted_segments_are_counted_once() {
     assert!(retransmitted > 0, "the gateway retransmitted nothing: the loss did not happen");
 
     let n = mix.len() as u64;
-    let snap = lab.wait_settled_for("the lossy keep-alive connection", Duration::from_secs(30), 1, n, n, |c| c.remote == client_end);
+    let snap = lab.wait_settled_for("the lossy keep-alive connection", Duration::from_secs(30), 1, n, n, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    assert!(c.extra.get("retransmitted_segments_out").and_then(|v| v.as_u64()).is_some_and(|r| r > 0), "the observer saw retransmissions: {c:?}");
-    eprintln!("{TEST}: the gateway retransmitted {retransmitted} segments; the observer saw {:?} retransmitted segments out on {}", c.extra.get("retransmitted_segments_out"), c.connection);
-    let h = assert_http(&lab, c, &Window::expected(n, &codes, 0));
+    assert!(c.retransmitted_segments_out > 0, "the observer saw retransmissions: {c:?}");
+    eprintln!(
+        "{TEST}: the gateway retransmitted {retransmitted} segments; the observer saw {} retransmitted segments out on {}",
+        c.retransmitted_segments_out, c.connection
+    );
+    let h = assert_http(&lab, c, &expected_window(n, &codes, 0));
     let want: Vec<(u16, &str, &str)> = mix.iter().map(|(p, s)| (*s, "GET", *p)).collect();
-    assert_recent(c, &h, &want);
+    assert_recent(c, h, &want);
     assert_outbound_nginx(&lab, mix.len());
     let m = lab.metrics();
     assert_metrics(&m, "inbound", 80, n, &codes, 0);

@@ -10,10 +10,14 @@ use std::{
 };
 
 use observer_tests::{
-    http_lab::{assert_http, assert_metrics, assert_proxy_log, assert_recent, curl_ok, entry_of, one_connection, pick, proxy_v4, upstream_scripted, url, HttpLab, UPSTREAM_SCRIPTED_PORT},
-    http_view::Window,
+    http_lab::{
+        assert_http, assert_metrics, assert_proxy_log, assert_recent, curl_ok, entry_of, one_connection, pick, proxy_v4, upstream_scripted, url, HttpLab,
+        UPSTREAM_SCRIPTED_PORT,
+    },
+    http_view::expected_window,
     root_or_skip,
     scripted::{close_with_reset, connect, curl_each, CurlOp},
+    ConnectionExt,
 };
 
 #[test]
@@ -39,18 +43,18 @@ fn requests_the_client_gives_up_on_are_counted_unanswered() {
 
     for end in [curl_end, raw_end] {
         assert_proxy_log(&lab, end, &[499]);
-        let snap = lab.wait_settled("the abandoned connection", 1, 1, 1, |c| c.remote == end);
+        let snap = lab.wait_settled("the abandoned connection", 1, 1, 1, |c| c.remote_addr() == end);
         let c = entry_of(&snap, end);
-        let h = assert_http(&lab, c, &Window::expected(1, &[], 1));
+        let h = assert_http(&lab, c, &expected_window(1, &[], 1));
         assert_eq!((h.lifetime.failed, h.lifetime.error_ratio), (1, 1.0));
         assert_eq!(h.last_status, None);
-        assert_recent(c, &h, &[]);
+        assert_recent(c, h, &[]);
     }
     // nginx gave up on the upstream too: its requests went unanswered.
-    let snap = lab.wait_settled("the abandoned upstream connections", 2, 2, 2, |c| c.remote == upstream_scripted());
-    for c in pick(&snap, |c| c.remote == upstream_scripted()) {
-        let h = assert_http(&lab, c, &Window::expected(1, &[], 1));
-        assert_recent(c, &h, &[]);
+    let snap = lab.wait_settled("the abandoned upstream connections", 2, 2, 2, |c| c.remote_addr() == upstream_scripted());
+    for c in pick(&snap, |c| c.remote_addr() == upstream_scripted()) {
+        let h = assert_http(&lab, c, &expected_window(1, &[], 1));
+        assert_recent(c, h, &[]);
     }
     assert_eq!(lab.scripted.served(), vec![], "the scripted upstream never answered");
     let m = lab.metrics();
@@ -71,10 +75,10 @@ fn latency_spans_the_upstream_delay() {
     let run = curl_ok(&lab, &ops);
     let client_end = one_connection(&run);
     assert_eq!(run.status_lines, vec![200, 200, 200]);
-    let snap = lab.wait_settled("the client's keep-alive connection", 1, 3, 3, |c| c.remote == client_end);
+    let snap = lab.wait_settled("the client's keep-alive connection", 1, 3, 3, |c| c.remote_addr() == client_end);
     let c = entry_of(&snap, client_end);
-    let h = assert_http(&lab, c, &Window::expected(3, &[200, 200, 200], 0));
-    assert_recent(c, &h, &[(200, "GET", paths[0]), (200, "GET", paths[1]), (200, "GET", paths[2])]);
+    let h = assert_http(&lab, c, &expected_window(3, &[200, 200, 200], 0));
+    assert_recent(c, h, &[(200, "GET", paths[0]), (200, "GET", paths[1]), (200, "GET", paths[2])]);
     let inbound: Vec<f64> = h.recent.iter().map(|e| e.latency_ms.unwrap()).collect();
     // The gateway sees the request after curl sent it and the response before curl gets it. On a
     // reused connection curl takes its "connected" time when it picks the connection, which can
@@ -84,11 +88,14 @@ fn latency_spans_the_upstream_delay() {
         assert!(*l <= client_ms + 2.0, "exchange {i}: the observer's latency {l} ms exceeds what curl measured, {client_ms} ms");
     }
     // And the upstream delayed its answer by DELAY_MS after reading the request.
-    let snap = lab.wait_settled("the delayed upstream connections", 2, 2, 2, |c| c.remote == upstream_scripted());
-    let mut outbound: Vec<(f64, f64)> = pick(&snap, |c| c.remote == upstream_scripted()).iter().map(|c| {
-        let h = assert_http(&lab, c, &Window::expected(1, &[200], 0));
-        (c.first_seen, h.recent[0].latency_ms.unwrap())
-    }).collect();
+    let snap = lab.wait_settled("the delayed upstream connections", 2, 2, 2, |c| c.remote_addr() == upstream_scripted());
+    let mut outbound: Vec<(f64, f64)> = pick(&snap, |c| c.remote_addr() == upstream_scripted())
+        .iter()
+        .map(|c| {
+            let h = assert_http(&lab, c, &expected_window(1, &[200], 0));
+            (c.first_seen, h.recent[0].latency_ms.unwrap())
+        })
+        .collect();
     outbound.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (i, (o, l)) in [(0, inbound[0]), (1, inbound[2])].iter().enumerate() {
         let up = outbound[*o].1;

@@ -169,9 +169,7 @@ impl Drop for TempDir {
 /// Every document of a YAML file, as JSON (PyYAML's safe loader: Debian's python3-yaml).
 fn yaml_documents(path: &Path) -> Vec<Value> {
     let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
-    let out = run(Command::new(python)
-        .args(["-c", "import json, sys, yaml; json.dump(list(yaml.safe_load_all(open(sys.argv[1]))), sys.stdout)"])
-        .arg(path));
+    let out = run(Command::new(python).args(["-c", "import json, sys, yaml; json.dump(list(yaml.safe_load_all(open(sys.argv[1]))), sys.stdout)"]).arg(path));
     assert!(out.status.success(), "reading {}: {}", path.display(), text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -317,7 +315,8 @@ fn xtask_dist_packages_the_binary_the_unit_and_the_options_file() {
         let m = mode.as_bytes();
         assert!(m[5] != b'w' && m[8] != b'w' && !mode.contains(['s', 'S']), "{path}: {mode}: writable by group or others, or set-id");
     }
-    let mode_of = |path: &str| contents.iter().find(|(_, _, p)| p == path).map(|(m, _, _)| m.as_str()).unwrap_or_else(|| panic!("{path} in the package:\n{contents:#?}"));
+    let mode_of =
+        |path: &str| contents.iter().find(|(_, _, p)| p == path).map(|(m, _, _)| m.as_str()).unwrap_or_else(|| panic!("{path} in the package:\n{contents:#?}"));
     assert_eq!(mode_of("/usr/bin/observer"), "-rwxr-xr-x");
     assert_eq!(mode_of("/lib/systemd/system/observer.service"), "-rw-r--r--");
     assert_eq!(mode_of("/etc/default/observer"), "-rw-r--r--");

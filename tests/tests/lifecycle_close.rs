@@ -16,14 +16,14 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use observer::model::{CloseReason, Closer, ConnStatus, Family, Role, TcpState};
 use observer_tests::{
     addr::{self, http_base},
     curl,
-    lifecycle_view::{assert_closed_after_open, count, entry, metrics, text, time, v4, wait_for_metrics, CLOSED, OPENED, RESETS},
+    lifecycle_view::{assert_closed_after_open, entry, metrics, v4, wait_for_metrics, CLOSED, OPENED, RESETS},
     observer::WAIT,
-    root_or_skip, tcp, Lab, Observer, Topology,
+    root_or_skip, tcp, ConnectionExt, Lab, Observer, Topology,
 };
-use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // 1, 6, 7: a normal open and close, IPv4 and IPv6, inbound and outbound
@@ -33,7 +33,7 @@ use serde_json::Value;
 /// inbound connection (client → proxy) and one outbound one (proxy → upstream, since nginx
 /// proxies with HTTP/1.0). Every one must end "normal", with its open and close times, and the
 /// lifecycle counters must grow by exactly `n` per role.
-fn normal_open_and_close(lab: &Lab, server: IpAddr, client: IpAddr, family: &str) {
+fn normal_open_and_close(lab: &Lab, server: IpAddr, client: IpAddr, family: Family) {
     const PATHS: &[&str] = &["/ok", "/size/1000", "/status/404"];
     let before = metrics(&lab.observer);
     let urls: Vec<String> = PATHS.iter().map(|p| format!("{}{p}", http_base(server))).collect();
@@ -52,13 +52,13 @@ fn normal_open_and_close(lab: &Lab, server: IpAddr, client: IpAddr, family: &str
 
     for t in &transfers {
         let c = entry(&snap, t.remote, t.local);
-        assert_eq!((c.family.as_str(), text(c, "role")), (family, "inbound"), "{c:#?}");
-        assert_eq!(c.local, SocketAddr::new(server, 80));
-        assert_eq!(c.remote.ip(), client);
-        assert_closed_after_open(c, "normal");
+        assert_eq!((c.family, c.role), (family, Role::Inbound), "{c:#?}");
+        assert_eq!(c.local_addr(), SocketAddr::new(server, 80));
+        assert_eq!(c.remote_addr().ip(), client);
+        assert_closed_after_open(c, CloseReason::Normal);
         assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out, c.rst_in, c.rst_out), (1, 1, 1, 1, 0, 0), "SYN/FIN/RST in/out of {}", c.connection);
-        assert_eq!((count(c, "resets_sent"), count(c, "resets_received")), (0, 0), "{}", c.connection);
-        assert!(["local", "remote"].contains(&text(c, "closer")), "{}: a FIN went first, so the closer is known: {c:#?}", c.connection);
+        assert_eq!((c.resets_sent, c.resets_received), (0, 0), "{}", c.connection);
+        assert!([Closer::Local, Closer::Remote].contains(&c.closer), "{}: a FIN went first, so the closer is known: {c:#?}", c.connection);
     }
 
     // The proxied connections: from the gateway's upstream side to the upstream server.
@@ -67,13 +67,13 @@ fn normal_open_and_close(lab: &Lab, server: IpAddr, client: IpAddr, family: &str
     let outbound = snap.with_remote(upstream);
     assert_eq!(outbound.len(), PATHS.len(), "one outbound entry per proxied request:\n{}", snap.pretty());
     let logged: BTreeSet<SocketAddr> = log.entries.iter().map(|e| e.remote()).collect();
-    let observed: BTreeSet<SocketAddr> = outbound.iter().map(|c| c.local).collect();
+    let observed: BTreeSet<SocketAddr> = outbound.iter().map(|c| c.local_addr()).collect();
     assert_eq!(observed, logged, "the outbound entries' local ends vs the clients the upstream logged:\n{}", log.raw);
     for c in outbound {
-        assert_eq!((c.family.as_str(), text(c, "role")), ("ipv4", "outbound"), "{c:#?}");
-        assert_eq!(c.local.ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{}", c.connection);
-        assert_eq!(c.remote, upstream);
-        assert_closed_after_open(c, "normal");
+        assert_eq!((c.family, c.role), (Family::Ipv4, Role::Outbound), "{c:#?}");
+        assert_eq!(c.local_addr().ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{}", c.connection);
+        assert_eq!(c.remote_addr(), upstream);
+        assert_closed_after_open(c, CloseReason::Normal);
         assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out, c.rst_in, c.rst_out), (1, 1, 1, 1, 0, 0), "SYN/FIN/RST in/out of {}", c.connection);
     }
     assert_eq!(snap.connections.len(), 2 * PATHS.len(), "nothing else was tracked:\n{}", snap.pretty());
@@ -83,7 +83,12 @@ fn normal_open_and_close(lab: &Lab, server: IpAddr, client: IpAddr, family: &str
     let delta = |name: &str, labels: &[(&str, &str)]| after.sum(name, labels) - before.sum(name, labels);
     for role in ["inbound", "outbound"] {
         assert_eq!(delta(OPENED, &[("role", role), ("port", "80")]), n, "{OPENED}{{role={role},port=80}}:\n{}", after.series(OPENED));
-        assert_eq!(delta(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal"), ("protocol", "http1")]), n, "{CLOSED}{{role={role},port=80,reason=normal,protocol=http1}}:\n{}", after.series(CLOSED));
+        assert_eq!(
+            delta(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal"), ("protocol", "http1")]),
+            n,
+            "{CLOSED}{{role={role},port=80,reason=normal,protocol=http1}}:\n{}",
+            after.series(CLOSED)
+        );
         assert_eq!(after.get("observer_connections_active", &[("role", role)]), 0.0, "no connection is open:\n{}", after.series("observer_connections_active"));
     }
     assert_eq!(after.sum(OPENED, &[]) - before.sum(OPENED, &[]), 2.0 * n, "{}", after.series(OPENED));
@@ -97,7 +102,7 @@ fn normal_close_is_counted_per_role_with_open_and_close_times() {
     if root_or_skip(TEST) {
         let lab = Lab::start(TEST);
         assert_eq!(lab.observer.status()["lifecycle_hook"], "tp_btf", "this kernel loads the BTF-typed tracepoint");
-        normal_open_and_close(&lab, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4");
+        normal_open_and_close(&lab, addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), Family::Ipv4);
     }
 }
 
@@ -107,9 +112,9 @@ fn normal_close_is_counted_per_role_with_open_and_close_times() {
 fn the_classic_tracepoint_follows_the_same_lifecycle() {
     const TEST: &str = "the_classic_tracepoint_follows_the_same_lifecycle";
     if root_or_skip(TEST) {
-        let families: [(IpAddr, IpAddr, &str); 2] = [
-            (addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), "ipv4"),
-            (addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), "ipv6"),
+        let families: [(IpAddr, IpAddr, Family); 2] = [
+            (addr::GATEWAY_CLIENT_SIDE_V4.into(), addr::CLIENT_V4.into(), Family::Ipv4),
+            (addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), Family::Ipv6),
         ];
         for (server, client, family) in families {
             let lab = Lab::start_with(TEST, &["--lifecycle-hook", "tracepoint"]);
@@ -124,7 +129,7 @@ fn ipv6_normal_close_has_the_same_lifecycle() {
     const TEST: &str = "ipv6_normal_close_has_the_same_lifecycle";
     if root_or_skip(TEST) {
         let lab = Lab::start(TEST);
-        normal_open_and_close(&lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), "ipv6");
+        normal_open_and_close(&lab, addr::GATEWAY_CLIENT_SIDE_V6.into(), addr::CLIENT_V6.into(), Family::Ipv6);
     }
 }
 
@@ -152,14 +157,16 @@ fn client_abort_with_linger_zero_is_a_reset_received() {
     tcp::abort(s).expect("closing with SO_LINGER 0");
 
     let after = wait_for_metrics(&lab.observer, "one inbound connection closed by a received reset", |m| {
-        m.sum(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) - before.sum(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")]) >= 1.0
+        m.sum(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")])
+            - before.sum(CLOSED, &[("role", "inbound"), ("port", "80"), ("reason", "reset_received")])
+            >= 1.0
     });
     let snap = lab.observer.connections();
     let c = entry(&snap, proxy, client_end);
-    assert_eq!(text(c, "role"), "inbound");
-    assert_closed_after_open(c, "reset_received");
-    assert_eq!(text(c, "closer"), "remote", "the client aborted: {c:#?}");
-    assert_eq!((count(c, "resets_received"), count(c, "resets_sent")), (1, 0), "socket view of {}: {c:#?}", c.connection);
+    assert_eq!(c.role, Role::Inbound);
+    assert_closed_after_open(c, CloseReason::ResetReceived);
+    assert_eq!(c.closer, Closer::Remote, "the client aborted: {c:#?}");
+    assert_eq!((c.resets_received, c.resets_sent), (1, 0), "socket view of {}: {c:#?}", c.connection);
     assert_eq!((c.rst_in, c.rst_out), (1, 0), "wire view of {}: {c:#?}", c.connection);
     assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out), (1, 1, 0, 0), "{}", c.connection);
     assert_eq!((c.bytes_in, c.bytes_out), (partial.len() as u64, 0), "{}", c.connection);
@@ -169,7 +176,12 @@ fn client_abort_with_linger_zero_is_a_reset_received() {
     let delta = |labels: &[(&str, &str)]| after.get(RESETS, labels) - before.get(RESETS, labels);
     assert_eq!((delta(&[("direction", "received")]), delta(&[("direction", "sent")])), (1.0, 0.0), "{}", after.series(RESETS));
     assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), 1.0, "{}", after.series(CLOSED));
-    assert_eq!(after.get(OPENED, &[("role", "inbound"), ("port", "80")]) - before.get(OPENED, &[("role", "inbound"), ("port", "80")]), 1.0, "{}", after.series(OPENED));
+    assert_eq!(
+        after.get(OPENED, &[("role", "inbound"), ("port", "80")]) - before.get(OPENED, &[("role", "inbound"), ("port", "80")]),
+        1.0,
+        "{}",
+        after.series(OPENED)
+    );
 }
 
 #[test]
@@ -199,14 +211,16 @@ fn server_abort_with_linger_zero_is_a_reset_sent() {
     assert_eq!(got.as_ref().map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset), "the client's read after the server's abort: {got:?}");
 
     let after = wait_for_metrics(&observer, "one inbound connection closed by a sent reset", |m| {
-        m.sum(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) - before.sum(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")]) >= 1.0
+        m.sum(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")])
+            - before.sum(CLOSED, &[("role", "inbound"), ("port", "8081"), ("reason", "reset_sent")])
+            >= 1.0
     });
     let snap = observer.connections();
     let c = entry(&snap, server, client_end);
-    assert_eq!(text(c, "role"), "inbound");
-    assert_closed_after_open(c, "reset_sent");
-    assert_eq!(text(c, "closer"), "local", "the gateway aborted: {c:#?}");
-    assert_eq!((count(c, "resets_sent"), count(c, "resets_received")), (1, 0), "socket view of {}: {c:#?}", c.connection);
+    assert_eq!(c.role, Role::Inbound);
+    assert_closed_after_open(c, CloseReason::ResetSent);
+    assert_eq!(c.closer, Closer::Local, "the gateway aborted: {c:#?}");
+    assert_eq!((c.resets_sent, c.resets_received), (1, 0), "socket view of {}: {c:#?}", c.connection);
     assert_eq!((c.rst_out, c.rst_in), (1, 0), "wire view of {}: {c:#?}", c.connection);
     assert_eq!((c.syn_in, c.syn_out, c.fin_in, c.fin_out), (1, 1, 0, 0), "{}", c.connection);
     assert_eq!((c.bytes_in, c.bytes_out), (6, 0), "{}", c.connection);
@@ -237,16 +251,18 @@ fn syn_to_a_port_without_listener_is_refused_inbound() {
 
     // No socket ever existed on the gateway: the daemon's sweep finds it once it is quiet.
     let after = wait_for_metrics(&observer, "one refused inbound connection", |m| {
-        m.sum(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) - before.sum(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
+        m.sum(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")])
+            - before.sum(CLOSED, &[("role", "inbound"), ("port", "81"), ("reason", "refused")])
+            >= 1.0
     });
     let snap = observer.connections();
     assert_eq!(snap.connections.len(), 1, "only the refused connection:\n{}", snap.pretty());
     let c = &snap.connections[0];
-    assert_eq!((c.local, c.remote.ip()), (closed_port, IpAddr::from(addr::CLIENT_V4)), "{c:#?}");
-    assert_eq!(text(c, "role"), "inbound", "{c:#?}");
-    assert_eq!((text(c, "status"), c.extra.get("close_reason").and_then(Value::as_str)), ("closed", Some("refused")), "{c:#?}");
-    assert_eq!(time(c, "opened"), None, "it never opened: {c:#?}");
-    assert!(time(c, "closed").is_some(), "{c:#?}");
+    assert_eq!((c.local_addr(), c.remote_addr().ip()), (closed_port, IpAddr::from(addr::CLIENT_V4)), "{c:#?}");
+    assert_eq!(c.role, Role::Inbound, "{c:#?}");
+    assert_eq!((c.status, c.close_reason), (ConnStatus::Closed, Some(CloseReason::Refused)), "{c:#?}");
+    assert_eq!(c.opened, None, "it never opened: {c:#?}");
+    assert!(c.closed.is_some(), "{c:#?}");
     assert_eq!((c.syn_in, c.syn_out, c.rst_out, c.rst_in, c.fin_in, c.fin_out), (1, 0, 1, 0, 0, 0), "SYN in, RST out, nothing else: {c:#?}");
     assert_eq!((c.bytes_in, c.bytes_out), (0, 0));
 
@@ -270,17 +286,19 @@ fn connect_to_an_upstream_port_without_listener_is_refused_outbound() {
     assert_eq!(refused.as_ref().map(|_| ()).map_err(|e| e.kind()), Err(ErrorKind::ConnectionRefused), "connecting to {closed_port}: {refused:?}");
 
     let after = wait_for_metrics(&observer, "one refused outbound connection", |m| {
-        m.sum(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) - before.sum(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")]) >= 1.0
+        m.sum(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")])
+            - before.sum(CLOSED, &[("role", "outbound"), ("port", "81"), ("reason", "refused")])
+            >= 1.0
     });
     let snap = observer.connections();
     let mine = snap.with_remote(closed_port);
     assert_eq!(mine.len(), 1, "one entry for the refused connect:\n{}", snap.pretty());
     let c = mine[0];
-    assert_eq!(c.local.ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{c:#?}");
-    assert_eq!(text(c, "role"), "outbound", "{c:#?}");
-    assert_eq!((text(c, "status"), text(c, "state"), c.extra.get("close_reason").and_then(Value::as_str)), ("closed", "closed", Some("refused")), "{c:#?}");
-    assert_eq!(time(c, "opened"), None, "it never opened: {c:#?}");
-    assert_eq!((count(c, "resets_received"), count(c, "resets_sent")), (1, 0), "socket view: {c:#?}");
+    assert_eq!(c.local_addr().ip(), IpAddr::from(addr::GATEWAY_UPSTREAM_SIDE_V4), "{c:#?}");
+    assert_eq!(c.role, Role::Outbound, "{c:#?}");
+    assert_eq!((c.status, c.state, c.close_reason), (ConnStatus::Closed, TcpState::Closed, Some(CloseReason::Refused)), "{c:#?}");
+    assert_eq!(c.opened, None, "it never opened: {c:#?}");
+    assert_eq!((c.resets_received, c.resets_sent), (1, 0), "socket view: {c:#?}");
     assert_eq!((c.syn_out, c.syn_in, c.rst_in, c.rst_out, c.fin_in, c.fin_out), (1, 0, 1, 0, 0, 0), "SYN out, RST in, nothing else: {c:#?}");
     assert_eq!(snap.connections.len(), 1, "nothing else was tracked:\n{}", snap.pretty());
 

@@ -12,13 +12,13 @@ use std::{
     time::Duration,
 };
 
+use observer::model::{ConnStatus, Role, TcpState};
 use observer_tests::{
     addr::{self, GW_CLIENT_IF, GW_UPSTREAM_IF},
-    lifecycle_view::{count, entry, metrics, text, time, v4},
+    lifecycle_view::{entry, metrics, v4},
     observer::WAIT,
-    poll, root_or_skip, tcp, Connection, Observer, Topology,
+    poll, root_or_skip, tcp, Connection, ConnectionExt, Observer, Topology,
 };
-use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // 5: retransmissions, compared with the kernel's own per-socket counters
@@ -75,7 +75,7 @@ fn retransmissions(test: &str, one_segment_per_skb: bool, small_qdisc: bool) -> 
     let mut client = tcp::connect(&topo.client, server).expect("connecting");
     let client_end = client.local_addr().expect("local address");
     let (accepted, _) = listener.accept().expect("accepting");
-    observer.wait_for("the connection, established", WAIT, |s| s.with_remote(client_end).iter().any(|c| c.extra.get("state").and_then(Value::as_str) == Some("established")));
+    observer.wait_for("the connection, established", WAIT, |s| s.with_remote(client_end).iter().any(|c| c.state == TcpState::Established));
     let info = |what: &str| tcp::socket_info(&topo.gateway, server, client_end).unwrap_or_else(|| panic!("no gateway socket {server} {client_end} {what}"));
     assert_eq!(info("before the outage").total_retrans, 0, "no retransmission before the outage");
     let before = metrics(&observer);
@@ -111,7 +111,7 @@ fn retransmissions(test: &str, one_segment_per_skb: bool, small_qdisc: bool) -> 
     let after = metrics(&observer);
     let namespace = topo.gateway.tcp_retransmitted_segments() - namespace_before;
     assert_eq!(info("at the end").total_retrans, kernel.total_retrans, "the kernel's count moved while the test read the observer's");
-    assert_eq!((text(&entry, "status"), text(&entry, "state")), ("open", "established"), "{entry:#?}");
+    assert_eq!((entry.status, entry.state), (ConnStatus::Open, TcpState::Established), "{entry:#?}");
     drop((accepted, client));
     Retransmitted { kernel, entry, metric: after.get("observer_retransmits_total", &[]) - before.get("observer_retransmits_total", &[]), namespace }
 }
@@ -124,14 +124,14 @@ fn assert_retransmissions_exact(r: &Retransmitted) {
     let total = k.total_retrans;
     let bytes_retrans = k.counter("bytes_retrans").unwrap_or(0);
     assert!(total >= 2, "{}", k.raw);
-    assert_eq!(count(c, "retransmits"), total, "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{c:#?}", k.raw);
+    assert_eq!(c.retransmits, total, "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{c:#?}", k.raw);
     assert_eq!(
-        (count(c, "retransmitted_segments_out"), count(c, "retransmitted_bytes_out")),
+        (c.retransmitted_segments_out, c.retransmitted_bytes_out),
         (total, bytes_retrans),
         "the wire view (retransmitted segments and bytes out) vs the kernel's total_retrans and bytes_retrans:\n{}\n{c:#?}",
         k.raw
     );
-    assert_eq!((c.bytes_out, count(c, "retransmitted_segments_in")), (RETRANSMIT_BODY as u64, 0), "bytes_out counts the body once: {c:#?}");
+    assert_eq!((c.bytes_out, c.retransmitted_segments_in), (RETRANSMIT_BODY as u64, 0), "bytes_out counts the body once: {c:#?}");
     assert!(
         r.metric >= total as f64 && r.metric <= r.namespace as f64,
         "observer_retransmits_total grew by {}: at least this socket's {total}, at most the namespace's RetransSegs growth {}",
@@ -163,9 +163,18 @@ fn retransmissions_dropped_by_the_local_queue_still_count() {
         let r = retransmissions(TEST, true, true);
         let total = r.kernel.total_retrans;
         assert!(total >= 2, "{}", r.kernel.raw);
-        assert_eq!(count(&r.entry, "retransmits"), total, "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{:#?}", r.kernel.raw, r.entry);
+        assert_eq!(
+            r.entry.retransmits, total,
+            "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{:#?}",
+            r.kernel.raw, r.entry
+        );
         assert_eq!(r.entry.bytes_out, RETRANSMIT_BODY as u64, "bytes_out counts the body once: {:#?}", r.entry);
-        assert!(r.metric >= total as f64 && r.metric <= r.namespace as f64, "observer_retransmits_total grew by {}: at least this socket's {total}, at most the namespace's {}", r.metric, r.namespace);
+        assert!(
+            r.metric >= total as f64 && r.metric <= r.namespace as f64,
+            "observer_retransmits_total grew by {}: at least this socket's {total}, at most the namespace's {}",
+            r.metric,
+            r.namespace
+        );
     }
 }
 
@@ -213,15 +222,17 @@ fn handshake_retransmissions(test: &str, inbound: bool) {
     let (accepted, _) = listener.accept().expect("accepting");
     // The gateway's end of the connection.
     let (local, remote) = if inbound { (server, connected.local_addr().expect("address")) } else { (connected.local_addr().expect("address"), server) };
-    let snap = observer.wait_for("the connection, established", WAIT, |s| s.connections.iter().any(|c| c.local == local && c.remote == remote && time(c, "opened").is_some()));
+    let snap = observer.wait_for("the connection, established", WAIT, |s| {
+        s.connections.iter().any(|c| c.local_addr() == local && c.remote_addr() == remote && c.opened.is_some())
+    });
     let c = entry(&snap, local, remote);
     let kernel = tcp::socket_info(&topo.gateway, local, remote).unwrap_or_else(|| panic!("no gateway socket {local} {remote}"));
     let after = metrics(&observer);
     let namespace = topo.gateway.tcp_retransmitted_segments() - namespace_before;
     let total = kernel.total_retrans;
     assert!(total >= 1, "{}", kernel.raw);
-    assert_eq!(text(c, "role"), if inbound { "inbound" } else { "outbound" });
-    assert_eq!(count(c, "retransmits"), total, "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{c:#?}", kernel.raw);
+    assert_eq!(c.role, if inbound { Role::Inbound } else { Role::Outbound });
+    assert_eq!(c.retransmits, total, "the observer's retransmits vs the kernel's total_retrans (retrans:X/TOTAL) of that socket:\n{}\n{c:#?}", kernel.raw);
     assert_eq!(c.syn_out, 1 + total, "every {} the gateway sent is on the wire once: {c:#?}", if inbound { "SYN-ACK" } else { "SYN" });
     assert!(c.syn_in >= 1, "{c:#?}");
     let metric = after.get("observer_retransmits_total", &[]) - before.get("observer_retransmits_total", &[]);

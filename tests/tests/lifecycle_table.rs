@@ -6,19 +6,15 @@
 //! Ground truth: each connection's four-tuple from curl, the raw socket or the upstream's access
 //! log, and the daemon's own counters of what its kernel map inserted. Metrics are compared as
 //! deltas around the traffic of one test, whose lab (namespaces, daemon) is its own.
-use std::{
-    collections::BTreeSet,
-    io::ErrorKind,
-    net::IpAddr,
-    time::Duration,
-};
+use std::{collections::BTreeSet, io::ErrorKind, net::IpAddr, time::Duration};
 
+use observer::model::{CloseReason, ConnStatus, Role, TcpState};
 use observer_tests::{
     addr::{self, http_base, GW_CLIENT_IF, GW_UPSTREAM_IF},
     curl,
-    lifecycle_view::{assert_closed_after_open, entry, metrics, text, time, v4, wait_for_metrics, Metrics, CLOSED, OPENED},
+    lifecycle_view::{assert_closed_after_open, entry, metrics, v4, wait_for_metrics, Metrics, CLOSED, OPENED},
     observer::WAIT,
-    poll, root_or_skip, tcp, Connection, Lab, Nginx, Observer, Snapshot, Topology,
+    poll, root_or_skip, tcp, Connection, ConnectionExt, Lab, Nginx, Observer, Snapshot, Topology,
 };
 use serde_json::Value;
 
@@ -78,9 +74,9 @@ fn connection_filters_select_exactly_the_matching_connections() {
     let outbound: BTreeSet<String> = log.entries.iter().map(|e| format!("{} {upstream}", e.remote())).collect();
     assert_eq!(outbound.len(), 3, "{}", log.raw);
     let refused_one = {
-        let r: Vec<&Connection> = all.connections.iter().filter(|c| c.local == closed_port).collect();
+        let r: Vec<&Connection> = all.connections.iter().filter(|c| c.local_addr() == closed_port).collect();
         assert_eq!(r.len(), 1, "one entry for the refused connection:\n{}", all.pretty());
-        assert_eq!(r[0].remote.ip(), IpAddr::from(addr::CLIENT_V4));
+        assert_eq!(r[0].remote_addr().ip(), IpAddr::from(addr::CLIENT_V4));
         r[0].connection.clone()
     };
     let set = |parts: &[&BTreeSet<String>], singles: &[&String]| -> BTreeSet<String> {
@@ -134,7 +130,7 @@ fn connection_filters_select_exactly_the_matching_connections() {
         expected.truncate(limit);
         let values: Vec<f64> = got.connections.iter().map(key).collect();
         assert_eq!(values, expected, "GET /api/v1/connections?{q}: the key's values, in order:\n{}", got.pretty());
-        let from_full: Vec<f64> = got.connections.iter().map(|c| key(entry(&all, c.local, c.remote))).collect();
+        let from_full: Vec<f64> = got.connections.iter().map(|c| key(entry(&all, c.local_addr(), c.remote_addr()))).collect();
         assert_eq!(from_full, values, "GET /api/v1/connections?{q}: each connection's value as the full list shows it:\n{}", got.pretty());
     }
 
@@ -144,19 +140,20 @@ fn connection_filters_select_exactly_the_matching_connections() {
         serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("GET {path}: not a connection ({e}): {v}"))
     };
     let c = one(&format!("/api/v1/connections/{}", open_one.replace(' ', "%20")));
-    assert_eq!((c.connection.as_str(), c.local, c.remote), (open_one.as_str(), proxy, open_end));
-    assert_eq!((text(&c, "status"), text(&c, "role")), ("open", "inbound"), "{c:#?}");
+    assert_eq!((c.connection.as_str(), c.local_addr(), c.remote_addr()), (open_one.as_str(), proxy, open_end));
+    assert_eq!((c.status, c.role), (ConnStatus::Open, Role::Inbound), "{c:#?}");
     assert_eq!((c.bytes_in, c.bytes_out), (request.len() as u64, (head + body) as u64), "the held connection's one exchange: {c:#?}");
     for name in &outbound {
         let c = one(&format!("/api/v1/connections/{}", name.replace(' ', ",")));
         let listed = all.connections.iter().find(|l| &l.connection == name).expect("listed");
         assert_eq!(&c.connection, name);
+        assert!(c.close_reason.is_some() && listed.close_reason.is_some(), "{name}: closed, with a reason, alone and in the list");
         assert_eq!(
-            (c.packets_in, c.packets_out, c.bytes_in, c.bytes_out, text(&c, "close_reason"), text(&c, "closer")),
-            (listed.packets_in, listed.packets_out, listed.bytes_in, listed.bytes_out, text(listed, "close_reason"), text(listed, "closer")),
+            (c.packets_in, c.packets_out, c.bytes_in, c.bytes_out, c.close_reason, c.closer),
+            (listed.packets_in, listed.packets_out, listed.bytes_in, listed.bytes_out, listed.close_reason, listed.closer),
             "{name} alone vs in the list"
         );
-        assert_eq!((c.first_seen, time(&c, "opened"), time(&c, "closed")), (listed.first_seen, time(listed, "opened"), time(listed, "closed")), "{name}: times alone vs in the list");
+        assert_eq!((c.first_seen, c.opened, c.closed), (listed.first_seen, listed.opened, listed.closed), "{name}: times alone vs in the list");
     }
 
     // Bad input: 400 with a JSON message naming what was wrong; a connection never seen: 404.
@@ -268,7 +265,7 @@ fn full_map_evicts(lab: &Lab) {
     let snap = o.connections();
     for t in &transfers {
         let c = entry(&snap, t.remote, t.local);
-        assert_closed_after_open(c, "normal");
+        assert_closed_after_open(c, CloseReason::Normal);
         assert_eq!((c.bytes_in, c.bytes_out), (t.size_request, t.response_bytes()), "{}", c.connection);
     }
     assert_eq!(snap.connections.len(), 2 * REQUESTS, "{}", snap.pretty());
@@ -283,9 +280,9 @@ fn full_map_evicts(lab: &Lab) {
     let m2 = wait_for_metrics(o, "the newest upstream connection closed", |m| m.sum(CLOSED, &[]) - m1.sum(CLOSED, &[]) >= 1.0);
     let snap = o.connections();
     let c = entry(&snap, v4(addr::GATEWAY_CLIENT_SIDE_V4, 80), open_end);
-    assert_eq!((text(c, "status"), text(c, "state"), text(c, "role")), ("open", "established", "inbound"), "the newest connection, from the kernel's map: {c:#?}");
+    assert_eq!((c.status, c.state, c.role), (ConnStatus::Open, TcpState::Established, Role::Inbound), "the newest connection, from the kernel's map: {c:#?}");
     let u = entry(&snap, newest_upstream, v4(addr::UPSTREAM_V4, 80));
-    assert_closed_after_open(u, "normal");
+    assert_closed_after_open(u, CloseReason::Normal);
     assert_eq!(kernel_inserts(o) - inserts1, 2, "two more entries:\n{}", o.connections().pretty());
     assert!(tracked(&m2) <= MAP_SIZE as f64);
     assert_eq!(evictions(&m2) - evictions(&m1), 2.0 - (tracked(&m2) - tracked(&m1)), "evictions for the last two connections");
@@ -308,7 +305,7 @@ fn closed_connection_times_are_the_same_in_every_answer() {
     let before = metrics(&lab.observer);
     let t = curl(&lab.topo.client, &[format!("{}/ok", http_base(addr::GATEWAY_CLIENT_SIDE_V4.into()))], &["--header", "Connection: close"]).remove(0);
     wait_for_metrics(&lab.observer, "both connections closed", |m| m.sum(CLOSED, &[]) - before.sum(CLOSED, &[]) >= 2.0);
-    let times = |c: &Connection| (c.first_seen, time(c, "opened"), time(c, "closed"), c.last_seen);
+    let times = |c: &Connection| (c.first_seen, c.opened, c.closed, c.last_seen);
     let first = times(entry(&lab.observer.connections(), t.remote, t.local));
     let path = format!("/api/v1/connections/{}%20{}", t.remote, t.local);
     for i in 0..20 {
@@ -349,7 +346,18 @@ fn every_closed_connection_is_counted_once_under_churn() {
     let after = metrics(&lab.observer);
     assert_eq!(after.sum(CLOSED, &[]) - before.sum(CLOSED, &[]), expected, "{}", after.series(CLOSED));
     for role in ["inbound", "outbound"] {
-        assert_eq!(after.sum(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]) - before.sum(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]), REQUESTS as f64, "{}", after.series(CLOSED));
-        assert_eq!(after.get(OPENED, &[("role", role), ("port", "80")]) - before.get(OPENED, &[("role", role), ("port", "80")]), REQUESTS as f64, "{}", after.series(OPENED));
+        assert_eq!(
+            after.sum(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")])
+                - before.sum(CLOSED, &[("role", role), ("port", "80"), ("reason", "normal")]),
+            REQUESTS as f64,
+            "{}",
+            after.series(CLOSED)
+        );
+        assert_eq!(
+            after.get(OPENED, &[("role", role), ("port", "80")]) - before.get(OPENED, &[("role", role), ("port", "80")]),
+            REQUESTS as f64,
+            "{}",
+            after.series(OPENED)
+        );
     }
 }

@@ -20,7 +20,8 @@ const PROMETHEUS: &str = "127.0.0.1:9090";
 
 /// `expr` evaluated now by the Prometheus in `ns`: its `data.result`, or the error it gave.
 fn query(ns: &Netns, expr: &str) -> Result<Vec<Value>, String> {
-    let args: Vec<std::ffi::OsString> = ["-sS", "--max-time", "10", "--data-urlencode", &format!("query={expr}"), &format!("http://{PROMETHEUS}/api/v1/query")].map(Into::into).to_vec();
+    let args: Vec<std::ffi::OsString> =
+        ["-sS", "--max-time", "10", "--data-urlencode", &format!("query={expr}"), &format!("http://{PROMETHEUS}/api/v1/query")].map(Into::into).to_vec();
     let out = ns.exec("curl", &args);
     if !out.status.success() {
         return Err(format!("{expr}: curl: {}", String::from_utf8_lossy(&out.stderr)));
@@ -39,7 +40,11 @@ fn dashboard_queries() -> Vec<String> {
     let d: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let panels = d["panels"].as_array().expect("panels");
     assert!(panels.len() >= 6, "the dashboard's panels");
-    panels.iter().flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default()).map(|t| t["expr"].as_str().expect("a query per target").to_owned()).collect()
+    panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a query per target").to_owned())
+        .collect()
 }
 
 #[test]
@@ -64,11 +69,7 @@ fn every_dashboard_and_alert_query_has_results_on_a_real_prometheus() {
     let _prometheus = lab.topo.gateway.spawn(
         "prometheus",
         "prometheus",
-        [
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", data.display()),
-            format!("--web.listen-address={PROMETHEUS}"),
-        ],
+        [format!("--config.file={}", config.display()), format!("--storage.tsdb.path={}", data.display()), format!("--web.listen-address={PROMETHEUS}")],
         &lab.topo.path("prometheus.log"),
     );
 

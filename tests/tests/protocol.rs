@@ -9,9 +9,9 @@ use std::{
     time::Duration,
 };
 
+use observer::model::{ConnStatus, Protocol};
 use observer_tests::{
     addr::{self, GW_CLIENT_IF},
-    http_view::field,
     root_or_skip, tcp, Observer, Topology,
 };
 
@@ -80,15 +80,15 @@ fn each_connection_names_what_it_carries() {
     let observer = Observer::start_with(&topo, &[GW_CLIENT_IF], &[]);
 
     // (name, server, first bytes, protocol, sni)
-    type Case = (&'static str, SocketAddr, Vec<u8>, &'static str, Option<&'static str>);
+    type Case = (&'static str, SocketAddr, Vec<u8>, Protocol, Option<&'static str>);
     let cases: Vec<Case> = vec![
-        ("tls", v4, client_hello(Some("edge.example.com")), "tls", Some("edge.example.com")),
-        ("tls over ipv6", v6, client_hello(Some("v6.example.net")), "tls", Some("v6.example.net")),
-        ("tls without a name", v4, client_hello(None), "tls", None),
-        ("h2", v4, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), "h2", None),
-        ("http1", v4, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "http1", None),
-        ("ssh", v4, b"SSH-2.0-OpenSSH_9.2p1\r\n".to_vec(), "other", None),
-        ("silent", v4, Vec::new(), "unknown", None),
+        ("tls", v4, client_hello(Some("edge.example.com")), Protocol::Tls, Some("edge.example.com")),
+        ("tls over ipv6", v6, client_hello(Some("v6.example.net")), Protocol::Tls, Some("v6.example.net")),
+        ("tls without a name", v4, client_hello(None), Protocol::Tls, None),
+        ("h2", v4, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), Protocol::H2, None),
+        ("http1", v4, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Protocol::Http1, None),
+        ("ssh", v4, b"SSH-2.0-OpenSSH_9.2p1\r\n".to_vec(), Protocol::Other, None),
+        ("silent", v4, Vec::new(), Protocol::Unknown, None),
     ];
     let mut open = Vec::new();
     for (name, at, first, _, _) in &cases {
@@ -103,11 +103,11 @@ fn each_connection_names_what_it_carries() {
         });
         for ((name, _, _, protocol, sni), e) in cases.iter().zip(&ends) {
             let c = snap.with_remote(*e)[0];
-            assert_eq!(field(c, "protocol"), *protocol, "{name} ({when})\n{}", snap.pretty());
-            assert_eq!(c.extra.get("sni").and_then(|v| v.as_str()), *sni, "{name}: the server name ({when})");
+            assert_eq!(c.protocol, *protocol, "{name} ({when})\n{}", snap.pretty());
+            assert_eq!(c.sni.as_deref(), *sni, "{name}: the server name ({when})");
         }
     };
-    check("every connection's first bytes counted", &|c| field(c, "status") == "open");
+    check("every connection's first bytes counted", &|c| c.status == ConnStatus::Open);
     // The CLI's table says it too: `tls:NAME`, `h2`, `other`.
     let bin = observer_tests::observer::observer_bin();
     let table = topo.gateway.run(&bin.display().to_string(), ["connections", "--limit", "100"]);
@@ -116,5 +116,5 @@ fn each_connection_names_what_it_carries() {
         assert!(row.split_whitespace().any(|f| f == want), "{want} in the row of {end}:\n{table}");
     }
     drop(open);
-    check("every connection closed", &|c| field(c, "status") == "closed");
+    check("every connection closed", &|c| c.status == ConnStatus::Closed);
 }

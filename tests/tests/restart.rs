@@ -14,8 +14,8 @@ use std::{
 
 use observer_tests::{
     addr::{self, GW_CLIENT_IF, GW_UPSTREAM_IF},
-    http_view::{kernel_http_of, Metrics},
-    root_or_skip, tcp, Connection, Nginx, Observer, Snapshot, Topology,
+    http_view::{kernel_classes, status_classes, Metrics},
+    root_or_skip, tcp, Connection, ConnectionExt, Nginx, Observer, Snapshot, Topology,
 };
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -44,25 +44,14 @@ fn proxy() -> SocketAddr {
 
 /// Sends GETs of `paths` one after the other on `s` and returns their statuses.
 fn exchange(s: &mut TcpStream, paths: &[&str]) -> Vec<u16> {
-    paths
-        .iter()
-        .map(|p| tcp::http_exchange(s, &format!("GET {p} HTTP/1.1\r\nHost: gateway\r\n\r\n")).unwrap_or_else(|e| panic!("GET {p}: {e}")).0)
-        .collect()
+    paths.iter().map(|p| tcp::http_exchange(s, &format!("GET {p} HTTP/1.1\r\nHost: gateway\r\n\r\n")).unwrap_or_else(|e| panic!("GET {p}: {e}")).0).collect()
 }
 
 /// (requests, responses by class) the kernel counted for the connection from `client`.
 fn kernel_counts(snap: &Snapshot, client: SocketAddr) -> Option<(u64, BTreeMap<String, u64>)> {
     let c: &Connection = snap.with_remote(client).into_iter().next()?;
-    let k = kernel_http_of(c)?;
-    Some((k.requests, k.responses.into_iter().filter(|(_, n)| *n > 0).collect()))
-}
-
-fn classes(statuses: &[u16]) -> BTreeMap<String, u64> {
-    let mut m = BTreeMap::new();
-    for s in statuses {
-        *m.entry(format!("{}xx", s / 100)).or_default() += 1;
-    }
-    m
+    let k = c.http_kernel.as_ref()?;
+    Some((k.requests, kernel_classes(k)))
 }
 
 fn start(topo: &Topology, state: &Path) -> Observer {
@@ -75,7 +64,7 @@ fn wait_exact(o: &Observer, what: &str, want: &[(SocketAddr, Vec<u16>)]) -> Snap
     let snap = observer_tests::poll(SETTLE, Duration::from_millis(100), || {
         let snap = o.connections();
         let got: Vec<_> = want.iter().map(|(c, _)| kernel_counts(&snap, *c)).collect();
-        let expected: Vec<_> = want.iter().map(|(_, s)| Some((s.len() as u64, classes(s)))).collect();
+        let expected: Vec<_> = want.iter().map(|(_, s)| Some((s.len() as u64, status_classes(s)))).collect();
         last = format!("got {got:?}\nwant {expected:?}");
         (got == expected).then_some(snap)
     });
@@ -150,7 +139,7 @@ fn kill_9_and_a_restart_lose_no_count_and_detach_removes_everything() {
     let closed_entry = snap.with_remote(clients[2]).into_iter().next().expect("the connection closed while no daemon ran");
     let settle = observer_tests::poll(SETTLE, Duration::from_millis(100), || {
         let snap = observer.connections();
-        snap.with_remote(clients[2]).first().is_some_and(|c| c.closed()).then_some(())
+        snap.with_remote(clients[2]).first().is_some_and(|c| c.fin_both_ways()).then_some(())
     });
     assert!(settle.is_some(), "the connection closed while no daemon ran is not shown closed: {closed_entry:#?}");
     // Every request of every phase, in /metrics too (the kernel's aggregates are pinned).
@@ -175,7 +164,9 @@ fn kill_9_and_a_restart_lose_no_count_and_detach_removes_everything() {
     wait_exact(&observer, "after a graceful restart", &[(clients[0], sent[0].clone())]);
     let ids = program_ids(&observer);
     drop(observer);
-    let out = topo.gateway.run(observer_tests::observer::observer_bin().to_str().expect("UTF-8 path"), ["detach", "--state-dir", state.to_str().expect("UTF-8 path")]);
+    let out = topo
+        .gateway
+        .run(observer_tests::observer::observer_bin().to_str().expect("UTF-8 path"), ["detach", "--state-dir", state.to_str().expect("UTF-8 path")]);
     assert!(out.contains("removed"), "observer detach said: {out}");
     assert!(!state.exists(), "{} is still there after observer detach", state.display());
     // The kernel frees a program once its last link is gone, after an RCU grace period.

@@ -99,10 +99,13 @@ fn the_api_on_a_unix_socket_is_roots_alone_and_serves_the_cli() {
     assert_eq!((m.permissions().mode() & 0o7777, m.uid()), (0o600, 0), "mode 0600, owned by root");
     // Another user is refused by the mode (the directory is open to them).
     let dir_mode = std::fs::metadata(&lab.topo.dir).unwrap().permissions().mode();
-    let as_nobody = |args: &[&std::ffi::OsStr]| std::process::Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]).args(args).output().expect("setpriv");
+    let as_nobody = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]).args(args).output().expect("setpriv")
+    };
     let curl_runs = as_nobody(&["--version".as_ref()]);
     assert!(curl_runs.status.success(), "curl as nobody: {}", text(&curl_runs.stderr));
-    let refused = as_nobody(&["-sS".as_ref(), "--max-time".as_ref(), "10".as_ref(), "--unix-socket".as_ref(), socket.as_os_str(), "http://localhost/healthz".as_ref()]);
+    let refused =
+        as_nobody(&["-sS".as_ref(), "--max-time".as_ref(), "10".as_ref(), "--unix-socket".as_ref(), socket.as_os_str(), "http://localhost/healthz".as_ref()]);
     assert!(!refused.status.success(), "nobody reached the API through {} (directory mode {dir_mode:o}): {}", socket.display(), text(&refused.stdout));
     assert_eq!(unix_get(&socket, "/healthz"), (200, "ok\n".to_owned()), "root reaches it");
 
@@ -161,7 +164,15 @@ fn the_daemon_needs_named_capabilities_and_keeps_only_cap_bpf() {
     // (`timeout`: a daemon that wrongly starts must not hang the test.)
     let out = topo.gateway.exec(
         "timeout",
-        ["20", "capsh", "--drop=cap_perfmon,cap_sys_admin", "--", "-c", &format!("exec {} run --interface {GW_CLIENT_IF} --ephemeral", observer_bin().display())].map(std::ffi::OsString::from),
+        [
+            "20",
+            "capsh",
+            "--drop=cap_perfmon,cap_sys_admin",
+            "--",
+            "-c",
+            &format!("exec {} run --interface {GW_CLIENT_IF} --ephemeral", observer_bin().display()),
+        ]
+        .map(std::ffi::OsString::from),
     );
     let err = text(&out.stderr);
     assert!(!out.status.success(), "started without CAP_PERFMON: {err}");
@@ -176,7 +187,9 @@ fn the_daemon_needs_named_capabilities_and_keeps_only_cap_bpf() {
     assert_eq!(lab.observer.status()["capabilities"], serde_json::json!(["CAP_BPF"]));
     // Still counting, reading its maps, and tracing (a kernel filter written through its map).
     let t = curl(&lab.topo.client, &urls(&["/ok", "/status/503"]), &[]);
-    let v = wait_json(&lab.observer, &format!("/api/v1/connections/{}", inbound(&t[0]).replace(' ', "%20")), "two requests", WAIT, |v| v["http"]["lifetime"]["requests"] == 2);
+    let v = wait_json(&lab.observer, &format!("/api/v1/connections/{}", inbound(&t[0]).replace(' ', "%20")), "two requests", WAIT, |v| {
+        v["http"]["lifetime"]["requests"] == 2
+    });
     assert_eq!(v["http"]["lifetime"]["responses_5xx"], 1, "{v:#}");
     let trace = cli(&lab.topo.gateway, &["trace", "--local-port", "80", "--count", "1", "--duration", "5", "--json"]);
     assert!(trace.status.success(), "observer trace: {}", text(&trace.stderr));

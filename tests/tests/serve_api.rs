@@ -17,8 +17,10 @@ use observer_tests::{
     addr::{self, proxy_urls as urls, proxy_v4, GW_CLIENT_IF, GW_UPSTREAM_IF},
     curl, inbound,
     observer::WAIT,
-    operator::{bpf_conn_keys, bpf_maps_of, conn_names, conn_set, daemon_pid, raise_nofile, wait_closed_and_counted, wait_json, wait_metrics, KeepAlive, TRACEPOINTS},
-    outbound_of, poll, root_or_skip, Lab, Transfer,
+    operator::{
+        bpf_conn_keys, bpf_maps_of, conn_names, conn_set, daemon_pid, raise_nofile, wait_closed_and_counted, wait_json, wait_metrics, KeepAlive, TRACEPOINTS,
+    },
+    outbound_of, poll, root_or_skip, ConnectionExt, Lab, Transfer,
 };
 use serde_json::Value;
 
@@ -72,7 +74,12 @@ fn api_filters_and_sorts_connections_by_their_http_counts() {
     assert_eq!(names("role=inbound&window=60s&sort=requests&order=asc"), [b.as_str(), c.as_str(), a.as_str()]);
     assert_eq!(names("role=inbound&window=60s&sort=error_ratio"), [c.as_str(), b.as_str(), a.as_str()], "C 1.0, B 0.5, A 0");
     assert_eq!(names("role=inbound&window=60s&sort=failed"), [c.as_str(), b.as_str(), a.as_str()], "C 3, B 1, A 0");
-    let ratios: Vec<f64> = q("role=inbound&window=60s&sort=error_ratio")["connections"].as_array().unwrap().iter().map(|c| c["http"]["last_60s"]["error_ratio"].as_f64().unwrap()).collect();
+    let ratios: Vec<f64> = q("role=inbound&window=60s&sort=error_ratio")["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["http"]["last_60s"]["error_ratio"].as_f64().unwrap())
+        .collect();
     assert_eq!(ratios, [1.0, 0.5, 0.0]);
     let limited = q("window=60s&sort=requests&limit=1");
     assert_eq!((limited["count"].as_u64(), conn_names(&limited)), (Some(1), vec![a.clone()]), "the busiest of all 13");
@@ -96,7 +103,12 @@ fn api_filters_and_sorts_connections_by_their_http_counts() {
     wait_json(obs, "/api/v1/connections?role=inbound&window=10s&min_requests=1", "the 10 s window to pass", WAIT, |v| v["count"] == 0);
     assert_eq!(set("role=inbound&window=60s&min_requests=1"), clients);
     let v = q("role=inbound&window=60s&sort=requests");
-    let counts: Vec<(u64, u64)> = v["connections"].as_array().unwrap().iter().map(|c| (c["http"]["last_10s"]["requests"].as_u64().unwrap(), c["http"]["last_60s"]["requests"].as_u64().unwrap())).collect();
+    let counts: Vec<(u64, u64)> = v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["http"]["last_10s"]["requests"].as_u64().unwrap(), c["http"]["last_60s"]["requests"].as_u64().unwrap()))
+        .collect();
     assert_eq!(counts, [(0, 5), (0, 3), (0, 2)]);
 }
 
@@ -110,7 +122,9 @@ fn api_shows_one_connection_with_its_http_history() {
     let three = Three::send(&lab);
     let [_, b, _] = three.names();
     let path = format!("/api/v1/connections/{}", b.replace(' ', "%20"));
-    let v = wait_json(&lab.observer, &path, "B closed with two exchanges", WAIT, |v| v["status"] == "closed" && v["http"]["recent"].as_array().is_some_and(|r| r.len() == 2));
+    let v = wait_json(&lab.observer, &path, "B closed with two exchanges", WAIT, |v| {
+        v["status"] == "closed" && v["http"]["recent"].as_array().is_some_and(|r| r.len() == 2)
+    });
     assert_eq!(v["connection"], b.as_str());
     assert_eq!((v["local"].as_str(), v["remote"].as_str()), (Some(proxy_v4().to_string().as_str()), Some(three.b[0].local.to_string().as_str())));
     assert_eq!(v["role"], "inbound");
@@ -121,9 +135,16 @@ fn api_shows_one_connection_with_its_http_history() {
         .map(|e| (e["method"].as_str().unwrap().to_owned(), e["target"].as_str().unwrap().to_owned(), e["status"].as_u64().unwrap()))
         .collect();
     assert_eq!(recent, [("GET".into(), "/status/500".into(), 500), ("GET".into(), "/ok".into(), 200)]);
-    assert!(v["http"]["recent"].as_array().unwrap().iter().all(|e| e["latency_ms"].as_f64().is_some_and(|l| l >= 0.0) && e["time"].as_f64().is_some()), "{v:#}");
+    assert!(
+        v["http"]["recent"].as_array().unwrap().iter().all(|e| e["latency_ms"].as_f64().is_some_and(|l| l >= 0.0) && e["time"].as_f64().is_some()),
+        "{v:#}"
+    );
     let life = &v["http"]["lifetime"];
-    assert_eq!((life["requests"].as_u64(), life["responses_2xx"].as_u64(), life["responses_5xx"].as_u64(), life["failed"].as_u64(), life["error_ratio"].as_f64()), (Some(2), Some(1), Some(1), Some(1), Some(0.5)), "{v:#}");
+    assert_eq!(
+        (life["requests"].as_u64(), life["responses_2xx"].as_u64(), life["responses_5xx"].as_u64(), life["failed"].as_u64(), life["error_ratio"].as_f64()),
+        (Some(2), Some(1), Some(1), Some(1), Some(0.5)),
+        "{v:#}"
+    );
     assert_eq!(v["http"]["last_status"], 200);
     let sent: u64 = three.b.iter().map(|t| t.size_request).sum();
     let received: u64 = three.b.iter().map(Transfer::response_bytes).sum();
@@ -162,7 +183,10 @@ fn a_long_connection_list_is_streamed_as_valid_json() {
     assert_eq!((some["count"].as_u64(), some["matched"].as_u64(), conn_names(&some).len()), (Some(1500), Some(CONNECTIONS as u64), 1500));
 
     // Sent as it is written: chunked, without a length known in advance.
-    let head = lab.topo.gateway.run("curl", ["-sS", "-o", "/dev/null", "-D", "-", &format!("http://{}/api/v1/connections?limit=100000", observer_tests::observer::API)]);
+    let head = lab
+        .topo
+        .gateway
+        .run("curl", ["-sS", "-o", "/dev/null", "-D", "-", &format!("http://{}/api/v1/connections?limit=100000", observer_tests::observer::API)]);
     let head = head.to_ascii_lowercase();
     assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{head}");
     assert!(head.contains("content-type: application/json"), "{head}");
@@ -189,14 +213,23 @@ fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     // the comparison of their packets with the kernel's counter below.
     let conns = lab.observer.get_json("/api/v1/connections?state=closed");
     assert!(conns["connections"].as_array().unwrap().iter().all(|c| c["status"] == "closed"), "every entry archived:\n{conns:#}");
-    let attachments: BTreeSet<(String, String)> =
-        s["attachments"].as_array().expect("attachments").iter().map(|a| (a["interface"].as_str().unwrap().to_owned(), a["direction"].as_str().unwrap().to_owned())).collect();
-    let want: BTreeSet<(String, String)> = [GW_CLIENT_IF, GW_UPSTREAM_IF].iter().flat_map(|i| ["ingress", "egress"].map(|d| (i.to_string(), d.to_owned()))).collect();
+    let attachments: BTreeSet<(String, String)> = s["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .map(|a| (a["interface"].as_str().unwrap().to_owned(), a["direction"].as_str().unwrap().to_owned()))
+        .collect();
+    let want: BTreeSet<(String, String)> =
+        [GW_CLIENT_IF, GW_UPSTREAM_IF].iter().flat_map(|i| ["ingress", "egress"].map(|d| (i.to_string(), d.to_owned()))).collect();
     assert_eq!(attachments, want, "{s:#}");
     assert_eq!(s["attachments"].as_array().unwrap().len(), 4, "{s:#}");
     assert!(s["attachments"].as_array().unwrap().iter().all(|a| a["mode"] == "tcx" || a["mode"] == "clsact"), "{s:#}");
-    let tracepoints: BTreeMap<String, bool> =
-        s["tracepoints"].as_array().expect("tracepoints").iter().map(|t| (t["tracepoint"].as_str().unwrap().to_owned(), t["attached"].as_bool().unwrap())).collect();
+    let tracepoints: BTreeMap<String, bool> = s["tracepoints"]
+        .as_array()
+        .expect("tracepoints")
+        .iter()
+        .map(|t| (t["tracepoint"].as_str().unwrap().to_owned(), t["attached"].as_bool().unwrap()))
+        .collect();
     // The four the architecture names (more may come); on this kernel each one attaches.
     for t in TRACEPOINTS {
         assert_eq!(tracepoints.get(t), Some(&true), "{t}: {s:#}");
@@ -209,7 +242,21 @@ fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     // Kernel counters, exact: every TCP segment of the 3 connections is one packet seen (the rest
     // are ARP / neighbour discovery: not TCP); nothing evicted, so every insert is an entry.
     let k = &s["kernel_counters"];
-    for key in ["packets_seen", "not_tcp", "parse_failures", "conn_insert_failures", "conn_inserts", "events_lost", "resets_sent", "resets_received", "retransmits", "payload_lost", "payload_sent", "payload_skipped", "not_http"] {
+    for key in [
+        "packets_seen",
+        "not_tcp",
+        "parse_failures",
+        "conn_insert_failures",
+        "conn_inserts",
+        "events_lost",
+        "resets_sent",
+        "resets_received",
+        "retransmits",
+        "payload_lost",
+        "payload_sent",
+        "payload_skipped",
+        "not_http",
+    ] {
         assert!(k[key].is_u64(), "kernel_counters.{key} missing: {s:#}");
     }
     assert_eq!(k["conn_inserts"], s["connections_tracked"], "nothing evicted: every insert is still an entry:\n{s:#}");
@@ -226,20 +273,37 @@ fn api_status_reports_attachments_tracepoints_and_exact_kernel_counters() {
     let observed: BTreeSet<String> = observed.iter().map(|(l, r)| format!("{l} {r}")).collect();
     assert_eq!(observed, conn_set(&conns), "the kernel map's entries vs the API's connections");
     assert!(k["conn_inserts"].as_u64().unwrap() >= 3);
-    assert_eq!((k["events_lost"].as_u64(), k["payload_lost"].as_u64(), k["parse_failures"].as_u64(), k["not_http"].as_u64()), (Some(0), Some(0), Some(0), Some(0)), "{s:#}");
-    let tcp_packets: u64 = conns["connections"].as_array().unwrap().iter().map(|c| c["packets_in"].as_u64().unwrap() + c["packets_out"].as_u64().unwrap()).sum();
-    assert_eq!(k["packets_seen"].as_u64().unwrap() - k["not_tcp"].as_u64().unwrap(), tcp_packets, "packets seen - not TCP = the connections' packets:\n{s:#}\n{conns:#}");
+    assert_eq!(
+        (k["events_lost"].as_u64(), k["payload_lost"].as_u64(), k["parse_failures"].as_u64(), k["not_http"].as_u64()),
+        (Some(0), Some(0), Some(0), Some(0)),
+        "{s:#}"
+    );
+    let tcp_packets: u64 =
+        conns["connections"].as_array().unwrap().iter().map(|c| c["packets_in"].as_u64().unwrap() + c["packets_out"].as_u64().unwrap()).sum();
+    assert_eq!(
+        k["packets_seen"].as_u64().unwrap() - k["not_tcp"].as_u64().unwrap(),
+        tcp_packets,
+        "packets seen - not TCP = the connections' packets:\n{s:#}\n{conns:#}"
+    );
     let retransmits = lab.topo.tcp_retransmitted_segments();
     if retransmits == 0 {
         assert_eq!((k["retransmits"].as_u64(), k["resets_sent"].as_u64(), k["resets_received"].as_u64()), (Some(0), Some(0), Some(0)), "{s:#}");
     }
-    assert_eq!((s["table"]["closed_kept"].as_u64(), s["table"]["open_inbound"].as_u64(), s["table"]["open_outbound"].as_u64()), (Some(3), Some(0), Some(0)), "{s:#}");
+    assert_eq!(
+        (s["table"]["closed_kept"].as_u64(), s["table"]["open_inbound"].as_u64(), s["table"]["open_outbound"].as_u64()),
+        (Some(3), Some(0), Some(0)),
+        "{s:#}"
+    );
     assert_eq!(s["config"]["max_connections"], 65536);
     assert_eq!(s["config"]["http_framing"], "kernel", "the default");
     // Every option that shapes what is observed, as the daemon runs with it (Lab's defaults).
     let c = &s["config"];
     assert_eq!((c["top_k"].as_u64(), c["lifecycle_hook"].as_str(), c["listen"].as_str()), (Some(20), Some("auto"), Some("127.0.0.1:9470")), "{s:#}");
-    assert_eq!((c["payload_bytes"].as_u64(), c["state_dir"].as_str(), c["metrics_listen"].as_str()), (Some(4 * 1024 * 1024), Some("/sys/fs/bpf/observer"), None), "{s:#}");
+    assert_eq!(
+        (c["payload_bytes"].as_u64(), c["state_dir"].as_str(), c["metrics_listen"].as_str()),
+        (Some(4 * 1024 * 1024), Some("/sys/fs/bpf/observer"), None),
+        "{s:#}"
+    );
     assert_eq!(c["http_ports"], serde_json::json!([]), "every port: {s:#}");
 }
 
@@ -252,7 +316,7 @@ fn api_refuses_bad_input_with_json_errors_and_keeps_answering() {
     let lab = Lab::start(TEST);
     let t = curl(&lab.topo.client, &urls(&["/ok"]), &[]);
     let known = inbound(&t[0]).replace(' ', "%20");
-    lab.observer.wait_for("the client connection", WAIT, |s| s.with_remote(t[0].local).iter().any(|c| c.closed()));
+    lab.observer.wait_for("the client connection", WAIT, |s| s.with_remote(t[0].local).iter().any(|c| c.fin_both_ways()));
     assert_eq!(lab.observer.get(&format!("/api/v1/connections/{known}")).0, 200);
 
     let cases: &[(&str, u16, &str)] = &[
@@ -316,13 +380,21 @@ fn idle_sockets_and_trace_floods_are_bounded_and_the_api_keeps_answering() {
     raise_nofile(4096);
     let lab = Lab::start(TEST);
     let api: SocketAddr = observer_tests::observer::API.parse().unwrap();
-    let rss = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())).unwrap_or(0);
+    let rss = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
     let rss_before = rss(lab.observer.pid());
     assert_eq!(lab.observer.get("/healthz").0, 200, "the harness's kept-alive connection is open first");
 
     // Idle sockets: connected, silent.
     let idle: Vec<TcpStream> = lab.topo.gateway.enter(move || (0..IDLE).map(|_| TcpStream::connect(api).expect("connecting to the API")).collect()).unwrap();
-    let m = wait_metrics(&lab.observer, "refused API connections", WAIT, |m| m.value("observer_api_connections_refused_total", &[]).is_some_and(|v| v >= (IDLE - 256) as f64));
+    let m = wait_metrics(&lab.observer, "refused API connections", WAIT, |m| {
+        m.value("observer_api_connections_refused_total", &[]).is_some_and(|v| v >= (IDLE - 256) as f64)
+    });
     let refused = m.value("observer_api_connections_refused_total", &[]).unwrap();
     assert!(refused <= (IDLE - 255) as f64, "{refused} refused: more than the idle sockets beyond the 256 places");
     // The daemon closes the silent ones after 10 s; then new clients get in again.

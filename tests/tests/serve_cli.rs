@@ -87,7 +87,10 @@ fn cli_status_lists_interfaces_and_tracepoints() {
     for interface in [GW_CLIENT_IF, GW_UPSTREAM_IF] {
         for direction in ["ingress", "egress"] {
             assert!(
-                s.lines().any(|l| { let f: Vec<&str> = l.split_whitespace().collect(); f.first() == Some(&"tc") && f.get(1) == Some(&interface) && f.get(2) == Some(&direction) }),
+                s.lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.first() == Some(&"tc") && f.get(1) == Some(&interface) && f.get(2) == Some(&direction)
+                }),
                 "no tc line for {interface} {direction}:\n{s}"
             );
         }
@@ -114,7 +117,12 @@ fn cli_without_a_daemon_says_where_it_looked() {
     }
     // A namespace where nothing listens at all.
     let topo = Topology::new(TEST);
-    for args in [&["connections", "--server", "127.0.0.1:1"][..], &["status", "--server", "127.0.0.1:1"], &["connections"], &["trace", "--local-port", "80", "--server", "127.0.0.1:1"]] {
+    for args in [
+        &["connections", "--server", "127.0.0.1:1"][..],
+        &["status", "--server", "127.0.0.1:1"],
+        &["connections"],
+        &["trace", "--local-port", "80", "--server", "127.0.0.1:1"],
+    ] {
         let out = cli(&topo.gateway, args);
         let err = text(&out.stderr);
         assert!(!out.status.success(), "observer {args:?} succeeded without a daemon: {}", text(&out.stdout));
@@ -182,7 +190,9 @@ fn cli_top_in_a_terminal_shows_the_busiest_connection_and_follows_keys() {
         }
         Ok(busy)
     });
-    wait_json(&lab.observer, &format!("/api/v1/connections/{}", busy_conn.replace(' ', "%20")), "the busy connection", WAIT, |v| v["http"]["lifetime"]["requests"].as_u64() >= Some(10));
+    wait_json(&lab.observer, &format!("/api/v1/connections/{}", busy_conn.replace(' ', "%20")), "the busy connection", WAIT, |v| {
+        v["http"]["lifetime"]["requests"].as_u64() >= Some(10)
+    });
     let failing = curl(&lab.topo.client, &urls(&["/status/503"; 2]), &[]);
     let failing = inbound(&failing[0]);
 

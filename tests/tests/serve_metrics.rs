@@ -27,8 +27,33 @@ const PER_CONNECTION: [&str; 3] = ["observer_connection_error_ratio", "observer_
 
 /// Label names that would (or could) carry one end of a four-tuple.
 const FOUR_TUPLE_LABELS: &[&str] = &[
-    "local", "remote", "src", "dst", "source", "destination", "saddr", "daddr", "sport", "dport", "src_ip", "dst_ip", "src_port", "dst_port", "local_port", "remote_port",
-    "local_addr", "remote_addr", "address", "addr", "ip", "peer", "client", "server", "endpoint", "connection", "tuple",
+    "local",
+    "remote",
+    "src",
+    "dst",
+    "source",
+    "destination",
+    "saddr",
+    "daddr",
+    "sport",
+    "dport",
+    "src_ip",
+    "dst_ip",
+    "src_port",
+    "dst_port",
+    "local_port",
+    "remote_port",
+    "local_addr",
+    "remote_addr",
+    "address",
+    "addr",
+    "ip",
+    "peer",
+    "client",
+    "server",
+    "endpoint",
+    "connection",
+    "tuple",
 ];
 
 fn is_endpoint_or_address(v: &str) -> bool {
@@ -66,7 +91,12 @@ fn metrics_pass_promtool_and_carry_no_four_tuple_labels() {
     for role in ["inbound", "outbound"] {
         for (code, n) in [("200", 4.0), ("404", 1.0), ("500", 1.0), ("503", 1.0)] {
             let class = format!("{}xx", &code[..1]);
-            assert_eq!(m.value("observer_http_responses_total", &[("role", role), ("port", "80"), ("class", &class), ("code", code)]), Some(n), "{role} {code}:\n{}", m.text);
+            assert_eq!(
+                m.value("observer_http_responses_total", &[("role", role), ("port", "80"), ("class", &class), ("code", code)]),
+                Some(n),
+                "{role} {code}:\n{}",
+                m.text
+            );
         }
     }
 
@@ -236,7 +266,12 @@ fn per_connection_series_stay_within_top_k_under_a_thousand_connections() {
         explained.push_str(&format!("\n  {family}: {sets} label sets x {lines_per_set} lines"));
     }
     let total = m.samples.len();
-    assert!(total <= bound, "{total} series lines after {CONNECTIONS} connections; bound {bound} = {} idle + 3x{TOP_K} per-connection +{explained}\n{}", idle.samples.len(), m.text);
+    assert!(
+        total <= bound,
+        "{total} series lines after {CONNECTIONS} connections; bound {bound} = {} idle + 3x{TOP_K} per-connection +{explained}\n{}",
+        idle.samples.len(),
+        m.text
+    );
     eprintln!("{TEST}: {total} series lines with {CONNECTIONS} connections open (idle {}, bound {bound})", idle.samples.len());
 
     // No more errors: once the 10 s window has passed them, the per-connection series go.
@@ -276,7 +311,9 @@ fn top_k_series_name_the_failing_connection_with_its_exact_counts() {
     assert_eq!(from_bad.len(), BAD_REQUESTS, "{}", log.raw);
     assert!(from_bad.iter().all(|e| e.status == 502), "{}", log.raw);
 
-    let m = wait_metrics(&lab.observer, &format!("{bad_conn} with {BAD_REQUESTS} requests"), WAIT, |m| m.value("observer_connection_requests_10s", &labels) == Some(BAD_REQUESTS as f64));
+    let m = wait_metrics(&lab.observer, &format!("{bad_conn} with {BAD_REQUESTS} requests"), WAIT, |m| {
+        m.value("observer_connection_requests_10s", &labels) == Some(BAD_REQUESTS as f64)
+    });
     assert_eq!(m.value("observer_connection_error_ratio", &labels), Some(1.0), "{}", m.text);
     assert_eq!(m.value("observer_connection_failed_10s", &labels), Some(BAD_REQUESTS as f64), "{}", m.text);
     // K = 3: the bad connection and two of the seven upstream connections that carried a 502

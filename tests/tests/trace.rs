@@ -13,10 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use observer::model::ConnStatus;
 use observer_tests::{
     addr::{self, http_base, proxy_url as url, proxy_v4},
-    inbound,
-    curl,
+    curl, inbound,
     observer::{observer_bin, WAIT},
     operator::{bpf_map_dump, bpf_maps_of, bpf_value_u64, daemon_pid, CliProcess, Exchange, KeepAlive, TraceStream},
     poll, root_or_skip, Lab, Observer,
@@ -27,9 +27,6 @@ use serde_json::Value;
 const SHAPE_REMOTE_ADDR: u64 = 1 << 1;
 const SHAPE_REMOTE_ENDPOINT: u64 = 1 << 2;
 const SHAPE_LOCAL_PORT: u64 = 1 << 3;
-
-
-
 
 fn outbound_of(remote_port: u16) -> String {
     format!("{}:{remote_port} {}:80", addr::GATEWAY_UPSTREAM_SIDE_V4, addr::UPSTREAM_V4)
@@ -44,7 +41,7 @@ fn trace_cli(lab: &Lab, args: &[&str]) -> CliProcess {
 /// `closed`): after that none of its packets or events can reach a trace that starts later.
 /// (curl returns before its connection's last FIN and ACK have crossed.)
 fn wait_closed(obs: &Observer, name: &str) {
-    obs.wait_for(&format!("{name} closed"), WAIT, |s| s.connections.iter().any(|c| c.connection == name && c.extra.get("status").and_then(|v| v.as_str()) == Some("closed")));
+    obs.wait_for(&format!("{name} closed"), WAIT, |s| s.connections.iter().any(|c| c.connection == name && c.status == ConnStatus::Closed));
 }
 
 /// Waits until the daemon has exactly `n` trace subscribers.
@@ -62,7 +59,11 @@ fn of_type<'a>(lines: &'a [Value], t: &str) -> Vec<&'a Value> {
 }
 
 fn connections_of(lines: &[Value]) -> BTreeSet<String> {
-    lines.iter().filter(|l| l["type"] != "subscribed" && l["type"] != "known").map(|l| l["connection"].as_str().unwrap_or_else(|| panic!("no connection in {l}")).to_owned()).collect()
+    lines
+        .iter()
+        .filter(|l| l["type"] != "subscribed" && l["type"] != "known")
+        .map(|l| l["connection"].as_str().unwrap_or_else(|| panic!("no connection in {l}")).to_owned())
+        .collect()
 }
 
 /// Connections for which a `closed` line arrived.
@@ -163,7 +164,12 @@ fn a_traced_connection_shows_only_its_own_packets_and_exchanges_in_order() {
     // segment carrying its request or status line.
     assert_in_order(&lines, "in");
     assert_in_order(&lines, "out");
-    assert_eq!((payload_bytes(&lines, "in"), payload_bytes(&lines, "out")), (sent, received), "payload in/out vs what the client wrote/read:\n{}", trace.stdout());
+    assert_eq!(
+        (payload_bytes(&lines, "in"), payload_bytes(&lines, "out")),
+        (sent, received),
+        "payload in/out vs what the client wrote/read:\n{}",
+        trace.stdout()
+    );
     let http_in: Vec<&str> = packets(&lines, "in").iter().filter_map(|l| l["http"].as_str()).collect();
     assert_eq!(http_in, paths.map(|p| format!("GET {p} HTTP/1.1")), "request lines");
     let http_out: Vec<&str> = packets(&lines, "out").iter().filter_map(|l| l["http"].as_str()).collect();
@@ -190,7 +196,11 @@ fn partial_filters_match_exactly_their_connections() {
     let by_client = TraceStream::open(gw, api, &format!("remote={}", addr::CLIENT_V4)).unwrap();
     let by_upstream = TraceStream::open(gw, api, &format!("remote={}:80", addr::UPSTREAM_V4)).unwrap();
     let by_port = TraceStream::open(gw, api, "local_port=80").unwrap();
-    for (s, filter) in [(&by_client, ("remote", addr::CLIENT_V4.to_string())), (&by_upstream, ("remote", format!("{}:80", addr::UPSTREAM_V4))), (&by_port, ("local_port", "80".to_owned()))] {
+    for (s, filter) in [
+        (&by_client, ("remote", addr::CLIENT_V4.to_string())),
+        (&by_upstream, ("remote", format!("{}:80", addr::UPSTREAM_V4))),
+        (&by_port, ("local_port", "80".to_owned())),
+    ] {
         assert_eq!(s.status, 200);
         let first = s.wait_for("the subscribed line", WAIT, |l| !l.is_empty());
         assert_eq!(first[0]["type"], "subscribed", "the first line");
@@ -398,9 +408,7 @@ fn the_human_timeline_shows_the_handshake_and_the_exchange() {
     assert_eq!(conn.get("/ok").unwrap().status, 200);
     let local = conn.local();
     let name = format!("{} {local}", proxy_v4());
-    lab.observer.wait_for("the first exchange", WAIT, |s| {
-        s.with_remote(local).iter().any(|c| c.extra.get("http").and_then(|h| h["lifetime"]["requests"].as_u64()) == Some(1))
-    });
+    lab.observer.wait_for("the first exchange", WAIT, |s| s.with_remote(local).iter().any(|c| c.http.as_ref().map(|h| h.lifetime.counts.requests) == Some(1)));
     let mut trace = trace_cli(&lab, &["trace", &proxy_v4().to_string(), &local.to_string()]);
     trace.wait_for_text(&["--- live ---"], WAIT);
     wait_traces_active(&lab.observer, 1);

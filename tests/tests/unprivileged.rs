@@ -11,9 +11,10 @@ use std::{
     time::Duration,
 };
 
+use observer::model::{Closer, ConnStatus};
 use observer_tests::{
     addr::{self, GW_CLIENT_IF},
-    http_view::{field, http_of, Window},
+    http_view::{assert_window, expected_window, WindowExt},
     root_or_skip,
     scripted::{self, connect, Peer, ResponseReader, ScriptedServer},
     Observer, Topology,
@@ -26,7 +27,8 @@ const CAP_BPF: u32 = 39;
 fn server(p: &mut Peer) -> io::Result<()> {
     while let Some(req) = p.read_head()? {
         let status = if req.target == "/missing" { 404 } else { 200 };
-        let body: &[u8] = if status == 200 { b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n" } else { b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n" };
+        let body: &[u8] =
+            if status == 200 { b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n" } else { b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n" };
         p.respond(&req, status, body)?;
     }
     Ok(())
@@ -83,10 +85,12 @@ fn a_daemon_without_root_counts_exactly_with_three_capabilities() {
     let served: Vec<u16> = scripted.served().iter().filter(|x| x.peer == end).map(|x| x.status).collect();
     assert_eq!(served, vec![200, 404, 200], "what the server sent");
     let snap = observer.wait_for("the connection closed and answered", SETTLE, |s| {
-        s.with_remote(end).first().is_some_and(|c| field(c, "status") == "closed" && http_of(c).is_some_and(|h| h.in_flight == 0 && h.lifetime.responses() >= 3))
+        s.with_remote(end)
+            .first()
+            .is_some_and(|c| c.status == ConnStatus::Closed && c.http.as_ref().is_some_and(|h| h.in_flight == 0 && h.lifetime.responses() >= 3))
     });
     let c = snap.with_remote(end)[0];
-    assert_eq!(http_of(c).unwrap().lifetime, Window::expected(3, &[200, 404, 200], 0), "counts\n{}", snap.pretty());
+    assert_window(&c.http.as_ref().unwrap().lifetime, &expected_window(3, &[200, 404, 200], 0), format_args!("counts\n{}", snap.pretty()));
     assert_eq!((c.bytes_in, c.syn_in, c.fin_in, c.fin_out), (sent, 1, 1, 1), "bytes and flags");
-    assert_eq!(field(c, "closer"), "remote", "the close seen on tp_btf: the client ended it");
+    assert_eq!(c.closer, Closer::Remote, "the close seen on tp_btf: the client ended it");
 }

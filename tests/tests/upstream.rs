@@ -90,7 +90,8 @@ fn rules_name_upstreams_on_open_keepalive_connections_and_refused_ones() {
     let backend = [("upstream", "backend")];
     let net = [("upstream", "upstream-net")];
     let m = metrics_until(&observer, "4 requests to backend, 2 refused connections to upstream-net", |m| {
-        m.count("observer_upstream_http_requests_total", &backend) == 4 && m.count("observer_upstream_connections_closed_total", &[net[0], ("reason", "refused")]) == 2
+        m.count("observer_upstream_http_requests_total", &backend) == 4
+            && m.count("observer_upstream_connections_closed_total", &[net[0], ("reason", "refused")]) == 2
     });
     assert_eq!(m.count("observer_upstream_http_responses_total", &[backend[0], ("class", "2xx")]), 3);
     assert_eq!(m.count("observer_upstream_http_responses_total", &[backend[0], ("class", "5xx")]), 1);

@@ -41,7 +41,7 @@ mod window;
 pub use pairing::Outcome;
 pub use table::{HttpTable, StreamEnds};
 pub use text::{method_text, set_keep_query, Text};
-pub use view::{Counts, HttpRecord, HttpView, WindowView};
+pub use view::{Counts, Exchange, HttpRecord, HttpView, WindowView};
 
 /// Times the daemon's HTTP state reached one of its bounds, since it started (all connections):
 /// `/metrics` says so (`observer_bounds_reached_total`) instead of growing.

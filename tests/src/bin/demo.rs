@@ -272,7 +272,7 @@ fn wait_until(probe: &mut dyn FnMut() -> Option<()>) -> Result<(), DemoError> {
 fn wait_counted(observer: &Observer, remote: SocketAddr, served: u64) -> Result<(), DemoError> {
     wait_until(&mut || {
         let snapshot = observer.connections();
-        let counted = snapshot.with_remote(remote).iter().filter_map(|c| c.extra.get("http").and_then(|h| h["lifetime"]["responses_5xx"].as_u64())).next();
+        let counted = snapshot.with_remote(remote).iter().filter_map(|c| c.http.as_ref().map(|h| h.lifetime.counts.responses_5xx)).next();
         (counted == Some(served)).then_some(())
     })
 }
@@ -282,7 +282,8 @@ fn show_top(topo: &Topology, bin: &std::path::Path, proxy: &Nginx, bad: SocketAd
     let args = ["top", "--iterations", "1", "--window", "lifetime", "--limit", "8"];
     println!("$ observer {}", args.join(" "));
     print!("{}", topo.gateway.run(&bin.display().to_string(), args));
-    let logged = proxy.wait_for_log(&format!("{served} 502s"), WAIT, |l| l.entries.iter().filter(|e| e.remote() == bad && e.status == 502).count() as u64 == served);
+    let logged =
+        proxy.wait_for_log(&format!("{served} 502s"), WAIT, |l| l.entries.iter().filter(|e| e.remote() == bad && e.status == 502).count() as u64 == served);
     let logged = logged.entries.iter().filter(|e| e.remote() == bad && e.status == 502).count();
     println!("502s served on it: {served} (nginx's access log: {logged})");
 }

@@ -7,13 +7,18 @@ use std::{
     time::Duration,
 };
 
+use ::observer::{
+    http::WindowView,
+    model::{HttpView, Role},
+};
+
 use super::{upstream_http, upstream_scripted, HttpLab, SETTLE};
 use crate::{
     addr,
-    http_view::{field, http_of, kernel_http_of, HttpView, Metrics, Window},
+    http_view::{assert_window, expected_window, Metrics},
     nginx::LogEntry,
     scripted::{curl_each, CurlOp, CurlRun, Served},
-    Connection, Snapshot,
+    Connection, ConnectionExt, Snapshot,
 };
 
 /// Runs `ops` with curl from the client and checks the run itself: success, one transfer per
@@ -27,7 +32,12 @@ pub fn curl_ok_within(lab: &HttpLab, ops: &[CurlOp], max_time: Duration) -> Curl
     assert!(run.status.success(), "curl failed ({}):\n{}", run.status, run.stderr);
     assert_eq!(run.transfers.len(), ops.len(), "one --write-out line per operation:\n{}", run.stderr);
     let finals: Vec<u16> = run.status_lines.iter().copied().filter(|s| *s >= 200).collect();
-    assert_eq!(finals, run.transfers.iter().map(|t| t.http_code).collect::<Vec<_>>(), "final status lines in curl's --verbose output vs its http_codes:\n{}", run.stderr);
+    assert_eq!(
+        finals,
+        run.transfers.iter().map(|t| t.http_code).collect::<Vec<_>>(),
+        "final status lines in curl's --verbose output vs its http_codes:\n{}",
+        run.stderr
+    );
     run
 }
 
@@ -54,12 +64,12 @@ pub fn entry_of(snap: &Snapshot, remote: SocketAddr) -> &Connection {
 /// Asserts a settled connection's HTTP state: `expected` in the lifetime and both windows (the
 /// 10 s window only while the lab is younger than 9 s: older traffic has left it), nothing in
 /// flight, framing never lost and in sync. Returns the view.
-pub fn assert_http(lab: &HttpLab, c: &Connection, expected: &Window) -> HttpView {
-    let h = http_of(c).unwrap_or_else(|| panic!("{} has no http object: {c:#?}", c.connection));
-    assert_eq!(h.lifetime, *expected, "lifetime HTTP counts of {} (left: observer, right: ground truth)", c.connection);
-    assert_eq!(h.last_60s, *expected, "last_60s HTTP counts of {}", c.connection);
+pub fn assert_http<'c>(lab: &HttpLab, c: &'c Connection, expected: &WindowView) -> &'c HttpView {
+    let h = c.http.as_ref().unwrap_or_else(|| panic!("{} has no http object: {c:#?}", c.connection));
+    assert_window(&h.lifetime, expected, format_args!("lifetime HTTP counts of {}", c.connection));
+    assert_window(&h.last_60s, expected, format_args!("last_60s HTTP counts of {}", c.connection));
     if lab.started.elapsed() < Duration::from_secs(9) {
-        assert_eq!(h.last_10s, *expected, "last_10s HTTP counts of {}", c.connection);
+        assert_window(&h.last_10s, expected, format_args!("last_10s HTTP counts of {}", c.connection));
     }
     assert_eq!(h.in_flight, 0, "in_flight of {}", c.connection);
     assert_eq!(h.framing_lost, 0, "framing_lost of {}", c.connection);
@@ -78,11 +88,19 @@ fn answers(status: u16) -> bool {
 /// response that answers its request (none for interim ones).
 pub fn assert_recent(c: &Connection, h: &HttpView, expected: &[(u16, &str, &str)]) {
     let tail = &expected[expected.len().saturating_sub(32)..];
-    let got: Vec<(u16, String, String)> = h.recent.iter().map(|e| (e.status, e.method.clone().unwrap_or_default(), e.target.clone().unwrap_or_default())).collect();
+    let got: Vec<(u16, String, String)> =
+        h.recent.iter().map(|e| (e.status, e.method.as_deref().unwrap_or_default().to_owned(), e.target.as_deref().unwrap_or_default().to_owned())).collect();
     let want: Vec<(u16, String, String)> = tail.iter().map(|(s, m, t)| (*s, m.to_string(), t.to_string())).collect();
     assert_eq!(got, want, "recent exchanges of {} (status, method, target)", c.connection);
     for (i, e) in h.recent.iter().enumerate() {
-        assert!(e.time >= c.first_seen - 0.01 && e.time <= c.last_seen + 0.01, "recent[{i}].time {} outside {}..{} of {}", e.time, c.first_seen, c.last_seen, c.connection);
+        assert!(
+            e.time >= c.first_seen - 0.01 && e.time <= c.last_seen + 0.01,
+            "recent[{i}].time {} outside {}..{} of {}",
+            e.time,
+            c.first_seen,
+            c.last_seen,
+            c.connection
+        );
         // Responses of one segment share a kernel timestamp; its conversion to Unix time varies
         // by a rounding step (0.24 us at today's Unix times) from one entry to the next.
         if i > 0 {
@@ -148,16 +166,19 @@ pub fn assert_outbound_nginx(lab: &HttpLab, n: usize) -> Vec<LogEntry> {
 /// [`assert_outbound_nginx`] for the upstream at `upstream`, reached from the gateway's `gateway`.
 pub fn assert_outbound_nginx_at(lab: &HttpLab, n: usize, upstream: SocketAddr, gateway: IpAddr) -> Vec<LogEntry> {
     let entries = upstream_log(lab, n, gateway);
-    let snap = lab.wait_settled("the proxied connections to the upstream", n, n as u64, n as u64, |c| c.remote == upstream);
-    let conns = pick(&snap, |c| c.remote == upstream);
+    let snap = lab.wait_settled("the proxied connections to the upstream", n, n as u64, n as u64, |c| c.remote_addr() == upstream);
+    let conns = pick(&snap, |c| c.remote_addr() == upstream);
     assert_eq!(conns.len(), n, "one outbound entry per proxied request (HTTP/1.0, close):\n{}", snap.pretty());
     for e in &entries {
-        let c = conns.iter().find(|c| c.local.port() == e.remote_port).unwrap_or_else(|| panic!("no outbound entry from gateway port {} (upstream log {e:?}):\n{}", e.remote_port, snap.pretty()));
-        assert_eq!(field(c, "role"), "outbound", "{}", c.connection);
-        let h = assert_http(lab, c, &Window::expected(1, &[e.status], 0));
+        let c = conns
+            .iter()
+            .find(|c| c.local_addr().port() == e.remote_port)
+            .unwrap_or_else(|| panic!("no outbound entry from gateway port {} (upstream log {e:?}):\n{}", e.remote_port, snap.pretty()));
+        assert_eq!(c.role, Role::Outbound, "{}", c.connection);
+        let h = assert_http(lab, c, &expected_window(1, &[e.status], 0));
         assert_eq!(h.last_status, Some(e.status), "last_status of {}", c.connection);
         let (method, target) = request_of(e);
-        assert_recent(c, &h, &[(e.status, &method, &target)]);
+        assert_recent(c, h, &[(e.status, &method, &target)]);
     }
     entries
 }
@@ -166,18 +187,20 @@ pub fn assert_outbound_nginx_at(lab: &HttpLab, n: usize, upstream: SocketAddr, g
 /// entry per connection it served, each with one request and exactly the status lines the server
 /// wrote on it. Returns what it served.
 pub fn assert_outbound_scripted(lab: &HttpLab, connections: usize) -> Vec<Served> {
-    let snap = lab.wait_settled("the proxied connections to the scripted upstream", connections, connections as u64, connections as u64, |c| c.remote == upstream_scripted());
-    let conns = pick(&snap, |c| c.remote == upstream_scripted());
+    let snap = lab.wait_settled("the proxied connections to the scripted upstream", connections, connections as u64, connections as u64, |c| {
+        c.remote_addr() == upstream_scripted()
+    });
+    let conns = pick(&snap, |c| c.remote_addr() == upstream_scripted());
     assert_eq!(conns.len(), connections, "one outbound entry per proxied request:\n{}", snap.pretty());
     let served = lab.scripted.served();
     for c in &conns {
-        let mine: Vec<&Served> = served.iter().filter(|s| s.peer.port() == c.local.port()).collect();
+        let mine: Vec<&Served> = served.iter().filter(|s| s.peer.port() == c.local_addr().port()).collect();
         assert!(!mine.is_empty(), "the scripted upstream served nothing to {}: {served:#?}", c.connection);
         let statuses: Vec<u16> = mine.iter().map(|s| s.status).collect();
-        let h = assert_http(lab, c, &Window::expected(1, &statuses, 0));
+        let h = assert_http(lab, c, &expected_window(1, &statuses, 0));
         assert_eq!(h.last_status, statuses.last().copied(), "last_status of {}", c.connection);
         let want: Vec<(u16, &str, &str)> = mine.iter().map(|s| (s.status, s.method.as_str(), s.target.as_str())).collect();
-        assert_recent(c, &h, &want);
+        assert_recent(c, h, &want);
     }
     served
 }
@@ -197,7 +220,7 @@ pub fn assert_proxy_log(lab: &HttpLab, client_end: SocketAddr, codes: &[u16]) ->
 /// The kernel framer lost its place in the request direction of `c` for `reason`, and the metric
 /// by reason counted it.
 pub fn assert_kernel_lost(lab: &HttpLab, c: &Connection, reason: &str) {
-    let k = kernel_http_of(c).unwrap_or_else(|| panic!("{}: no http_kernel", c.connection));
+    let k = c.http_kernel.as_ref().unwrap_or_else(|| panic!("{}: no http_kernel", c.connection));
     assert_eq!(k.lost_in.as_deref(), Some(reason), "{}: {k:?}", c.connection);
     let counted = lab.metrics().value("observer_http_fallback_total", &[("reason", reason)]);
     assert!(counted >= 1.0, "observer_http_fallback_total{{reason={reason:?}}} is {counted}");

@@ -16,9 +16,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ::observer::model::HttpView;
+
 use crate::{
     addr::{self, http_base, GW_CLIENT_IF, GW_UPSTREAM_IF},
-    http_view::{http_of, kernel_agrees, settled, HttpView, Metrics},
+    http_view::{kernel_agrees, settled, Metrics, WindowExt},
     poll,
     scripted::{CurlOp, Peer, ScriptedServer, Served},
     Connection, Nginx, Observer, Snapshot, Topology,
@@ -27,12 +29,12 @@ use crate::{
 pub mod checks;
 pub mod scripts;
 
+pub use crate::addr::upstream_http;
 pub use checks::{
-    assert_http, assert_kernel_lost, assert_metrics, assert_outbound_nginx, assert_outbound_nginx_at, assert_outbound_scripted, assert_proxy_log, assert_recent, curl_ok, curl_ok_within, entry_of,
-    one_connection, pick, request_of, upstream_log,
+    assert_http, assert_kernel_lost, assert_metrics, assert_outbound_nginx, assert_outbound_nginx_at, assert_outbound_scripted, assert_proxy_log,
+    assert_recent, curl_ok, curl_ok_within, entry_of, one_connection, pick, request_of, upstream_log,
 };
 pub use scripts::{batch_script, echo, script};
-pub use crate::addr::upstream_http;
 
 /// Port of the scripted server in the upstream namespace (proxied under `/scripted/`).
 pub const UPSTREAM_SCRIPTED_PORT: u16 = 8081;
@@ -107,7 +109,8 @@ impl HttpLab {
         let mut locations = String::new();
         writeln!(locations, "        client_max_body_size 64m;").unwrap();
         writeln!(locations, "        location / {{ proxy_pass {up}:80; }}").unwrap();
-        writeln!(locations, "        location /scripted/ {{ proxy_pass {up}:{UPSTREAM_SCRIPTED_PORT}; proxy_http_version 1.1; proxy_read_timeout 60s; }}").unwrap();
+        writeln!(locations, "        location /scripted/ {{ proxy_pass {up}:{UPSTREAM_SCRIPTED_PORT}; proxy_http_version 1.1; proxy_read_timeout 60s; }}")
+            .unwrap();
         writeln!(locations, "        location /v6/ {{ proxy_pass {}:80/; }}", http_base(addr::UPSTREAM_V6.into())).unwrap();
         writeln!(locations, "        location /limited/ {{ client_max_body_size 1k; proxy_pass {up}:80/; }}").unwrap();
         let listen = vec![
@@ -116,7 +119,14 @@ impl HttpLab {
             SocketAddr::new(addr::GATEWAY_CLIENT_SIDE_V4.into(), PROXY_SECOND_PORT),
         ];
         let proxy = Nginx::start(&topo.gateway, "proxy", topo.path("proxy"), listen, &locations);
-        let lab = HttpLab { observer: Observer::start_with(&topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], observer_args), proxy, upstream, scripted, topo, started: Instant::now() };
+        let lab = HttpLab {
+            observer: Observer::start_with(&topo, &[GW_CLIENT_IF, GW_UPSTREAM_IF], observer_args),
+            proxy,
+            upstream,
+            scripted,
+            topo,
+            started: Instant::now(),
+        };
         for &n in SIZES {
             lab.add_size(n);
         }
@@ -155,14 +165,20 @@ impl HttpLab {
     pub fn wait_settled_for(&self, what: &str, timeout: Duration, n: usize, requests: u64, answers: u64, select: impl Fn(&Connection) -> bool) -> Snapshot {
         let done = |s: &Snapshot| {
             let picked: Vec<&Connection> = s.connections.iter().filter(|c| select(c)).collect();
-            let views: Vec<Option<HttpView>> = picked.iter().map(|c| http_of(c)).collect();
-            let (req, ans) = views.iter().flatten().fold((0, 0), |(r, a), h| (r + h.lifetime.requests, a + h.lifetime.responses() + h.lifetime.no_response));
+            let views: Vec<&HttpView> = picked.iter().filter_map(|c| c.http.as_ref()).collect();
+            let (req, ans) =
+                views.iter().fold((0, 0), |(r, a), h| (r + h.lifetime.counts.requests, a + h.lifetime.responses() + h.lifetime.counts.no_response));
             // The windows come from the message records, the lifetime from the kernel's exact
             // counts: an answer given while records still wait in the ring (its drain is bounded
             // under load) has windows behind the lifetime. Settled means they caught up (unless
             // the view says it lost records, or the lab is older than the 60 s window).
-            let windows_caught_up = views.iter().flatten().all(|h| {
-                !h.in_sync || h.framing_lost > 0 || self.started.elapsed() > Duration::from_secs(55) || (h.last_60s.requests, h.last_60s.responses() + h.last_60s.no_response) == (h.lifetime.requests, h.lifetime.responses() + h.lifetime.no_response)
+            let windows_caught_up = views.iter().all(|h| {
+                let (last_60s, lifetime) = (&h.last_60s, &h.lifetime);
+                !h.in_sync
+                    || h.framing_lost > 0
+                    || self.started.elapsed() > Duration::from_secs(55)
+                    || (last_60s.counts.requests, last_60s.responses() + last_60s.counts.no_response)
+                        == (lifetime.counts.requests, lifetime.responses() + lifetime.counts.no_response)
             });
             picked.len() >= n && picked.iter().all(|c| settled(c)) && req >= requests && ans >= answers && windows_caught_up
         };
@@ -254,7 +270,11 @@ pub fn mix_ops(lab: &HttpLab, server: IpAddr, prefix: &str) -> Vec<CurlOp> {
     MIX.iter()
         .map(|(p, code)| {
             let op = CurlOp::get(url(server, &format!("{prefix}{p}")));
-            if *code == 304 { op.with(&["--header", &format!("If-None-Match: {}", lab.etag(p))]) } else { op }
+            if *code == 304 {
+                op.with(&["--header", &format!("If-None-Match: {}", lab.etag(p))])
+            } else {
+                op
+            }
         })
         .collect()
 }

@@ -90,7 +90,9 @@ fn response(req: &Request) -> io::Result<(u16, Vec<u8>, bool)> {
     let parts = parts(req);
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let connection = if req.keep_alive() { "" } else { "Connection: close\r\n" };
-    let fixed = |code: u64, extra: &str, body: &str| format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}{connection}\r\n{body}", body.len()).into_bytes();
+    let fixed = |code: u64, extra: &str, body: &str| {
+        format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}{connection}\r\n{body}", body.len()).into_bytes()
+    };
     let (status, mut bytes, close) = match parts[..] {
         ["continue", code] => (num(code)?, fixed(num(code)?, "", &format!("got {} bytes\n", req.body.len())), false),
         ["delay", _] => (200, fixed(200, "", "delayed\n"), false),
@@ -105,7 +107,9 @@ fn response(req: &Request) -> io::Result<(u16, Vec<u8>, bool)> {
         }
         ["chunked", code, pieces, len] => {
             let (code, pieces, len) = (num(code)?, num(pieces)?, num(len)? as usize);
-            let mut r = format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Pieces, X-Fake\r\n{connection}\r\n").into_bytes();
+            let mut r =
+                format!("HTTP/1.1 {code} Scripted\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: X-Pieces, X-Fake\r\n{connection}\r\n")
+                    .into_bytes();
             for i in 0..pieces {
                 r.extend(format!("{len:x};piece={i};note=\"a;b\"\r\n").into_bytes());
                 r.extend(fake_heads(len));

@@ -73,11 +73,7 @@ pub fn bpf_value_u64(entry: &Value) -> u64 {
         return v;
     }
     let bytes = entry.get("value").and_then(Value::as_array).unwrap_or_else(|| panic!("no value in {entry}"));
-    bytes
-        .iter()
-        .rev()
-        .map(|b| u64::from_str_radix(b.as_str().expect("a hex byte").trim_start_matches("0x"), 16).expect("hex"))
-        .fold(0, |acc, b| (acc << 8) | b)
+    bytes.iter().rev().map(|b| u64::from_str_radix(b.as_str().expect("a hex byte").trim_start_matches("0x"), 16).expect("hex")).fold(0, |acc, b| (acc << 8) | b)
 }
 
 /// The bytes of a map key or value as bpftool prints them without BTF (`["0x02", ...]`).

@@ -21,7 +21,24 @@ impl Tmux {
         let name = unique("obs-tmux");
         let tmux = Tmux { socket: name.clone(), session: name };
         let (w, h) = (width.to_string(), height.to_string());
-        let out = tmux.run(&["new-session", "-d", "-s", &tmux.session, "-x", &w, "-y", &h, command, ";", "set-option", "-w", "-t", &tmux.session, "remain-on-exit", "on"]);
+        let out = tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            &tmux.session,
+            "-x",
+            &w,
+            "-y",
+            &h,
+            command,
+            ";",
+            "set-option",
+            "-w",
+            "-t",
+            &tmux.session,
+            "remain-on-exit",
+            "on",
+        ]);
         if !out.0 {
             panic!("tmux new-session failed: {}", out.1);
         }
@@ -60,7 +77,14 @@ impl Tmux {
 
     /// The pane's state as tmux reports it, for messages: dead, exit status, signal, pid, command.
     pub fn pane_state(&self) -> String {
-        self.run(&["display-message", "-p", "-t", &self.session, "dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal} pid=#{pane_pid} command=#{pane_current_command}"]).1
+        self.run(&[
+            "display-message",
+            "-p",
+            "-t",
+            &self.session,
+            "dead=#{pane_dead} status=#{pane_dead_status} signal=#{pane_dead_signal} pid=#{pane_pid} command=#{pane_current_command}",
+        ])
+        .1
     }
 
     /// Types `keys` (literally) into the pane.

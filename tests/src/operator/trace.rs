@@ -31,7 +31,11 @@ impl TraceStream {
         let mut r = BufReader::new(stream.try_clone()?);
         let mut line = String::new();
         r.read_line(&mut line)?;
-        let status = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {line:?}")))?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {line:?}")))?;
         loop {
             line.clear();
             if r.read_line(&mut line)? == 0 || line.trim_end().is_empty() {

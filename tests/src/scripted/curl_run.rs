@@ -88,11 +88,7 @@ pub fn curl_each(ns: &Netns, ops: &[CurlOp], max_time: Duration) -> CurlRun {
         transfers.push(t);
         times.push((pre, start));
     }
-    let status_lines = stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("< HTTP/1."))
-        .filter_map(|s| s.get(2..5).and_then(|c| c.parse().ok()))
-        .collect();
+    let status_lines = stderr.lines().filter_map(|l| l.strip_prefix("< HTTP/1.")).filter_map(|s| s.get(2..5).and_then(|c| c.parse().ok())).collect();
     CurlRun { transfers, times, status_lines, status: out.status, stderr }
 }
 

@@ -154,7 +154,11 @@ impl Peer {
                 return parse_request_head(&head).map(Some);
             }
             if !self.fill()? {
-                return if self.buf.is_empty() { Ok(None) } else { Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed in the middle of a request head")) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed in the middle of a request head"))
+                };
             }
         }
     }
@@ -233,6 +237,9 @@ fn parse_request_head(head: &[u8]) -> io::Result<Request> {
     let mut lines = text.split("\r\n");
     let mut first = lines.next().ok_or_else(bad)?.split(' ');
     let (Some(method), Some(target), Some(version)) = (first.next(), first.next(), first.next()) else { return Err(bad()) };
-    let headers = lines.filter(|l| !l.is_empty()).map(|l| l.split_once(':').map(|(n, v)| (n.to_owned(), v.trim().to_owned())).ok_or_else(bad)).collect::<io::Result<_>>()?;
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_once(':').map(|(n, v)| (n.to_owned(), v.trim().to_owned())).ok_or_else(bad))
+        .collect::<io::Result<_>>()?;
     Ok(Request { method: method.into(), target: target.into(), version: version.into(), headers, body: Vec::new() })
 }
