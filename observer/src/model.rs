@@ -243,6 +243,64 @@ pub struct Readiness {
 mod tests {
     use super::*;
 
+    /// The field names of a connection as the API writes them (docs/api.md): the server, the CLI
+    /// and the tests share this type, so only a test of the written form catches a rename.
+    #[test]
+    fn a_connection_is_written_with_the_documented_fields() {
+        let mut key = observer_common::conn::ConnKey::zeroed();
+        key.family = observer_common::conn::FAMILY_IPV4;
+        let stats = observer_common::conn::ConnStats { first_seen_ns: 1, last_seen_ns: 2, ..Default::default() };
+        let json = serde_json::to_value(Connection::new(&key, &stats, true, 3)).expect("serializable");
+        let mut names: Vec<&str> = json.as_object().expect("an object").keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let mut documented = vec![
+            "connection",
+            "local",
+            "remote",
+            "family",
+            "role",
+            "status",
+            "state",
+            "packets_in",
+            "packets_out",
+            "bytes_in",
+            "bytes_out",
+            "syn_in",
+            "syn_out",
+            "fin_in",
+            "fin_out",
+            "rst_in",
+            "rst_out",
+            "resets_sent",
+            "resets_received",
+            "retransmits",
+            "retransmitted_segments_in",
+            "retransmitted_segments_out",
+            "retransmitted_bytes_in",
+            "retransmitted_bytes_out",
+            "payload_records_lost",
+            "protocol",
+            "sni",
+            "handshake_rtt_ms",
+            "closer",
+            "close_reason",
+            "first_seen",
+            "last_seen",
+            "opened",
+            "closed",
+            "duration_seconds",
+            "idle_seconds",
+            "lifecycle",
+            "http",
+            "http_kernel",
+        ];
+        documented.sort_unstable();
+        assert_eq!(names, documented);
+        assert_eq!((json["status"].as_str(), json["close_reason"].as_str(), json["family"].as_str()), (Some("closed"), Some("timed_out"), Some("ipv4")));
+        let back: Connection = serde_json::from_value(json.clone()).expect("reads back");
+        assert_eq!(serde_json::to_value(back).expect("serializable"), json);
+    }
+
     #[test]
     fn the_written_names_are_the_api_s() {
         let json = |v: &dyn erased::Json| v.text();
