@@ -320,6 +320,10 @@ fn xtask_dist_packages_the_binary_the_unit_and_the_options_file() {
     assert_eq!(mode_of("/usr/bin/observer"), "-rwxr-xr-x");
     assert_eq!(mode_of("/lib/systemd/system/observer.service"), "-rw-r--r--");
     assert_eq!(mode_of("/etc/default/observer"), "-rw-r--r--");
+    // The manual: the main page and one per subcommand, gzipped.
+    for page in ["observer.1.gz", "observer-run.1.gz", "observer-trace.1.gz", "observer-top.1.gz"] {
+        assert_eq!(mode_of(&format!("/usr/share/man/man1/{page}")), "-rw-r--r--", "{page}");
+    }
 
     // The files are the repository's, and the control files are what dpkg runs.
     let root = out_dir.join("root");
@@ -331,6 +335,9 @@ fn xtask_dist_packages_the_binary_the_unit_and_the_options_file() {
         assert_eq!(std::fs::read(root.join(packaged)).unwrap(), std::fs::read(workspace_root().join(repo)).unwrap(), "{packaged} is {repo}");
     }
     assert_eq!(std::fs::read_to_string(ctrl.join("conffiles")).unwrap(), "/etc/default/observer\n");
+    let trace_page = run(Command::new("gzip").arg("-dc").arg(root.join("usr/share/man/man1/observer-trace.1.gz")));
+    // roff writes a dash as `\-`.
+    assert!(text(&trace_page.stdout).contains(r"\-\-status"), "observer-trace(1) documents trace's options");
     for script in ["postinst", "prerm", "postrm"] {
         assert!(run(Command::new("sh").arg("-n").arg(ctrl.join(script))).status.success(), "{script} is valid sh");
     }

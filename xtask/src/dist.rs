@@ -33,6 +33,7 @@ pub fn deb(root: &Path, binary: &Path, out: &Path) -> Result<PathBuf> {
         fs::remove_dir_all(&stage).with_context(|| format!("removing the old staging tree {}", stage.display()))?;
     }
     install(binary, &stage.join("usr/bin/observer"), 0o755)?;
+    man_pages(binary, &stage.join("usr/share/man/man1"))?;
     for (from, to, mode) in FILES {
         install(&root.join(from), &stage.join(to), *mode)?;
     }
@@ -53,6 +54,20 @@ pub fn deb(root: &Path, binary: &Path, out: &Path) -> Result<PathBuf> {
     crate::status(Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&stage).arg(&deb))?;
     fs::remove_dir_all(&stage).with_context(|| format!("removing the staging tree {}", stage.display()))?;
     Ok(deb)
+}
+
+/// The manual pages (observer.1 and one per subcommand), written by the binary from its own
+/// command-line definition, compressed as Debian policy wants (`gzip -9n`: no name or time in
+/// the header, so the package is reproducible).
+fn man_pages(binary: &Path, dir: &Path) -> Result<()> {
+    crate::status(Command::new(binary).arg("man").arg("--dir").arg(dir))?;
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let page = entry?.path();
+        crate::status(Command::new("gzip").args(["-9n"]).arg(&page))?;
+        let gz = page.with_extension("1.gz");
+        fs::set_permissions(&gz, fs::Permissions::from_mode(0o644)).with_context(|| format!("chmod {}", gz.display()))?;
+    }
+    Ok(())
 }
 
 fn control(version: &str, arch: &str, glibc: &str, installed_kib: u64) -> String {
