@@ -12,7 +12,10 @@ pub use crate::{
     http::{Counts, Exchange, HttpView, WindowView},
     kernel_http::{Classes, KernelHttp},
 };
-pub use observer_common::conn::{CloseReason, Closer, Role};
+pub use observer_common::{
+    conn::{CloseReason, Closer, Role},
+    proto::Protocol,
+};
 
 mod status;
 mod timeline;
@@ -98,33 +101,6 @@ impl TcpState {
 pub enum Family {
     Ipv4,
     Ipv6,
-}
-
-/// What a connection carries, from its first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Http1,
-    Tls,
-    /// HTTP/2 with prior knowledge.
-    H2,
-    Other,
-    /// No payload yet, or first seen mid-stream.
-    Unknown,
-}
-
-impl Protocol {
-    /// From the kernel's protocol number (`observer_common::proto::PROTO_*`).
-    pub fn of(p: u8) -> Self {
-        use observer_common::proto::{PROTO_H2, PROTO_HTTP1, PROTO_OTHER, PROTO_TLS};
-        match p {
-            PROTO_HTTP1 => Self::Http1,
-            PROTO_TLS => Self::Tls,
-            PROTO_H2 => Self::H2,
-            PROTO_OTHER => Self::Other,
-            _ => Self::Unknown,
-        }
-    }
 }
 
 /// One step in a connection's life.
@@ -319,7 +295,7 @@ mod tests {
             assert_eq!(json(&TcpState::of(state)), format!("{name:?}"), "state {state}");
         }
         for p in 0..=5u8 {
-            assert_eq!(json(&Protocol::of(p)), format!("{:?}", observer_common::proto::protocol_name(p)), "protocol {p}");
+            assert_eq!(json(&Protocol::from_u8(p)), format!("{:?}", observer_common::proto::protocol_name(p)), "protocol {p}");
         }
     }
 

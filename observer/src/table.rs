@@ -128,7 +128,7 @@ impl Connection {
             retransmitted_bytes_in,
             retransmitted_bytes_out,
             payload_records_lost,
-            protocol: Protocol::of(protocol),
+            protocol: Protocol::from_u8(protocol),
             sni: None,
             handshake_rtt_ms: (handshake_rtt_ns != 0).then(|| handshake_rtt_ns as f64 / 1e6),
             closer,

@@ -18,7 +18,7 @@ use observer_tests::{
     addr::{self, proxy_url as url, proxy_v4},
     curl, inbound,
     observer::{observer_bin, WAIT},
-    operator::{CliProcess, KeepAlive, Tmux},
+    operator::{conn_set, text, CliProcess, KeepAlive, Tmux},
     poll, root_or_skip, tcp, Lab, Netns, Observer, Topology,
 };
 use serde_json::Value;
@@ -37,19 +37,11 @@ fn cli(ns: &Netns, args: &[&str]) -> Output {
     cli_env(ns, &[], args)
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// `observer ARGS --json` that must succeed, parsed.
 fn cli_json(ns: &Netns, args: &[&str]) -> Value {
     let out = cli(ns, &[args, &["--json"]].concat());
     assert!(out.status.success(), "observer {args:?}: {}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("observer {args:?} --json ({e}): {}", text(&out.stdout)))
-}
-
-fn conn_set(v: &Value) -> BTreeSet<String> {
-    v["connections"].as_array().unwrap().iter().map(|c| c["connection"].as_str().unwrap().to_owned()).collect()
 }
 
 /// Waits until the API lists `n` closed connections with `requests` requests and as many

@@ -19,7 +19,7 @@ use observer_tests::{
     curl, inbound,
     observer::{observer_bin, WAIT},
     operator::{bpf_map_dump, bpf_maps_of, bpf_value_u64, daemon_pid, CliProcess, Exchange, KeepAlive, TraceStream},
-    poll, root_or_skip, Lab, Observer,
+    outbound_of, poll, root_or_skip, Lab, Observer,
 };
 use serde_json::Value;
 
@@ -27,10 +27,6 @@ use serde_json::Value;
 const SHAPE_REMOTE_ADDR: u64 = 1 << 1;
 const SHAPE_REMOTE_ENDPOINT: u64 = 1 << 2;
 const SHAPE_LOCAL_PORT: u64 = 1 << 3;
-
-fn outbound_of(remote_port: u16) -> String {
-    format!("{}:{remote_port} {}:80", addr::GATEWAY_UPSTREAM_SIDE_V4, addr::UPSTREAM_V4)
-}
 
 /// `observer ARGS` in the background in the gateway namespace.
 fn trace_cli(lab: &Lab, args: &[&str]) -> CliProcess {
